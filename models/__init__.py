@@ -1,0 +1,1 @@
+"""recops models."""

@@ -1,0 +1,111 @@
+"""Item-to-item co-visitation: items touched close together in a session, weighted by event type and recency."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recops.config import DEFAULT_EVENT_WEIGHTS
+from recops.models.base import Recommender, top_k
+
+
+class CoVisitation(Recommender):
+    """Counts pairs of items within ``window`` touches of each other in the same session.
+
+    A pair's weight is the target event's type weight times a recency decay, so recent purchases
+    say more than old views. ``directional=True`` keeps only "A then B" (next-item) pairs.
+    Each item keeps its ``max_neighbors`` strongest neighbors.
+    """
+
+    name = "covisit"
+
+    def __init__(self, window: int = 5, max_neighbors: int = 50, half_life_days: float = 30.0,
+                 directional: bool = False, weights: dict[str, float] | None = None):
+        self.window = window
+        self.max_neighbors = max_neighbors
+        self.half_life_days = half_life_days
+        self.directional = directional
+        self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
+
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None) -> "CoVisitation":
+        ev = events[["user_id", "session_id", "item_id", "event_type", "timestamp"]].copy()
+        # a session, else the user's day, groups events that belong together
+        day = ev["timestamp"].dt.strftime("%Y%m%d")
+        ev["group"] = ev["session_id"].where(ev["session_id"].notna(), ev["user_id"].astype(str) + "|" + day)
+        w = ev["event_type"].map({**self.weights, "rate": 1.0}).fillna(0.0).clip(lower=0.0)
+        as_of = ev["timestamp"].max()
+        age = (as_of - ev["timestamp"]).dt.total_seconds() / 86400.0
+        ev["w"] = (w + 0.5) * np.power(0.5, age / self.half_life_days)  # +0.5: any touch co-occurs
+        ev = ev.sort_values(["group", "timestamp"], kind="stable")
+        # one touch per consecutive run of the same item (view, click, cart of one item = one touch)
+        g = ev["group"].to_numpy()
+        it = ev["item_id"].to_numpy()
+        new_touch = np.ones(len(ev), dtype=bool)
+        new_touch[1:] = (g[1:] != g[:-1]) | (it[1:] != it[:-1])
+        touch_id = np.cumsum(new_touch) - 1
+        t_w = np.bincount(touch_id, weights=ev["w"].to_numpy())
+        t_group = g[new_touch]
+        t_item = it[new_touch]
+
+        self.item_ids_ = np.asarray(pd.unique(ev["item_id"]), dtype=object)
+        index = pd.Index(self.item_ids_)
+        t_code = index.get_indexer(t_item)
+        rows, cols, vals = [], [], []
+        for lag in range(1, self.window + 1):
+            same = t_group[lag:] == t_group[:-lag]
+            a, b = t_code[:-lag][same], t_code[lag:][same]
+            keep = a != b
+            a, b = a[keep], b[keep]
+            wa, wb = t_w[:-lag][same][keep], t_w[lag:][same][keep]
+            decay = 1.0 / lag
+            rows.append(a); cols.append(b); vals.append(wb * decay)  # A then B
+            if not self.directional:
+                rows.append(b); cols.append(a); vals.append(wa * decay)  # B then A counts too
+        n = len(self.item_ids_)
+        if rows:
+            m = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)).tocsr()
+        else:
+            m = sp.csr_matrix((n, n))
+        m.sum_duplicates()
+        self.neighbors_ = _keep_top(m, self.max_neighbors)
+        self.index_ = {item: i for i, item in enumerate(self.item_ids_)}
+        return self
+
+    def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Sum of neighbor weights over the history, newer items counting more (1/(1+position))."""
+        m = self.neighbors_
+        idx_parts, val_parts = [], []
+        for pos, item in enumerate(history):
+            i = self.index_.get(item)
+            if i is None:
+                continue
+            lo, hi = m.indptr[i], m.indptr[i + 1]
+            idx_parts.append(m.indices[lo:hi])
+            val_parts.append(m.data[lo:hi] / (1.0 + pos))
+        if not idx_parts:
+            return self.item_ids_[:0], np.zeros(0)
+        idx = np.concatenate(idx_parts)
+        vals = np.concatenate(val_parts)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        sums = np.bincount(inv, weights=vals)
+        ids, scores = top_k(uniq, sums, k)
+        return self.item_ids_[ids], scores
+
+
+def _keep_top(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep each row's ``k`` largest entries, rows sorted by descending weight."""
+    indptr, indices, data = [0], [], []
+    for r in range(m.shape[0]):
+        lo, hi = m.indptr[r], m.indptr[r + 1]
+        d, c = m.data[lo:hi], m.indices[lo:hi]
+        if hi - lo > k:
+            part = np.argpartition(-d, k - 1)[:k]
+            d, c = d[part], c[part]
+        order = np.argsort(-d, kind="stable")
+        data.append(d[order]); indices.append(c[order])
+        indptr.append(indptr[-1] + len(order))
+    return sp.csr_matrix(
+        (np.concatenate(data) if data else np.zeros(0), np.concatenate(indices) if indices else np.zeros(0, dtype=np.int32), np.asarray(indptr)),
+        shape=m.shape,
+    )

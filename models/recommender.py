@@ -1,0 +1,253 @@
+"""The served recommender: multi-source candidates re-ranked by LightGBM LambdaRank, with reasons.
+
+``feature_matrix`` is the one place where ranker features are assembled; training and serving both
+call it, so the ranker never sees features built two different ways.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from recops.features import ITEM_MODEL_FEATURES, USER_MODEL_FEATURES
+from recops.models.base import Recommender
+
+CROSS_FEATURES = ["x_category_affinity", "x_is_top_category", "x_price_ratio", "x_in_history"]
+
+
+@dataclass
+class ItemTable:
+    """Item features as a dense matrix with an id index: cached in process for serving."""
+
+    ids: np.ndarray
+    matrix: np.ndarray  # len(ids) x len(ITEM_MODEL_FEATURES); i_age_days filled at request time
+    category: np.ndarray
+    created_ts: np.ndarray
+    in_stock: np.ndarray
+    title: np.ndarray
+    index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.index:
+            self.index = {i: n for n, i in enumerate(self.ids)}
+
+    @classmethod
+    def build(cls, item_feats: pd.DataFrame, items: pd.DataFrame) -> "ItemTable":
+        """``item_feats``: one row per item with the stored item features (missing items get zeros)."""
+        meta = items.set_index("item_id") if not items.empty else pd.DataFrame(index=pd.Index([], name="item_id"))
+        ids = pd.Index(pd.unique(pd.concat([item_feats["item_id"], pd.Series(meta.index)], ignore_index=True).astype(str)))
+        f = item_feats.drop_duplicates("item_id", keep="last").set_index("item_id").reindex(ids)
+        meta = meta.reindex(ids)
+        stored = [c for c in ITEM_MODEL_FEATURES if c not in ("i_price", "i_age_days")]
+        mat = np.zeros((len(ids), len(ITEM_MODEL_FEATURES)))
+        for j, c in enumerate(stored):
+            mat[:, j] = pd.to_numeric(f[c], errors="coerce").fillna(0.0).to_numpy() if c in f else 0.0
+        price = pd.to_numeric(meta.get("price", pd.Series(index=ids, dtype=float)), errors="coerce")
+        mat[:, ITEM_MODEL_FEATURES.index("i_price")] = price.fillna(price.median() if price.notna().any() else 0.0).to_numpy()
+        created = pd.to_datetime(meta.get("created_at", pd.Series(index=ids, dtype="datetime64[ns, UTC]")), utc=True)
+        created_ts = ((created - pd.Timestamp(0, tz="UTC")).dt.total_seconds()).to_numpy(dtype=float)
+        return cls(
+            ids=ids.to_numpy(dtype=object),
+            matrix=mat,
+            category=meta.get("category", pd.Series("unknown", index=ids)).fillna("unknown").astype(str).to_numpy(dtype=object),
+            created_ts=created_ts,
+            in_stock=meta.get("in_stock", pd.Series(True, index=ids)).fillna(True).astype(bool).to_numpy(),
+            title=meta.get("title", pd.Series("", index=ids)).fillna("").astype(str).to_numpy(dtype=object),
+        )
+
+
+def feature_names(generators: list[str]) -> list[str]:
+    gen = [f"{g}_{s}" for g in generators for s in ("score", "rank")]
+    return gen + USER_MODEL_FEATURES + ITEM_MODEL_FEATURES + CROSS_FEATURES
+
+
+def feature_matrix(
+    gen_feats: np.ndarray,
+    item_idx: np.ndarray,
+    user_rows: np.ndarray,
+    affinity: list[dict],
+    top_category: list[str],
+    in_history: np.ndarray,
+    items: ItemTable,
+    now: float | np.ndarray,
+) -> np.ndarray:
+    """Rows = candidates. ``user_rows``/``affinity``/``top_category`` are per row (already broadcast)."""
+    it = items.matrix[item_idx].copy()
+    age_col = ITEM_MODEL_FEATURES.index("i_age_days")
+    created = items.created_ts[item_idx]
+    it[:, age_col] = np.where(np.isnan(created), 365.0, (now - created) / 86400.0)
+    cats = items.category[item_idx]
+    aff = np.fromiter((a.get(c, 0.0) for a, c in zip(affinity, cats)), dtype=float, count=len(cats))
+    is_top = np.fromiter((c == t for c, t in zip(cats, top_category)), dtype=float, count=len(cats))
+    paid = user_rows[:, USER_MODEL_FEATURES.index("u_avg_price_paid")]
+    price = it[:, ITEM_MODEL_FEATURES.index("i_price")]
+    ratio = np.where(paid > 0, price / np.maximum(paid, 1e-9), 0.0)
+    cross = np.column_stack([aff, is_top, ratio, in_history.astype(float)])
+    return np.hstack([gen_feats, user_rows, it, cross])
+
+
+def user_vector(feats: dict | None) -> tuple[np.ndarray, dict, str]:
+    """One user's model features (zeros when unknown), category affinity and top category."""
+    if not feats:
+        return np.zeros(len(USER_MODEL_FEATURES)), {}, ""
+    vec = np.array([_num(feats.get(c)) for c in USER_MODEL_FEATURES])
+    raw = feats.get("u_category_affinity")
+    aff = json.loads(raw) if isinstance(raw, str) and raw else {}
+    top = feats.get("u_top_category") or ""
+    return vec, aff, top if isinstance(top, str) else ""
+
+
+def _num(v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return 0.0
+    return 0.0 if np.isnan(f) else f
+
+
+@dataclass
+class Recommendation:
+    item_id: str
+    score: float
+    reason: str
+    sources: list[str]
+
+
+class RecopsModel:
+    """Generators + ranker + the item table: everything needed to serve, in one picklable object."""
+
+    def __init__(self, generators: dict[str, Recommender], ranker: lgb.Booster | None, items: ItemTable,
+                 candidates_per_source: int = 100, meta: dict | None = None):
+        self.generators = generators
+        self.ranker = ranker
+        self.items = items
+        self.candidates_per_source = candidates_per_source
+        self.meta = meta or {}
+        self.feature_names = feature_names(list(generators))
+
+    # -- candidates -----------------------------------------------------------------------------
+    def candidates(self, history: list[str], user_id: str | None = None) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+        """Union of every generator's top-N: (item indexes, generator features, sources per item)."""
+        n = self.candidates_per_source
+        per_gen = []
+        pool: dict[str, None] = {}
+        for name, gen in self.generators.items():
+            ids, scores = gen.score(history, n, user_id=user_id)
+            per_gen.append((name, ids, scores))
+            for i in ids:
+                pool.setdefault(i, None)
+        known = [i for i in pool if i in self.items.index]
+        pos = {i: p for p, i in enumerate(known)}
+        feats = np.zeros((len(known), 2 * len(per_gen)))
+        feats[:, 1::2] = n + 1  # "not proposed" ranks below every proposed one
+        sources: list[list[str]] = [[] for _ in known]
+        for g, (name, ids, scores) in enumerate(per_gen):
+            for r, (i, s) in enumerate(zip(ids, scores)):
+                p = pos.get(i)
+                if p is not None:
+                    feats[p, 2 * g] = s
+                    feats[p, 2 * g + 1] = r + 1
+                    sources[p].append(name)
+        idx = np.fromiter((self.items.index[i] for i in known), dtype=np.int64, count=len(known))
+        return idx, feats, sources
+
+    # -- ranking --------------------------------------------------------------------------------
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        if self.ranker is None:  # no ranker: fall back on the first generator's score
+            return x[:, 0]
+        return self.ranker.predict(x, num_threads=1)
+
+    def recommend(self, user_id: str | None, k: int, history: list[str], user_feats: dict | None,
+                  exclude: set[str] | None = None, now: float | None = None, in_stock_only: bool = True) -> list[Recommendation]:
+        now = float(now if now is not None else pd.Timestamp.now(tz="UTC").timestamp())
+        idx, gen_feats, sources = self.candidates(history, user_id)
+        if len(idx) == 0:
+            return []
+        keep = np.ones(len(idx), dtype=bool)
+        if exclude:
+            keep &= ~np.isin(self.items.ids[idx], list(exclude))
+        if in_stock_only:
+            keep &= self.items.in_stock[idx]
+        idx, gen_feats = idx[keep], gen_feats[keep]
+        sources = [s for s, k_ in zip(sources, keep) if k_]
+        if len(idx) == 0:
+            return []
+        uvec, aff, top = user_vector(user_feats)
+        n = len(idx)
+        hist = set(history)
+        in_hist = np.fromiter((i in hist for i in self.items.ids[idx]), dtype=bool, count=n)
+        x = feature_matrix(gen_feats, idx, np.broadcast_to(uvec, (n, len(uvec))), [aff] * n, [top] * n, in_hist, self.items, now)
+        scores = self.score_matrix(x)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [
+            Recommendation(item_id=str(self.items.ids[idx[o]]), score=float(scores[o]),
+                           reason=self._reason(idx[o], sources[o], history, aff), sources=sources[o])
+            for o in order
+        ]
+
+    def _reason(self, item_idx: int, sources: list[str], history: list[str], affinity: dict) -> str:
+        item = self.items.ids[item_idx]
+        cat = self.items.category[item_idx]
+        cv = self.generators.get("covisit")
+        if "covisit" in sources and cv is not None and history:
+            best, best_w = None, 0.0
+            for h in history[:10]:
+                for j, w in cv.similar_items(h, cv.max_neighbors):
+                    if j == item and w > best_w:
+                        best, best_w = h, w
+            if best is not None:
+                title = self.items.title[self.items.index[best]] if best in self.items.index else best
+                return f"Often viewed together with {title or best}, which you looked at recently"
+        if affinity.get(cat, 0.0) >= 0.2:
+            return f"Popular in {cat}, a category you often browse"
+        return f"Trending now in {cat}"
+
+    def popular(self, k: int, exclude: set[str] | None = None, in_stock_only: bool = True) -> list[Recommendation]:
+        """The fallback list: most popular items (needs only the popularity generator)."""
+        pop = self.generators.get("popularity")
+        ids, scores = pop.score([], k * 3 + len(exclude or ())) if pop else (np.array([]), np.array([]))
+        out = []
+        for i, s in zip(ids, scores):
+            if exclude and i in exclude:
+                continue
+            p = self.items.index.get(i)
+            if in_stock_only and p is not None and not self.items.in_stock[p]:
+                continue
+            cat = self.items.category[p] if p is not None else "the catalog"
+            out.append(Recommendation(item_id=str(i), score=float(s), reason=f"Trending now in {cat}", sources=["popularity"]))
+            if len(out) == k:
+                break
+        return out
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+
+    @staticmethod
+    def load(path: str | Path) -> "RecopsModel":
+        obj = pickle.loads(Path(path).read_bytes())
+        if not isinstance(obj, RecopsModel):
+            raise TypeError(f"{path} is not a RecopsModel")
+        return obj
+
+
+def train_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, names: list[str], x_val=None, y_val=None,
+                 g_val=None, params: dict | None = None, num_threads: int = 1, seed: int = 42) -> lgb.Booster:
+    """LightGBM LambdaRank; early stopping on the validation groups when given."""
+    p = {
+        "objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate": 0.05, "num_leaves": 31,
+        "min_data_in_leaf": 20, "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1,
+        "lambdarank_truncation_level": 20, "num_threads": num_threads, "seed": seed, "deterministic": True,
+        "force_col_wise": True, "verbosity": -1, **(params or {}),
+    }
+    train = lgb.Dataset(x, y, group=groups, feature_name=names, free_raw_data=False)
+    valid_sets, callbacks = [], []
+    if x_val is not None and len(g_val):
+        valid_sets = [lgb.Dataset(x_val, y_val, group=g_val, reference=train)]
+        callbacks = [lgb.early_stopping(20, verbose=False)]
+    return lgb.train(p, train, num_boost_round=p.pop("num_boost_round", 300), valid_sets=valid_sets, callbacks=callbacks)

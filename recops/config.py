@@ -1,0 +1,175 @@
+"""Settings: one YAML file plus ``RECOPS_*`` environment overrides select the backends.
+
+Precedence (highest first): environment variables, the file named by ``RECOPS_CONFIG``
+(or ``./recops.yaml`` when present), the built-in defaults of the chosen profile.
+
+Profiles:
+- ``local`` (default): SQLite event store, MLflow on SQLite with local artifacts, Feast parquet
+  offline store + SQLite online store, Prefect without a server. Nothing to install.
+- ``scaleout``: PostgreSQL event store and MLflow backend, Redis online store, a Prefect server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "wishlist": 3.0,
+    "add_to_cart": 4.0,
+    "remove_from_cart": -2.0,
+    "purchase": 5.0,
+    "rate": 0.0,  # a rate event carries its own value (1-5)
+}
+
+PROFILES = ("local", "scaleout")
+
+
+@dataclass
+class Settings:
+    """Everything that selects a backend or tunes a step. Paths are resolved against ``home``."""
+
+    profile: str = "local"
+    home: Path = Path(".recops")
+    # Event store (SQLAlchemy URL). Empty: SQLite file in home.
+    event_store_url: str = ""
+    # MLflow. Empty tracking URI: SQLite file in home; artifacts in home/mlartifacts.
+    mlflow_tracking_uri: str = ""
+    mlflow_artifact_root: str = ""
+    mlflow_experiment: str = "recops"
+    model_name: str = "recops"
+    # Feast online store: sqlite (file in home) or redis.
+    online_store: str = "sqlite"
+    redis_url: str = "127.0.0.1:6379"
+    feast_project: str = "recops"
+    # Prefect: empty means no server (ephemeral API inside the process).
+    prefect_api_url: str = ""
+    # Event semantics.
+    event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    custom_event_types: dict[str, float] = field(default_factory=dict)
+    decay_half_life_days: float = 30.0
+    # Validation.
+    max_bad_share: float = 0.05
+    max_event_age_days: float = 365.0 * 30
+    future_tolerance_seconds: float = 300.0
+    max_value: float = 1_000_000.0
+    # Training and evaluation.
+    k: int = 10
+    holdout_days: float = 7.0
+    candidates_per_source: int = 100
+    promote_tolerance: float = 0.0
+    random_state: int = 42
+    num_threads: int = 1
+    # Serving.
+    reload_interval_seconds: float = 10.0
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 3000
+
+    @property
+    def event_types(self) -> dict[str, float]:
+        """Known event types and their implicit-rating weights (built-in plus custom ones)."""
+        return {**self.event_weights, **self.custom_event_types}
+
+    @property
+    def event_store_uri(self) -> str:
+        return self.event_store_url or f"sqlite:///{(self.home / 'events.db').resolve()}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> str:
+        return self.mlflow_artifact_root or (self.home / "mlartifacts").resolve().as_uri()
+
+    @property
+    def feature_dir(self) -> Path:
+        return (self.home / "features").resolve()
+
+    @property
+    def staging_dir(self) -> Path:
+        return (self.home / "staging").resolve()
+
+    @property
+    def reports_dir(self) -> Path:
+        return (self.home / "reports").resolve()
+
+    def ensure_dirs(self) -> None:
+        for d in (self.home, self.feature_dir, self.staging_dir, self.reports_dir):
+            Path(d).mkdir(parents=True, exist_ok=True)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes a child process (server, flow run) see these settings."""
+        env = {"RECOPS_HOME": str(Path(self.home).resolve()), "RECOPS_PROFILE": self.profile}
+        for f in dataclasses.fields(self):
+            if f.name in ("home", "profile"):
+                continue
+            val = getattr(self, f.name)
+            if isinstance(val, (str, int, float)) and not isinstance(val, bool):
+                env[f"RECOPS_{f.name.upper()}"] = str(val)
+        return env
+
+
+def _profile_defaults(profile: str) -> dict[str, Any]:
+    if profile == "scaleout":
+        return {
+            "event_store_url": "postgresql+psycopg2://postgres@127.0.0.1:5432/recops",
+            "mlflow_tracking_uri": "postgresql+psycopg2://postgres@127.0.0.1:5432/recops_mlflow",
+            "online_store": "redis",
+            "prefect_api_url": "http://127.0.0.1:4200/api",
+        }
+    return {}
+
+
+def _coerce(name: str, raw: str) -> Any:
+    ftype = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    if ftype in ("int",):
+        return int(raw)
+    if ftype in ("float",):
+        return float(raw)
+    if ftype == "Path":
+        return Path(raw)
+    if ftype.startswith("dict"):
+        parsed = yaml.safe_load(raw)
+        if not isinstance(parsed, dict):
+            raise ValueError(f"RECOPS_{name.upper()} must be a mapping, got {raw!r}")
+        return {str(k): float(v) for k, v in parsed.items()}
+    return raw
+
+
+def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Settings:
+    """Build settings from defaults, the config file, ``RECOPS_*`` variables and ``overrides``."""
+    file_values: dict[str, Any] = {}
+    cfg_path = Path(path or os.environ.get("RECOPS_CONFIG", "recops.yaml"))
+    if cfg_path.exists():
+        loaded = yaml.safe_load(cfg_path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{cfg_path}: expected a mapping of settings")
+        file_values = loaded
+    known = {f.name for f in dataclasses.fields(Settings)}
+    unknown = set(file_values) - known
+    if unknown:
+        raise ValueError(f"{cfg_path}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
+
+    env_values = {
+        name: _coerce(name, os.environ[f"RECOPS_{name.upper()}"])
+        for name in known
+        if f"RECOPS_{name.upper()}" in os.environ
+    }
+    profile = overrides.get("profile") or env_values.get("profile") or file_values.get("profile") or "local"
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    values = {**_profile_defaults(profile), **file_values, **env_values, **overrides, "profile": profile}
+    values["home"] = Path(values.get("home", Settings.home))
+    settings = Settings(**values)
+    clash = set(settings.custom_event_types) & set(DEFAULT_EVENT_WEIGHTS)
+    if clash:
+        raise ValueError(f"custom_event_types redefine built-in types {sorted(clash)}")
+    return settings

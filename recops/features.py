@@ -1,0 +1,224 @@
+"""Behavioral features, computed by the same code offline (snapshots for Feast) and online (/track).
+
+``entity_features(events, points, ...)`` computes features for many (entity, as_of) points at once:
+events are sorted by (entity, time) and every windowed count is a difference of cumulative sums found
+with ``searchsorted``. Offline it is called with thousands of snapshot points, online with one point
+(the user, now). Because both paths run this function, training and serving cannot disagree.
+
+Windows are ``(as_of - w, as_of]``. Values that depend on the request time (recency, tenure) are not
+stored; they are derived from the stored ``last_event_ts``/``first_event_ts`` by ``derive_user``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+COUNT_TYPES = ("view", "click", "add_to_cart", "purchase")
+WINDOWS_DAYS = (1, 7, 30)
+MAX_CATEGORIES = 32  # category-affinity vectors keep the most common categories, the rest is "other"
+
+USER_PREFIX, ITEM_PREFIX = "u_", "i_"
+
+
+def _count_names(prefix: str) -> list[str]:
+    return [f"{prefix}{t}_{w}d" for t in COUNT_TYPES for w in WINDOWS_DAYS]
+
+
+USER_FEATURES: dict[str, str] = {
+    **{n: "int" for n in _count_names(USER_PREFIX)},
+    "u_events_30d": "int",
+    "u_view_to_click_30d": "float",
+    "u_view_to_cart_30d": "float",
+    "u_cart_to_purchase_30d": "float",
+    "u_avg_price_paid": "float",
+    "u_last_event_ts": "float",
+    "u_first_event_ts": "float",
+    "u_n_categories": "int",
+    "u_top_category": "str",
+    "u_top_category_share": "float",
+    "u_category_affinity": "str",
+}
+
+ITEM_FEATURES: dict[str, str] = {
+    **{n: "int" for n in _count_names(ITEM_PREFIX)},
+    "i_events_7d": "int",
+    "i_events_30d": "int",
+    "i_trend": "float",
+    "i_conversion_30d": "float",
+    "i_last_event_ts": "float",
+}
+
+# Numeric user features the ranker reads (stored ones plus the request-time derived ones).
+USER_MODEL_FEATURES = [n for n, t in USER_FEATURES.items() if t != "str" and not n.endswith("_ts")] + [
+    "u_recency_hours",
+    "u_tenure_days",
+]
+ITEM_MODEL_FEATURES = [n for n, t in ITEM_FEATURES.items() if not n.endswith("_ts")] + ["i_price", "i_age_days"]
+
+_SHIFT = np.int64(1) << np.int64(42)  # entity code in the high bits, epoch milliseconds in the low bits
+
+
+def _ms(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    return (pd.to_datetime(ts, utc=True).astype("datetime64[ns, UTC]").astype("int64") // 1_000_000).to_numpy()
+
+
+def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(den > 0, num / np.maximum(den, 1), 0.0)
+    return np.clip(r, 0.0, 1.0)
+
+
+def entity_features(
+    events: pd.DataFrame,
+    points: pd.DataFrame,
+    key: str,
+    prefix: str,
+    item_category: pd.Series | None = None,
+    categories: list[str] | None = None,
+) -> pd.DataFrame:
+    """Features of ``key`` entities at the ``(key, as_of)`` rows of ``points``.
+
+    ``item_category`` (item_id -> category) and ``categories`` (the affinity vocabulary) are only
+    used for user features (category affinity).
+    """
+    ev = events[events[key].notna()]
+    ents = pd.Index(pd.unique(pd.concat([ev[key], points[key]], ignore_index=True).astype(str)))
+    ev_code = ents.get_indexer(ev[key].astype(str)).astype(np.int64)
+    ev_ms = _ms(ev["timestamp"])
+    order = np.lexsort((ev_ms, ev_code))
+    ev_keys = ev_code[order] * _SHIFT + ev_ms[order]
+    etype = ev["event_type"].to_numpy()[order]
+    ev_ts = ev_ms[order] / 1000.0
+
+    p_code = ents.get_indexer(points[key].astype(str)).astype(np.int64)
+    p_ms = _ms(points["as_of"])
+    hi = np.searchsorted(ev_keys, p_code * _SHIFT + p_ms, side="right")
+    lo_all = np.searchsorted(ev_keys, p_code * _SHIFT, side="left")
+
+    out = pd.DataFrame({key: points[key].astype(str).to_numpy(), "event_timestamp": pd.to_datetime(points["as_of"], utc=True).to_numpy()})
+    lo_w = {w: np.searchsorted(ev_keys, p_code * _SHIFT + p_ms - int(w * 86_400_000), side="right") for w in WINDOWS_DAYS}
+
+    def cum(mask: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+
+    counts: dict[tuple[str, int], np.ndarray] = {}
+    for t in COUNT_TYPES:
+        c = cum(etype == t)
+        for w in WINDOWS_DAYS:
+            counts[(t, w)] = c[hi] - c[lo_w[w]]
+            out[f"{prefix}{t}_{w}d"] = counts[(t, w)]
+    c_all = np.arange(len(ev_keys) + 1)
+    has = hi > lo_all
+    out[f"{prefix}last_event_ts"] = np.where(has, ev_ts[np.maximum(hi - 1, 0)] if len(ev_ts) else 0.0, np.nan)
+
+    if prefix == USER_PREFIX:
+        out["u_events_30d"] = c_all[hi] - c_all[lo_w[30]]
+        v, cl, ca, pu = (counts[(t, 30)] for t in COUNT_TYPES)
+        out["u_view_to_click_30d"] = _safe_ratio(cl, v)
+        out["u_view_to_cart_30d"] = _safe_ratio(ca, v)
+        out["u_cart_to_purchase_30d"] = _safe_ratio(pu, ca)
+        is_p = etype == "purchase"
+        vals = np.nan_to_num(ev["value"].to_numpy(dtype=float)[order]) * is_p
+        pv = np.concatenate([[0.0], np.cumsum(vals)])
+        pc = cum(is_p & (vals > 0))
+        n_paid = pc[hi] - pc[lo_all]
+        out["u_avg_price_paid"] = np.where(n_paid > 0, (pv[hi] - pv[lo_all]) / np.maximum(n_paid, 1), 0.0)
+        out["u_first_event_ts"] = np.where(has, ev_ts[np.minimum(lo_all, max(len(ev_ts) - 1, 0))] if len(ev_ts) else 0.0, np.nan)
+        _add_category_affinity(out, ev, order, hi, lo_all, item_category, categories)
+    else:
+        out["i_events_7d"] = c_all[hi] - c_all[lo_w[7]]
+        out["i_events_30d"] = c_all[hi] - c_all[lo_w[30]]
+        act = lambda w: sum(counts[(t, w)] for t in ("view", "click"))  # noqa: E731
+        out["i_trend"] = (act(1) * 7.0 + 1.0) / (act(7) + 1.0)
+        out["i_conversion_30d"] = _safe_ratio(counts[("purchase", 30)], counts[("view", 30)])
+    return out
+
+
+def _add_category_affinity(out, ev, order, hi, lo, item_category, categories) -> None:
+    names = USER_FEATURES
+    if item_category is None or not categories:
+        out["u_n_categories"] = 0
+        out["u_top_category"] = ""
+        out["u_top_category_share"] = 0.0
+        out["u_category_affinity"] = "{}"
+        return
+    vocab = list(categories)[: MAX_CATEGORIES - 1] + ["other"]
+    cat = ev["item_id"].map(item_category).fillna("other").to_numpy()[order]
+    positive = ~np.isin(ev["event_type"].to_numpy()[order], ["remove_from_cart"])
+    code = pd.Index(vocab).get_indexer(cat)
+    code[code < 0] = len(vocab) - 1
+    onehot = np.zeros((len(cat) + 1, len(vocab)), dtype=np.int32)
+    onehot[np.arange(1, len(cat) + 1)[positive], code[positive]] = 1
+    np.cumsum(onehot, axis=0, out=onehot)
+    vec = (onehot[hi] - onehot[lo]).astype(np.float64)
+    total = vec.sum(axis=1)
+    share = vec / np.maximum(total, 1)[:, None]
+    out["u_n_categories"] = (vec > 0).sum(axis=1)
+    top = share.argmax(axis=1)
+    out["u_top_category"] = np.where(total > 0, np.asarray(vocab, dtype=object)[top], "")
+    out["u_top_category_share"] = np.where(total > 0, share[np.arange(len(top)), top], 0.0)
+    top5 = np.argsort(-share, axis=1)[:, :5]
+    out["u_category_affinity"] = [
+        json.dumps({vocab[j]: round(float(s[j]), 4) for j in idx if s[j] > 0}) for idx, s in zip(top5, share)
+    ]
+    assert set(out.columns) - {"user_id", "event_timestamp"} <= set(names)
+
+
+def snapshot_points(events: pd.DataFrame, key: str, until: pd.Timestamp | None = None) -> pd.DataFrame:
+    """The times at which an entity's stored features change, for the offline (point-in-time) table.
+
+    A snapshot is taken at the end of every day on which the entity had events and at the ends of
+    the days on which those events leave the 1/7/30-day windows, so that a point-in-time lookup at
+    any midnight returns exact values; plus one at ``until`` (the data's end) for every entity, the
+    latest state that is materialized to the online store.
+    """
+    ev = events[events[key].notna()]
+    until = until if until is not None else ev["timestamp"].max()
+    day = ev["timestamp"].dt.floor("D")
+    base = pd.DataFrame({key: ev[key].astype(str), "day": day}).drop_duplicates()
+    frames = [base.assign(as_of=base["day"] + pd.Timedelta(days=1 + off)) for off in (0, 1, 7, 30)]
+    pts = pd.concat(frames, ignore_index=True)[[key, "as_of"]]
+    pts = pts[pts["as_of"] < until]
+    latest = pd.DataFrame({key: pd.unique(ev[key].astype(str)), "as_of": until})
+    return pd.concat([pts, latest], ignore_index=True).drop_duplicates().reset_index(drop=True)
+
+
+def category_vocabulary(items: pd.DataFrame) -> list[str]:
+    """The affinity vocabulary: categories by catalog size (ties by name), stable for one catalog."""
+    counts = items["category"].fillna("unknown").astype(str).value_counts()
+    return sorted(counts.index, key=lambda c: (-counts[c], c))[: MAX_CATEGORIES - 1]
+
+
+def user_features(events: pd.DataFrame, points: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    cat = items.set_index("item_id")["category"] if not items.empty else None
+    return entity_features(events, points, "user_id", USER_PREFIX, cat, category_vocabulary(items) if not items.empty else None)
+
+
+def item_features(events: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
+    return entity_features(events, points, "item_id", ITEM_PREFIX)
+
+
+def derive_user(frame: pd.DataFrame, now: float | np.ndarray) -> pd.DataFrame:
+    """Request-time features from stored timestamps (same code in training and serving)."""
+    last = frame["u_last_event_ts"].astype(float)
+    first = frame["u_first_event_ts"].astype(float)
+    frame["u_recency_hours"] = ((now - last) / 3600.0).where(last.notna(), 24.0 * 365)
+    frame["u_tenure_days"] = ((now - first) / 86400.0).where(first.notna(), 0.0)
+    return frame
+
+
+def affinity_for(affinity_json: pd.Series, categories: pd.Series) -> np.ndarray:
+    """The user's affinity share for each row's item category (0 when not among their top 5)."""
+    cache: dict[str, dict] = {}
+    out = np.zeros(len(categories))
+    for i, (a, c) in enumerate(zip(affinity_json, categories)):
+        if not isinstance(a, str):
+            continue
+        d = cache.get(a)
+        if d is None:
+            d = cache[a] = json.loads(a)
+        out[i] = d.get(c, 0.0)
+    return out

@@ -1,0 +1,119 @@
+"""A thin wrapper over the Feast store: write offline tables, materialize, point-in-time reads, push.
+
+Feast's import costs seconds, so it happens here on first use, never in the CLI's start-up path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recops.config import Settings
+from recops.features import ITEM_FEATURES, USER_FEATURES
+
+USER_VIEW, ITEM_VIEW = "user_behavior", "item_stats"
+USER_PUSH = "user_behavior_push"
+
+
+def _feature_repo_dir() -> Path:
+    from recops import feature_repo
+
+    return Path(feature_repo.__file__).resolve().parent
+
+
+def feature_store_yaml(settings: Settings) -> str:
+    tmpl = "scaleout" if settings.online_store == "redis" else "local"
+    text = (_feature_repo_dir() / f"feature_store.{tmpl}.yaml").read_text()
+    return text.format(project=settings.feast_project, home=Path(settings.home).resolve(), redis=settings.redis_url)
+
+
+def _coerce(df: pd.DataFrame, spec: dict[str, str]) -> pd.DataFrame:
+    """Feast wants float64 for Float64 fields and plain ints for Int64 ones."""
+    out = df.copy()
+    for name, t in spec.items():
+        if name not in out:
+            continue
+        if t == "int":
+            out[name] = pd.to_numeric(out[name]).fillna(0).astype("int64")
+        elif t == "float":
+            out[name] = pd.to_numeric(out[name]).astype("float64")
+        else:
+            out[name] = out[name].fillna("").astype(str)
+    return out
+
+
+class FeatureStoreClient:
+    """One Feast ``FeatureStore`` for a recops home; definitions are applied on first use."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.repo_dir = Path(settings.home).resolve() / "feast"
+        self.repo_dir.mkdir(parents=True, exist_ok=True)
+        (self.repo_dir / "feature_store.yaml").write_text(feature_store_yaml(settings))
+        self._store = None
+        self.user_refs = [f"{USER_VIEW}:{n}" for n in USER_FEATURES]
+        self.item_refs = [f"{ITEM_VIEW}:{n}" for n in ITEM_FEATURES]
+
+    @property
+    def store(self):
+        if self._store is None:
+            from feast import FeatureStore
+
+            self._store = FeatureStore(repo_path=str(self.repo_dir))
+        return self._store
+
+    def apply(self) -> None:
+        from recops.feature_repo.definitions import build
+
+        self.store.apply(build(self.settings.feature_dir))
+
+    def write_offline(self, user_feats: pd.DataFrame, item_feats: pd.DataFrame) -> None:
+        """Replace the offline parquet tables atomically (write to a temp file, then rename)."""
+        d = self.settings.feature_dir
+        d.mkdir(parents=True, exist_ok=True)
+        for name, df, spec in (("user_features", user_feats, USER_FEATURES), ("item_features", item_feats, ITEM_FEATURES)):
+            tmp = d / f".{name}.parquet.tmp"
+            _coerce(df, spec).to_parquet(tmp, index=False)
+            tmp.replace(d / f"{name}.parquet")
+
+    def materialize(self, end: pd.Timestamp) -> None:
+        start = pd.Timestamp("1990-01-01", tz="UTC")
+        self.store.materialize(start_date=start.to_pydatetime(), end_date=(end + pd.Timedelta(seconds=1)).to_pydatetime())
+
+    def historical(self, entity_df: pd.DataFrame, kind: str) -> pd.DataFrame:
+        """Point-in-time features for ``entity_df`` (key column + ``event_timestamp``), same row order.
+
+        Feast's file store drops rows that precede every feature row, collapses duplicates and
+        reorders: the result is merged back onto the entity rows, so every input row is answered
+        (with nulls where nothing was known yet).
+        """
+        key = "user_id" if kind == "user" else "item_id"
+        refs = self.user_refs if kind == "user" else self.item_refs
+        ents = entity_df[[key, "event_timestamp"]].copy()
+        ents["event_timestamp"] = pd.to_datetime(ents["event_timestamp"], utc=True)
+        uniq = ents.drop_duplicates().reset_index(drop=True)
+        got = self.store.get_historical_features(entity_df=uniq, features=refs).to_df()
+        got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True)
+        return ents.merge(got, on=[key, "event_timestamp"], how="left")
+
+    def online_user(self, user_id: str) -> dict | None:
+        """The user's online features, or None when the store knows nothing about them."""
+        res = self.store.get_online_features(features=self.user_refs, entity_rows=[{"user_id": user_id}]).to_dict()
+        row = {k: v[0] for k, v in res.items()}
+        if row.get("u_last_event_ts") is None:
+            return None
+        return row
+
+    def push_user(self, feats: pd.DataFrame) -> None:
+        from feast.data_source import PushMode
+
+        self.store.push(USER_PUSH, _coerce(feats, USER_FEATURES), to=PushMode.ONLINE)
+
+    def teardown(self) -> None:
+        self.store.teardown()
+
+
+def nan_to_none(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in d.items()}

@@ -1,0 +1,81 @@
+"""MLflow tracking and registry: experiments, logged runs, aliases (@challenger, @champion)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from recops.config import Settings
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+def setup(settings: Settings):
+    """Point MLflow at the settings' backend; create the experiment with an explicit artifact root."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    exp = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+    if exp is None:
+        root = settings.artifact_root.rstrip("/")
+        mlflow.create_experiment(settings.mlflow_experiment, artifact_location=f"{root}/{settings.mlflow_experiment}")
+    mlflow.set_experiment(settings.mlflow_experiment)
+    return mlflow.MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "mlflow")]
+
+
+def log_model(settings: Settings, model, params: dict, metrics: dict, extra: dict | None = None) -> dict:
+    """One run: params, metrics, the feature list and the packaged model, registered as @challenger."""
+    import mlflow
+
+    from recops.models.packaging import RecopsPyfunc
+
+    client = setup(settings)
+    with mlflow.start_run(run_name="train") as run, tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_params(params)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_dict({"features": model.feature_names, "generators": list(model.generators)}, "features.json")
+        if model.ranker is not None:
+            imp = dict(zip(model.feature_names, model.ranker.feature_importance("gain").round(3).tolist()))
+            mlflow.log_dict(dict(sorted(imp.items(), key=lambda kv: -kv[1])), "feature_importance.json")
+        for name, obj in (extra or {}).items():
+            mlflow.log_dict(obj, name)
+        path = Path(tmp) / "recops_model.pkl"
+        model.save(path)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=RecopsPyfunc(), artifacts={"model": str(path)},
+            pip_requirements=pip_requirements(), registered_model_name=settings.model_name,
+        )
+        version = str(info.registered_model_version)
+        client.set_registered_model_alias(settings.model_name, CHALLENGER, version)
+        client.set_model_version_tag(settings.model_name, version, "run_id", run.info.run_id)
+        return {"run_id": run.info.run_id, "version": version, "model_uri": f"models:/{settings.model_name}/{version}"}
+
+
+def alias_version(settings: Settings, alias: str) -> str | None:
+    """The version an alias points at, or None (no registered model or no such alias)."""
+    client = setup(settings)
+    try:
+        return str(client.get_model_version_by_alias(settings.model_name, alias).version)
+    except Exception as exc:  # MLflow raises RestException/MlflowException for "not found"
+        if "not found" in str(exc).lower() or "does not exist" in str(exc).lower() or "RESOURCE_DOES_NOT_EXIST" in str(exc):
+            return None
+        raise
+
+
+def load_version(settings: Settings, version: str):
+    """The RecopsModel of a registered version."""
+    import mlflow
+
+    setup(settings)
+    pyf = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
+    return pyf.unwrap_python_model().model

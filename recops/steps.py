@@ -1,0 +1,267 @@
+"""The lifecycle steps as plain functions: ingest, validate, features, train, evaluate, promote.
+
+Prefect flows, the CLI and tests call these. Each step reads and writes durable state (staging
+files, the event store, Feast, the MLflow registry) so that a failed step leaves the previous good
+state serving and a step can be re-run on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recops.config import Settings
+from recops.store import EventStore
+
+
+class StepFailed(RuntimeError):
+    """A step refused to go on (bad data, nothing to train on); nothing downstream was changed."""
+
+
+def _timed(fn):
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        out["seconds"] = round(time.perf_counter() - t0, 3)
+        return out
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+# -- ingest -------------------------------------------------------------------------------------
+@_timed
+def ingest(settings: Settings, source: str = "synthetic", path: str | None = None, n_events: int = 100_000,
+           seed: int = 42, bad_share: float = 0.01, end: str | None = None, mapping: dict | None = None) -> dict:
+    """Load a source into a staging batch (parquet); nothing reaches the event store before validation."""
+    from recops import importers
+    from recops.generate import generate
+
+    settings.ensure_dirs()
+    if source == "synthetic":
+        d = generate(n_events=n_events, seed=seed, bad_share=bad_share, end=end)
+        from recops.schema import normalize_events, normalize_items, normalize_users
+
+        ds = importers.Dataset(normalize_events(d.events), normalize_items(d.items), normalize_users(d.users))
+    elif source in importers.SOURCES:
+        if not path:
+            raise StepFailed(f"source {source!r} needs --path to the data set")
+        ds = importers.SOURCES[source](path)
+    elif source == "file":
+        if not path:
+            raise StepFailed("source 'file' needs --path to a CSV/Parquet events file")
+        ds = importers.load_generic(path, mapping=mapping)
+    else:
+        raise StepFailed(f"unknown source {source!r}; choose synthetic, file or one of {sorted(importers.SOURCES)}")
+    batch_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    d = settings.staging_dir / batch_id
+    d.mkdir(parents=True)
+    ds.events.to_parquet(d / "events.parquet", index=False)
+    ds.items.to_parquet(d / "items.parquet", index=False)
+    ds.users.to_parquet(d / "users.parquet", index=False)
+    return {"batch_id": batch_id, "source": source, "events": int(len(ds.events)), "items": int(len(ds.items)),
+            "users": int(len(ds.users)), "staging": str(d)}
+
+
+# -- validate -----------------------------------------------------------------------------------
+@_timed
+def validate(settings: Settings, batch_id: str, now: pd.Timestamp | None = None) -> dict:
+    """Validate a staged batch; quarantine failing rows with their reasons; load the good ones.
+
+    When the bad share exceeds ``max_bad_share`` the batch is quarantined but not loaded and the
+    step fails: the store keeps its previous good state.
+    """
+    from recops.validation import validate_events, write_report
+
+    d = settings.staging_dir / batch_id
+    if not (d / "events.parquet").exists():
+        raise StepFailed(f"no staged batch {batch_id!r} in {settings.staging_dir}")
+    events = pd.read_parquet(d / "events.parquet")
+    outcome = validate_events(events, list(settings.event_types), settings.max_value, settings.max_event_age_days,
+                              settings.future_tolerance_seconds, now=now)
+    report = write_report([outcome], settings.reports_dir / f"validation-{batch_id}.html", f"Validation of batch {batch_id}")
+    store = EventStore(settings.event_store_uri)
+    bad = events.loc[outcome.bad_index]
+    quarantined = store.quarantine_rows(bad, outcome.reasons, batch_id=batch_id)
+    result = {"batch_id": batch_id, "rows": outcome.rows, "bad_rows": int(len(bad)), "bad_share": round(outcome.bad_share, 5),
+              "quarantined": quarantined, "report": str(report),
+              "failed_expectations": {s["expectation"]: s["unexpected"] for s in outcome.per_expectation if s["unexpected"]}}
+    if outcome.bad_share > settings.max_bad_share:
+        store.dispose()
+        raise StepFailed(
+            f"batch {batch_id}: {outcome.bad_share:.2%} of rows failed validation (limit {settings.max_bad_share:.2%}); "
+            f"{quarantined} rows quarantined, nothing loaded. Report: {report}"
+        )
+    good = events.drop(index=outcome.bad_index)
+    result["loaded"] = store.add_events(good)
+    items = pd.read_parquet(d / "items.parquet")
+    users = pd.read_parquet(d / "users.parquet")
+    if len(items):
+        store.upsert_items(items)
+    if len(users):
+        store.upsert_users(users)
+    result["total_events"] = store.count_events()
+    store.dispose()
+    return result
+
+
+# -- features -----------------------------------------------------------------------------------
+@_timed
+def build_features(settings: Settings, until: pd.Timestamp | None = None) -> dict:
+    """Compute the offline feature tables, validate them, write parquet, materialize online."""
+    from recops.features import item_features, snapshot_points, user_features
+    from recops.featurestore import FeatureStoreClient
+    from recops.validation import run_suite, write_report
+
+    store = EventStore(settings.event_store_uri)
+    events = store.events()
+    items = store.items()
+    store.dispose()
+    if events.empty:
+        raise StepFailed("the event store is empty: ingest and validate a batch first")
+    until = until or events["timestamp"].max()
+    users_ev = events[events["user_id"].notna()]
+    uf = user_features(users_ev, snapshot_points(users_ev, "user_id", until), items)
+    itf = item_features(events, snapshot_points(events, "item_id", until))
+    outcomes = [run_suite(uf, "user_features"), run_suite(itf, "item_features")]
+    report = write_report(outcomes, settings.reports_dir / f"features-{int(time.time())}.html", "Feature table validation")
+    failed = [o for o in outcomes if not o.success]
+    if failed:
+        raise StepFailed("feature tables failed validation (" + ", ".join(f"{o.suite}: {dict(o.reasons.value_counts())}" for o in failed)
+                         + f"); the previous features keep serving. Report: {report}")
+    fs = FeatureStoreClient(settings)
+    fs.write_offline(uf, itf)
+    fs.apply()
+    fs.materialize(until)
+    return {"user_rows": int(len(uf)), "item_rows": int(len(itf)), "until": str(until), "report": str(report),
+            "users": int(uf["user_id"].nunique()), "items": int(itf["item_id"].nunique())}
+
+
+# -- train --------------------------------------------------------------------------------------
+@_timed
+def train(settings: Settings) -> dict:
+    """Train on the event store with point-in-time features; log to MLflow; register @challenger."""
+    from recops import registry
+    from recops.featurestore import FeatureStoreClient
+    from recops.training import train_model
+
+    store = EventStore(settings.event_store_uri)
+    events, items = store.events(), store.items()
+    store.dispose()
+    if events.empty:
+        raise StepFailed("the event store is empty: nothing to train on")
+    fs = FeatureStoreClient(settings)
+    try:
+        model, rep = train_model(events, items, fs, settings)
+    except ValueError as exc:
+        raise StepFailed(str(exc)) from exc
+    ev, split, k = rep["eval"], rep["split"], settings.k
+    metrics = {f"{m}": v for m, v in ev["model"].items()}
+    metrics.update({f"baseline_{m}": v for m, v in ev.get("baseline", {}).items()})
+    metrics.update({k_: v for k_, v in rep["ranker"].items()})
+    params = {"k": k, "holdout_days": settings.holdout_days, "candidates_per_source": settings.candidates_per_source,
+              "generators": ",".join(model.generators), "n_events": len(events), "split_t1": str(split.t1),
+              "split_cut": str(split.cut), "split_end": str(split.end), "decay_half_life_days": settings.decay_half_life_days,
+              "event_weights": json.dumps(settings.event_types, sort_keys=True), "ranker": "lightgbm-lambdarank",
+              "num_features": len(model.feature_names)}
+    logged = registry.log_model(settings, model, params, metrics, extra={"split.json": {k_: str(v) for k_, v in vars(split).items()}})
+    return {**logged, "metrics": {k_: round(v, 5) for k_, v in metrics.items()}, "split_cut": str(split.cut)}
+
+
+# -- evaluate -----------------------------------------------------------------------------------
+@_timed
+def evaluate(settings: Settings) -> dict:
+    """Compare @challenger with @champion on the same holdout (paired bootstrap CI of the NDCG gap)."""
+    from recops import registry
+    from recops.featurestore import FeatureStoreClient
+    from recops.models.metrics import bootstrap_ci
+    from recops.training import evaluate_on_holdout, make_split
+
+    challenger = registry.alias_version(settings, registry.CHALLENGER)
+    if challenger is None:
+        raise StepFailed("no @challenger version to evaluate: run train first")
+    champion = registry.alias_version(settings, registry.CHAMPION)
+    store = EventStore(settings.event_store_uri)
+    events, items = store.events(), store.items()
+    store.dispose()
+    events = events[events["user_id"].notna()]
+    split = make_split(events, settings.holdout_days)
+    fs = FeatureStoreClient(settings)
+    res_c = evaluate_on_holdout(registry.load_version(settings, challenger), events, split, fs, items, settings)
+    out = {"challenger": challenger, "champion": champion, "holdout_cut": str(split.cut), "k": settings.k,
+           "challenger_metrics": res_c["model"], "baseline_metrics": res_c.get("baseline")}
+    if champion is not None and champion != challenger:
+        res_p = evaluate_on_holdout(registry.load_version(settings, champion), events, split, fs, items, settings, with_baseline=False)
+        diff = res_c["per_user_ndcg"] - res_p["per_user_ndcg"]
+        lo, hi = bootstrap_ci(diff, seed=settings.random_state)
+        out.update({"champion_metrics": res_p["model"], "ndcg_delta": float(diff.mean()), "ndcg_delta_ci": [lo, hi]})
+    client = registry.setup(settings)
+    k = settings.k
+    client.set_model_version_tag(settings.model_name, challenger, "eval_ndcg", f"{res_c['model'][f'ndcg_at_{k}']:.5f}")
+    client.set_model_version_tag(settings.model_name, challenger, "eval_holdout_cut", str(split.cut))
+    if "ndcg_delta" in out:
+        client.set_model_version_tag(settings.model_name, challenger, "eval_vs_champion",
+                                     json.dumps({"champion": champion, "ndcg_delta": round(out["ndcg_delta"], 5),
+                                                 "ci95": [round(x, 5) for x in out["ndcg_delta_ci"]]}))
+    return out
+
+
+# -- promote ------------------------------------------------------------------------------------
+@_timed
+def promote(settings: Settings, force: bool = False) -> dict:
+    """Move @champion to @challenger when it is not worse (or when forced); record why in tags."""
+    from recops import registry
+
+    client = registry.setup(settings)
+    challenger = registry.alias_version(settings, registry.CHALLENGER)
+    if challenger is None:
+        raise StepFailed("no @challenger version to promote: run train first")
+    champion = registry.alias_version(settings, registry.CHAMPION)
+    tags = client.get_model_version(settings.model_name, challenger).tags
+    if champion is None:
+        promoted, why = True, "first model: no champion yet"
+    elif champion == challenger:
+        promoted, why = False, f"version {challenger} is already champion"
+    elif force:
+        promoted, why = True, f"forced over champion v{champion}"
+    elif "eval_vs_champion" not in tags:
+        promoted, why = False, "not evaluated against the current champion: run evaluate first (or --force)"
+    else:
+        cmp = json.loads(tags["eval_vs_champion"])
+        if cmp["champion"] != champion:
+            promoted, why = False, f"evaluated against v{cmp['champion']}, but the champion is now v{champion}: evaluate again"
+        else:
+            delta = cmp["ndcg_delta"]
+            promoted = delta >= -settings.promote_tolerance
+            why = (f"NDCG@{settings.k} delta vs v{champion}: {delta:+.5f} (95% CI {cmp['ci95'][0]:+.5f}..{cmp['ci95'][1]:+.5f}); "
+                   + ("not worse: promoted" if promoted else f"worse than tolerance {settings.promote_tolerance}: kept champion"))
+    client.set_model_version_tag(settings.model_name, challenger, "promotion_decision", "promoted" if promoted else "rejected")
+    client.set_model_version_tag(settings.model_name, challenger, "promotion_reason", why)
+    if promoted:
+        client.set_registered_model_alias(settings.model_name, registry.CHAMPION, challenger)
+        if champion is not None and champion != challenger:
+            client.set_model_version_tag(settings.model_name, champion, "replaced_by", challenger)
+    return {"promoted": promoted, "reason": why, "champion": challenger if promoted else champion,
+            "previous_champion": champion}
+
+
+def _np_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (pd.Timestamp, Path)):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def to_json(result: dict) -> str:
+    clean = {k: v for k, v in result.items() if k not in ("per_user_ndcg", "users")}
+    return json.dumps(clean, default=_np_default, indent=2, sort_keys=True)

@@ -1,0 +1,245 @@
+"""The event store: one SQLAlchemy schema on SQLite (default) or PostgreSQL (scale-out).
+
+Timestamps are stored as UTC epoch seconds (a double): unambiguous on every dialect and fast to bulk
+load into pandas. Writes are idempotent on ``event_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from recops.schema import EVENT_COLUMNS
+
+metadata = sa.MetaData()
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(128), nullable=True),  # anonymous session events have none
+    sa.Column("item_id", sa.String(128), nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("timestamp", sa.Float, nullable=False, comment="UTC epoch seconds"),
+    sa.Column("session_id", sa.String(128), nullable=True),
+    sa.Column("value", sa.Float, nullable=True),
+    sa.Column("context", sa.Text, nullable=True),
+    sa.Column("ingested_at", sa.Float, nullable=False),
+    sa.Index("ix_events_user_ts", "user_id", "timestamp"),
+    sa.Index("ix_events_item_ts", "item_id", "timestamp"),
+    sa.Index("ix_events_session", "session_id"),
+)
+
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column("item_id", sa.String(128), primary_key=True),
+    sa.Column("category", sa.String(256)),
+    sa.Column("title", sa.Text),
+    sa.Column("description", sa.Text),
+    sa.Column("price", sa.Float),
+    sa.Column("in_stock", sa.Boolean),
+    sa.Column("created_at", sa.Float, comment="UTC epoch seconds"),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("user_id", sa.String(128), primary_key=True),
+    sa.Column("age", sa.Float),
+    sa.Column("gender", sa.String(32)),
+    sa.Column("region", sa.String(128)),
+)
+
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("batch_id", sa.String(64), index=True),
+    sa.Column("event_id", sa.String(64), nullable=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("row", sa.Text, nullable=False),
+    sa.Column("quarantined_at", sa.Float, nullable=False),
+)
+
+_CHUNK = 20_000
+
+
+def _to_epoch(s: pd.Series) -> pd.Series:
+    ts = pd.to_datetime(s, utc=True)
+    return (ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    """Rows as dicts with NaN/NaT turned into None (what every DB-API driver understands)."""
+    clean = df.astype(object).where(df.notna(), None)
+    return clean.to_dict("records")
+
+
+class EventStore:
+    """Events, items, users and quarantined rows behind one SQLAlchemy engine."""
+
+    def __init__(self, url: str, create: bool = True):
+        self.url = url
+        self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        if create:
+            metadata.create_all(self.engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def _insert(self, table: sa.Table):
+        if self.dialect == "sqlite":
+            return sqlite.insert(table)
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        raise NotImplementedError(f"event store dialect {self.dialect!r} is not supported")
+
+    def _write(self, table: sa.Table, rows: list[dict], upsert_keys: Iterable[str] | None = None) -> None:
+        stmt = self._insert(table)
+        pk = [c.name for c in table.primary_key.columns]
+        if upsert_keys:
+            stmt = stmt.on_conflict_do_update(index_elements=pk, set_={k: stmt.excluded[k] for k in upsert_keys})
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=pk)
+        with self.engine.begin() as conn:
+            for start in range(0, len(rows), _CHUNK):
+                conn.execute(stmt, rows[start : start + _CHUNK])
+
+    # -- writes ---------------------------------------------------------------------------------
+    def add_events(self, df: pd.DataFrame) -> int:
+        """Store events (schema of ``recops.schema.normalize_events``); returns how many were new."""
+        if df.empty:
+            return 0
+        frame = df[EVENT_COLUMNS].copy()
+        frame["timestamp"] = _to_epoch(frame["timestamp"])
+        frame["ingested_at"] = time.time()
+        frame = frame.drop_duplicates("event_id")
+        before = self.count_events()
+        self._write(events, _records(frame))
+        return self.count_events() - before
+
+    def upsert_items(self, df: pd.DataFrame) -> None:
+        if df.empty:
+            return
+        frame = df.copy()
+        frame["created_at"] = _to_epoch(frame["created_at"]) if "created_at" in frame else None
+        cols = [c.name for c in items.columns]
+        self._write(items, _records(frame[cols]), upsert_keys=[c for c in cols if c != "item_id"])
+
+    def upsert_users(self, df: pd.DataFrame) -> None:
+        if df.empty:
+            return
+        cols = [c.name for c in users.columns]
+        self._write(users, _records(df[cols]), upsert_keys=[c for c in cols if c != "user_id"])
+
+    def quarantine_rows(self, df: pd.DataFrame, reasons: pd.Series, batch_id: str | None = None) -> int:
+        """Keep rejected rows with the reason they were rejected; nothing is silently dropped."""
+        if df.empty:
+            return 0
+        batch_id = batch_id or uuid.uuid4().hex[:12]
+        now = time.time()
+        rows = [
+            {
+                "batch_id": batch_id,
+                "event_id": None if pd.isna(r.get("event_id")) else str(r.get("event_id")),
+                "reason": str(reasons.loc[idx]),
+                "row": json.dumps({k: _jsonable(v) for k, v in r.items()}, sort_keys=True),
+                "quarantined_at": now,
+            }
+            for idx, r in zip(df.index, df.to_dict("records"))
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(quarantine), rows)
+        return len(rows)
+
+    # -- reads ----------------------------------------------------------------------------------
+    def count_events(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())
+
+    def events(self, since: float | None = None, until: float | None = None) -> pd.DataFrame:
+        """All events (optionally in [since, until)), timestamps as UTC pandas datetimes."""
+        q = sa.select(*[events.c[c] for c in EVENT_COLUMNS])
+        if since is not None:
+            q = q.where(events.c.timestamp >= since)
+        if until is not None:
+            q = q.where(events.c.timestamp < until)
+        with self.engine.connect() as conn:
+            df = pd.read_sql(q, conn)
+        return _from_epoch(df)
+
+    def user_events(self, user_id: str, since: float | None = None) -> pd.DataFrame:
+        q = sa.select(*[events.c[c] for c in EVENT_COLUMNS]).where(events.c.user_id == user_id)
+        if since is not None:
+            q = q.where(events.c.timestamp >= since)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.order_by(events.c.timestamp)).all()
+        return _from_epoch(pd.DataFrame(rows, columns=EVENT_COLUMNS))
+
+    def recent_items(self, user_id: str | None = None, session_id: str | None = None, n: int = 20) -> list[str]:
+        """The user's (or session's) most recent distinct items, newest first."""
+        col = events.c.user_id if user_id is not None else events.c.session_id
+        key = user_id if user_id is not None else session_id
+        q = sa.select(events.c.item_id).where(col == key).order_by(events.c.timestamp.desc()).limit(n * 3)
+        with self.engine.connect() as conn:
+            seen: dict[str, None] = {}
+            for (item,) in conn.execute(q):
+                seen.setdefault(item, None)
+        return list(seen)[:n]
+
+    def items(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            df = pd.read_sql(sa.select(items), conn)
+        df["created_at"] = pd.to_datetime(df["created_at"], unit="s", utc=True)
+        df["in_stock"] = df["in_stock"].astype("boolean").fillna(True).astype(bool)
+        return df
+
+    def users(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.select(users), conn)
+
+    def quarantined(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.select(quarantine), conn)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _from_epoch(df: pd.DataFrame) -> pd.DataFrame:
+    df["timestamp"] = pd.to_datetime(df["timestamp"].astype(float), unit="s", utc=True)
+    return df
+
+
+def _jsonable(v):
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    if isinstance(v, pd.Timestamp):
+        return None if pd.isna(v) else v.isoformat()
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if v is pd.NaT:
+        return None
+    return v if isinstance(v, (str, int, float, bool)) else str(v)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # WAL lets the server write /track events while a flow reads; the timeout absorbs short locks.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

@@ -1,0 +1,214 @@
+"""Training and holdout evaluation of the recops model on a temporal split.
+
+Time line (all cuts at midnight, so point-in-time feature lookups are exact):
+
+    ... history ... | t1 .. ranker labels .. | cut .. evaluation holdout .. | end
+
+1. generators fit on events < t1; the ranker learns which candidates users touched in [t1, cut),
+   from features as of t1 (Feast point-in-time retrieval);
+2. generators refit on events < cut; the model is scored on [cut, end] against popularity;
+3. generators refit on every event; that model (same ranker) is the one packaged for serving.
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from recops.config import Settings
+from recops.features import derive_user
+from recops.models.covisit import CoVisitation
+from recops.models.metrics import bootstrap_ci, per_user_metrics, summarize
+from recops.models.popularity import Popularity
+from recops.models.recommender import ItemTable, RecopsModel, feature_matrix, train_ranker, user_vector
+from recops.ratings import implicit_ratings
+
+EXCLUDE_EVENT_TYPES = ("purchase", "rate")  # items a user bought (or rated) are not recommended again
+HISTORY_LEN = 20
+
+
+@dataclass
+class Split:
+    t1: pd.Timestamp
+    cut: pd.Timestamp
+    end: pd.Timestamp
+
+
+def make_split(events: pd.DataFrame, holdout_days: float) -> Split:
+    end = events["timestamp"].max()
+    cut = (end - pd.Timedelta(days=holdout_days)).floor("D")
+    t1 = (cut - pd.Timedelta(days=holdout_days)).floor("D")
+    if t1 <= events["timestamp"].min():
+        raise ValueError(
+            f"not enough history for a {holdout_days}-day holdout: events span "
+            f"{events['timestamp'].min()} .. {end}; lower holdout_days"
+        )
+    return Split(t1=t1, cut=cut, end=end)
+
+
+def user_states(events: pd.DataFrame, until: pd.Timestamp, n: int = HISTORY_LEN,
+                exclude_types=EXCLUDE_EVENT_TYPES) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
+    """Per user before ``until``: recent distinct items (newest first) and items to exclude."""
+    ev = events[(events["timestamp"] < until) & events["user_id"].notna()]
+    last = ev.groupby(["user_id", "item_id"], sort=False)["timestamp"].max().reset_index()
+    last = last.sort_values(["user_id", "timestamp", "item_id"], ascending=[True, False, True], kind="stable")
+    hist = last.groupby("user_id", sort=False).head(n).groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
+    ex = ev[ev["event_type"].isin(list(exclude_types))]
+    excl = ex.groupby("user_id", sort=False)["item_id"].agg(set).to_dict()
+    return hist, excl
+
+
+def relevance_labels(events: pd.DataFrame, start, end, weights: dict[str, float]) -> dict[str, dict[str, int]]:
+    """Graded relevance (1-5) of what each user touched in [start, end): the ceiling of the rating."""
+    win = events[(events["timestamp"] >= start) & (events["timestamp"] < end) & events["user_id"].notna()]
+    if win.empty:
+        return {}
+    r = implicit_ratings(win, weights, half_life_days=1e9, as_of=end)
+    r = r[r["rating"] > 0]
+    r["rel"] = np.ceil(r["rating"]).astype(int).clip(1, 5)
+    out: dict[str, dict[str, int]] = {}
+    for u, i, rel in zip(r["user_id"], r["item_id"], r["rel"]):
+        out.setdefault(u, {})[i] = int(rel)
+    return out
+
+
+def fit_generators(events: pd.DataFrame, settings: Settings, template: dict | None = None) -> dict:
+    """Fit the candidate generators (fresh copies of ``template``'s when given)."""
+    gens = template or {
+        "popularity": Popularity(half_life_days=7.0, weights=settings.event_types),
+        "covisit": CoVisitation(weights=settings.event_types),
+    }
+    return {name: copy.deepcopy(g).fit(events) for name, g in gens.items()}
+
+
+def item_table_at(fs, items: pd.DataFrame, events: pd.DataFrame, t: pd.Timestamp) -> ItemTable:
+    ids = pd.unique(pd.concat([items["item_id"], events["item_id"]], ignore_index=True).astype(str))
+    feats = fs.historical(pd.DataFrame({"item_id": ids, "event_timestamp": t}), "item")
+    return ItemTable.build(feats, items)
+
+
+def user_features_at(fs, user_ids: list[str], t: pd.Timestamp) -> dict[str, dict]:
+    if not user_ids:
+        return {}
+    feats = fs.historical(pd.DataFrame({"user_id": user_ids, "event_timestamp": t}), "user")
+    feats = derive_user(feats, t.timestamp())
+    known = feats[feats["u_last_event_ts"].notna()]
+    return {u: row for u, row in zip(known["user_id"], known.to_dict("records"))}
+
+
+def rank_rows(model: RecopsModel, users: list[str], hist: dict, excl: dict, ufeats: dict, now: float):
+    """Candidate rows for many users at once: (X, per-user slices, item indexes, sources)."""
+    blocks, slices, idx_all, start = [], [], [], 0
+    for u in users:
+        h = hist.get(u, [])
+        idx, gen, _ = model.candidates(h, u)
+        if excl.get(u) and len(idx):
+            keep = ~np.isin(model.items.ids[idx], list(excl[u]))
+            idx, gen = idx[keep], gen[keep]
+        n = len(idx)
+        uvec, aff, top = user_vector(ufeats.get(u))
+        hs = set(h)
+        in_hist = np.fromiter((i in hs for i in model.items.ids[idx]), dtype=bool, count=n)
+        blocks.append(feature_matrix(gen, idx, np.broadcast_to(uvec, (n, len(uvec))), [aff] * n, [top] * n, in_hist, model.items, now))
+        slices.append((start, start + n))
+        idx_all.append(idx)
+        start += n
+    x = np.vstack(blocks) if blocks else np.zeros((0, len(model.feature_names)))
+    return x, slices, idx_all
+
+
+def recommend_batch(model: RecopsModel, users: list[str], hist: dict, excl: dict, ufeats: dict, now: float, k: int) -> dict[str, list[str]]:
+    x, slices, idx_all = rank_rows(model, users, hist, excl, ufeats, now)
+    scores = model.score_matrix(x) if len(x) else np.zeros(0)
+    out = {}
+    for u, (a, b), idx in zip(users, slices, idx_all):
+        order = np.argsort(-scores[a:b], kind="stable")[:k]
+        out[u] = [str(model.items.ids[idx[o]]) for o in order]
+    return out
+
+
+def _hash_frac(u: str) -> float:
+    return zlib.crc32(u.encode()) / 2**32
+
+
+def fit_ranker(model: RecopsModel, events: pd.DataFrame, split: Split, fs, settings: Settings, neg_per_user: int = 50):
+    labels = relevance_labels(events, split.t1, split.cut, settings.event_types)
+    hist, excl = user_states(events, split.t1)
+    users = sorted(u for u in labels if u in hist)
+    if not users:
+        raise ValueError("no user has both history before and activity in the ranker's label window")
+    ufeats = user_features_at(fs, users, split.t1)
+    x, slices, idx_all = rank_rows(model, users, hist, excl, ufeats, split.t1.timestamp())
+    rng = np.random.default_rng(settings.random_state)
+    parts = {"train": ([], [], []), "valid": ([], [], [])}
+    for u, (a, b), idx in zip(users, slices, idx_all):
+        y = np.fromiter((labels[u].get(i, 0) for i in model.items.ids[idx]), dtype=float, count=len(idx))
+        if y.max(initial=0) <= 0:
+            continue  # no positive among the candidates: no ranking signal
+        rows = np.arange(a, b)
+        neg = np.flatnonzero(y == 0)
+        if len(neg) > neg_per_user:  # negatives sampled from the candidates
+            keep = np.concatenate([np.flatnonzero(y > 0), rng.choice(neg, neg_per_user, replace=False)])
+            keep.sort()
+            rows, y = rows[keep], y[keep]
+        xs, ys, gs = parts["valid" if _hash_frac(u) < 0.2 else "train"]
+        xs.append(x[rows]); ys.append(y); gs.append(len(rows))
+    if not parts["train"][0]:
+        raise ValueError("the candidates never contain a labelled item: nothing to learn a ranking from")
+    xt, yt, gt = (np.vstack(parts["train"][0]), np.concatenate(parts["train"][1]), np.array(parts["train"][2]))
+    xv, yv, gv = ((np.vstack(parts["valid"][0]), np.concatenate(parts["valid"][1]), np.array(parts["valid"][2]))
+                  if parts["valid"][0] else (None, None, np.array([])))
+    booster = train_ranker(xt, yt, gt, model.feature_names, xv, yv, gv, num_threads=settings.num_threads, seed=settings.random_state)
+    stats = {"ranker_train_groups": int(len(gt)), "ranker_valid_groups": int(len(gv)), "ranker_train_rows": int(len(yt)),
+             "ranker_best_iteration": int(booster.best_iteration or booster.current_iteration())}
+    return booster, stats
+
+
+def evaluate_on_holdout(model: RecopsModel, events: pd.DataFrame, split: Split, fs, items: pd.DataFrame,
+                        settings: Settings, k: int | None = None, with_baseline: bool = True) -> dict:
+    """Refit ``model``'s generators on events < cut, rank for users active in [cut, end], score.
+
+    Returns summary metrics for the model (and the popularity baseline on the same users), plus
+    per-user NDCG arrays for paired comparisons.
+    """
+    k = k or settings.k
+    before = events[events["timestamp"] < split.cut]
+    gens = fit_generators(before, settings, template=model.generators)
+    table = item_table_at(fs, items, events, split.cut)
+    m = RecopsModel(gens, model.ranker, table, model.candidates_per_source)
+    truth_grades = relevance_labels(events, split.cut, split.end + pd.Timedelta(seconds=1), settings.event_types)
+    hist, excl = user_states(events, split.cut)
+    truth = {u: set(items_) - excl.get(u, set()) for u, items_ in truth_grades.items()}
+    truth = {u: t for u, t in truth.items() if t}
+    users = sorted(truth)
+    ufeats = user_features_at(fs, users, split.cut)
+    recs = recommend_batch(m, users, hist, excl, ufeats, split.cut.timestamp(), k)
+    pu = per_user_metrics(recs, truth, k)
+    out = {"model": summarize(pu, recs, len(table.ids), k), "per_user_ndcg": pu["ndcg"], "users": users}
+    out["model"]["ndcg_ci_low"], out["model"]["ndcg_ci_high"] = bootstrap_ci(pu["ndcg"])
+    if with_baseline:
+        pop = gens["popularity"] if "popularity" in gens else Popularity(weights=settings.event_types).fit(before)
+        base_recs = {u: [i for i, _ in pop.recommend(u, k, exclude=excl.get(u))] for u in users}
+        bpu = per_user_metrics(base_recs, truth, k)
+        out["baseline"] = summarize(bpu, base_recs, len(table.ids), k)
+    return out
+
+
+def train_model(events: pd.DataFrame, items: pd.DataFrame, fs, settings: Settings) -> tuple[RecopsModel, dict]:
+    """The whole training procedure; returns the model to serve and a report of params and metrics."""
+    events = events[events["user_id"].notna()] if events["user_id"].notna().any() else events
+    split = make_split(events, settings.holdout_days)
+    gens1 = fit_generators(events[events["timestamp"] < split.t1], settings)
+    m1 = RecopsModel(gens1, None, item_table_at(fs, items, events, split.t1), settings.candidates_per_source)
+    ranker, stats = fit_ranker(m1, events, split, fs, settings)
+    trained = RecopsModel(gens1, ranker, m1.items, settings.candidates_per_source)
+    ev = evaluate_on_holdout(trained, events, split, fs, items, settings)
+    final = RecopsModel(fit_generators(events, settings, template=gens1), ranker,
+                        item_table_at(fs, items, events, split.end), settings.candidates_per_source,
+                        meta={"split": {k: str(v) for k, v in vars(split).items()}, "trained_on_events": int(len(events))})
+    report = {"split": split, "ranker": stats, "eval": ev}
+    return final, report
