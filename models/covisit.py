@@ -72,6 +72,14 @@ class CoVisitation(Recommender):
         self.index_ = {item: i for i, item in enumerate(self.item_ids_)}
         return self
 
+    def neighbors(self, item_id: str) -> dict[str, float]:
+        """The item's kept neighbors and their weights (empty for an unknown item)."""
+        i = self.index_.get(item_id)
+        if i is None:
+            return {}
+        lo, hi = self.neighbors_.indptr[i], self.neighbors_.indptr[i + 1]
+        return dict(zip(self.item_ids_[self.neighbors_.indices[lo:hi]], self.neighbors_.data[lo:hi]))
+
     def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Sum of neighbor weights over the history, newer items counting more (1/(1+position))."""
         m = self.neighbors_

@@ -185,25 +185,32 @@ class RecopsModel:
         x = feature_matrix(gen_feats, idx, np.broadcast_to(uvec, (n, len(uvec))), [aff] * n, [top] * n, in_hist, self.items, now)
         scores = self.score_matrix(x)
         order = np.argsort(-scores, kind="stable")[:k]
+        because = self._because(history)
         return [
             Recommendation(item_id=str(self.items.ids[idx[o]]), score=float(scores[o]),
-                           reason=self._reason(idx[o], sources[o], history, aff), sources=sources[o])
+                           reason=self._reason(idx[o], sources[o], because, aff), sources=sources[o])
             for o in order
         ]
 
-    def _reason(self, item_idx: int, sources: list[str], history: list[str], affinity: dict) -> str:
+    def _because(self, history: list[str]) -> dict[str, tuple[str, float]]:
+        """For items co-visited with the recent history: the history item that co-occurs most."""
+        cv = self.generators.get("covisit")
+        best: dict[str, tuple[str, float]] = {}
+        if cv is None:
+            return best
+        for h in history[:10]:
+            for j, w in cv.neighbors(h).items():
+                if w > best.get(j, ("", 0.0))[1]:
+                    best[j] = (h, w)
+        return best
+
+    def _reason(self, item_idx: int, sources: list[str], because: dict, affinity: dict) -> str:
         item = self.items.ids[item_idx]
         cat = self.items.category[item_idx]
-        cv = self.generators.get("covisit")
-        if "covisit" in sources and cv is not None and history:
-            best, best_w = None, 0.0
-            for h in history[:10]:
-                for j, w in cv.similar_items(h, cv.max_neighbors):
-                    if j == item and w > best_w:
-                        best, best_w = h, w
-            if best is not None:
-                title = self.items.title[self.items.index[best]] if best in self.items.index else best
-                return f"Often viewed together with {title or best}, which you looked at recently"
+        if "covisit" in sources and item in because:
+            h = because[item][0]
+            title = self.items.title[self.items.index[h]] if h in self.items.index else h
+            return f"Often viewed together with {title or h}, which you looked at recently"
         if affinity.get(cat, 0.0) >= 0.2:
             return f"Popular in {cat}, a category you often browse"
         return f"Trending now in {cat}"

@@ -201,24 +201,22 @@ def item_features(events: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
     return entity_features(events, points, "item_id", ITEM_PREFIX)
 
 
+def derive_values(last, first, now) -> tuple[np.ndarray, np.ndarray]:
+    """Recency (hours) and tenure (days) at ``now`` from stored first/last event times (None/NaN: unknown)."""
+    last = np.asarray(pd.to_numeric(last, errors="coerce"), dtype=float)
+    first = np.asarray(pd.to_numeric(first, errors="coerce"), dtype=float)
+    recency = np.where(np.isnan(last), 24.0 * 365, (now - last) / 3600.0)
+    tenure = np.where(np.isnan(first), 0.0, (now - first) / 86400.0)
+    return recency, tenure
+
+
 def derive_user(frame: pd.DataFrame, now: float | np.ndarray) -> pd.DataFrame:
     """Request-time features from stored timestamps (same code in training and serving)."""
-    last = frame["u_last_event_ts"].astype(float)
-    first = frame["u_first_event_ts"].astype(float)
-    frame["u_recency_hours"] = ((now - last) / 3600.0).where(last.notna(), 24.0 * 365)
-    frame["u_tenure_days"] = ((now - first) / 86400.0).where(first.notna(), 0.0)
+    frame["u_recency_hours"], frame["u_tenure_days"] = derive_values(frame["u_last_event_ts"], frame["u_first_event_ts"], now)
     return frame
 
 
-def affinity_for(affinity_json: pd.Series, categories: pd.Series) -> np.ndarray:
-    """The user's affinity share for each row's item category (0 when not among their top 5)."""
-    cache: dict[str, dict] = {}
-    out = np.zeros(len(categories))
-    for i, (a, c) in enumerate(zip(affinity_json, categories)):
-        if not isinstance(a, str):
-            continue
-        d = cache.get(a)
-        if d is None:
-            d = cache[a] = json.loads(a)
-        out[i] = d.get(c, 0.0)
-    return out
+def derive_user_dict(feats: dict, now: float) -> dict:
+    """``derive_user`` for one user's online feature dict."""
+    rec, ten = derive_values(feats.get("u_last_event_ts"), feats.get("u_first_event_ts"), now)
+    return {**feats, "u_recency_hours": float(rec), "u_tenure_days": float(ten)}

@@ -121,9 +121,9 @@ def generate(
     # per (bucket, category, cheap) cumulative item distributions, honouring creation dates + drift
     cdfs: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
     for b in range(n_buckets):
-        t_mid = start_s + (b + 0.5) / n_buckets * (end_s - start_s)
+        t_start = start_s + b / n_buckets * (end_s - start_s)
         frac = (b + 0.5) / n_buckets
-        w = base_pop * np.exp(drift * frac) * (created <= t_mid)
+        w = base_pop * np.exp(drift * frac) * (created <= t_start)  # only items that exist all bucket long
         for c in range(n_categories):
             for ch in (0, 1):
                 idx = by_cat[c][cheap[by_cat[c]] == bool(ch)] if ch else by_cat[c]

@@ -187,16 +187,32 @@ class EventStore:
             rows = conn.execute(q.order_by(events.c.timestamp)).all()
         return _from_epoch(pd.DataFrame(rows, columns=EVENT_COLUMNS))
 
-    def recent_items(self, user_id: str | None = None, session_id: str | None = None, n: int = 20) -> list[str]:
-        """The user's (or session's) most recent distinct items, newest first."""
+    def user_state(self, user_id: str | None = None, session_id: str | None = None, n: int = 20,
+                   exclude_types: tuple[str, ...] = ()) -> tuple[list[str], set[str]]:
+        """A user's (or session's) recent distinct items, newest first, and items to exclude.
+
+        Same semantics as ``recops.training.user_states`` (the batch version used in training).
+        """
         col = events.c.user_id if user_id is not None else events.c.session_id
         key = user_id if user_id is not None else session_id
-        q = sa.select(events.c.item_id).where(col == key).order_by(events.c.timestamp.desc()).limit(n * 3)
+        last = sa.func.max(events.c.timestamp).label("last")
+        flagged = sa.func.max(sa.case((events.c.event_type.in_(exclude_types or ("",)), 1), else_=0)).label("ex")
+        q = sa.select(events.c.item_id, last, flagged).where(col == key).group_by(events.c.item_id)
         with self.engine.connect() as conn:
-            seen: dict[str, None] = {}
-            for (item,) in conn.execute(q):
-                seen.setdefault(item, None)
-        return list(seen)[:n]
+            rows = conn.execute(q).all()
+        rows.sort(key=lambda r: (-r[1], r[0]))
+        return [r[0] for r in rows[:n]], {r[0] for r in rows if r[2]}
+
+    def popular_items(self, days: float = 30.0, n: int = 100) -> list[tuple[str, int]]:
+        """Most interacted-with items of the last ``days`` days of data (the model-free fallback)."""
+        with self.engine.connect() as conn:
+            newest = conn.execute(sa.select(sa.func.max(events.c.timestamp))).scalar()
+            if newest is None:
+                return []
+            cnt = sa.func.count().label("n")
+            q = (sa.select(events.c.item_id, cnt).where(events.c.timestamp >= newest - days * 86400)
+                 .group_by(events.c.item_id).order_by(cnt.desc(), events.c.item_id).limit(n))
+            return [(r[0], int(r[1])) for r in conn.execute(q)]
 
     def items(self) -> pd.DataFrame:
         with self.engine.connect() as conn:

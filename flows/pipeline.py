@@ -1,0 +1,97 @@
+"""Prefect flows: thin shells over ``recops.steps``. Each step is a flow; ``pipeline`` chains them.
+
+Flows read their settings from the environment (``RECOPS_*``), so a deployment run by a worker or by
+``flow.serve`` sees the same backends as the CLI that created it.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from recops import steps
+from recops.config import load_settings
+
+
+def _log(result: dict, title: str) -> dict:
+    get_run_logger().info("%s: %s", title, steps.to_json(result))
+    return {k: v for k, v in result.items() if k not in ("per_user_ndcg", "users")}
+
+
+def _table(d: dict) -> str:
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(d.items()))
+    return "| metric | value |\n|---|---|\n" + rows
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(source: str = "synthetic", path: str | None = None, n_events: int = 100_000, seed: int = 42,
+                bad_share: float = 0.01, end: str | None = None) -> dict:
+    """Load a source (synthetic, movielens, online-retail, otto, file) into a staging batch."""
+    return _log(steps.ingest(load_settings(), source=source, path=path, n_events=n_events, seed=seed,
+                             bad_share=bad_share, end=end), "ingest")
+
+
+@flow(name="validate")
+def validate_flow(batch_id: str) -> dict:
+    """Great Expectations on the staged batch; quarantine bad rows; load good ones."""
+    try:
+        res = steps.validate(load_settings(), batch_id)
+    except steps.StepFailed as exc:
+        create_markdown_artifact(f"**Validation failed**\n\n{exc}", key="validation-report", description="validation")
+        raise
+    create_markdown_artifact(
+        f"Batch `{batch_id}`: {res['rows']} rows, {res['bad_rows']} quarantined ({res['bad_share']:.2%}).\n\n"
+        + _table(res["failed_expectations"] or {"all expectations": "passed"}) + f"\n\nReport: `{res['report']}`",
+        key="validation-report", description="event validation")
+    return _log(res, "validate")
+
+
+@flow(name="features")
+def features_flow() -> dict:
+    """Offline feature tables (validated) -> Feast parquet -> materialize to the online store."""
+    return _log(steps.build_features(load_settings()), "features")
+
+
+@flow(name="train")
+def train_flow() -> dict:
+    """Point-in-time training data, LightGBM ranker, MLflow run, registered version @challenger."""
+    res = steps.train(load_settings())
+    create_markdown_artifact(f"Registered version {res['version']} (@challenger), run `{res['run_id']}`\n\n" + _table(res["metrics"]),
+                             key="training-metrics", description="training metrics")
+    return _log(res, "train")
+
+
+@flow(name="evaluate")
+def evaluate_flow() -> dict:
+    """@challenger vs @champion on the same holdout."""
+    return _log(steps.evaluate(load_settings()), "evaluate")
+
+
+@flow(name="promote")
+def promote_flow(force: bool = False) -> dict:
+    """Move @champion when the challenger is not worse (or when forced)."""
+    return _log(steps.promote(load_settings(), force=force), "promote")
+
+
+@flow(name="pipeline")
+def pipeline_flow(source: str = "synthetic", path: str | None = None, n_events: int = 100_000, seed: int = 42,
+                  bad_share: float = 0.01, end: str | None = None, force_promote: bool = False) -> dict:
+    """ingest -> validate -> features -> train -> evaluate -> promote, each a real (sub)flow run."""
+    batch = ingest_flow(source=source, path=path, n_events=n_events, seed=seed, bad_share=bad_share, end=end)
+    validated = validate_flow(batch["batch_id"])
+    feats = features_flow()
+    trained = train_flow()
+    evaluated = evaluate_flow()
+    promoted = promote_flow(force=force_promote)
+    return {"ingest": batch, "validate": validated, "features": feats, "train": trained,
+            "evaluate": evaluated, "promote": promoted}
+
+
+@flow(name="retrain")
+def retrain_flow(force_promote: bool = False) -> dict:
+    """Features -> train -> evaluate -> promote on what the event store holds now (the scheduled job)."""
+    feats = features_flow()
+    trained = train_flow()
+    evaluated = evaluate_flow()
+    promoted = promote_flow(force=force_promote)
+    return {"features": feats, "train": trained, "evaluate": evaluated, "promote": promoted}

@@ -1,0 +1,295 @@
+"""The ``recops`` command: one subcommand per lifecycle step, plus serve, schedule and demo.
+
+Step commands run as real Prefect flow runs. Heavy imports (Prefect, Feast, MLflow) happen inside
+the commands, so ``recops --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from recops.config import Settings, load_settings
+
+app = typer.Typer(help="recops: workflow-orchestrated MLOps for real-time behavioral recommendations.",
+                  no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+_state: dict = {}
+
+
+@app.callback()
+def main(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="settings file (default: ./recops.yaml if present)"),
+    home: Optional[Path] = typer.Option(None, "--home", help="where local state lives (env RECOPS_HOME; default ./.recops)"),
+    profile: Optional[str] = typer.Option(None, "--profile", help="local (default) or scaleout"),
+) -> None:
+    """Settings come from the config file, then RECOPS_* environment variables, then these options."""
+    overrides = {k: v for k, v in {"home": home, "profile": profile}.items() if v is not None}
+    _state["settings"] = load_settings(config, **overrides)
+
+
+def settings() -> Settings:
+    s = _state["settings"]
+    s.ensure_dirs()
+    prepare_env(s)
+    return s
+
+
+def prepare_env(s: Settings) -> None:
+    """Export the settings (so flow runs and the server see them) and Prefect's local state dir."""
+    os.environ.update(s.to_env())
+    os.environ.setdefault("PREFECT_HOME", str((Path(s.home) / "prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    if s.prefect_api_url:
+        os.environ["PREFECT_API_URL"] = s.prefect_api_url
+
+
+def _run(title: str, fn, *args, **kwargs) -> dict:
+    from recops.steps import StepFailed
+
+    t0 = time.perf_counter()
+    with console.status(f"[bold]{title}[/] ..."):
+        try:
+            out = fn(*args, **kwargs)
+        except StepFailed as exc:
+            console.print(f"[red]{title} failed:[/] {exc}")
+            raise typer.Exit(1)
+    console.print(f"[green]✓[/] {title} ({time.perf_counter() - t0:.1f}s)")
+    return out
+
+
+def _print(result: dict) -> None:
+    from recops.steps import to_json
+
+    typer.echo(to_json(result))
+
+
+@app.command()
+def ingest(
+    source: str = typer.Option("synthetic", help="synthetic | movielens | online-retail | otto | file"),
+    path: Optional[str] = typer.Option(None, help="data set folder or events file (all sources but synthetic)"),
+    n_events: int = typer.Option(100_000, help="synthetic: how many events"),
+    seed: int = typer.Option(42, help="synthetic: random seed"),
+    bad_share: float = typer.Option(0.01, help="synthetic: share of malformed rows"),
+    end: Optional[str] = typer.Option(None, help="synthetic: last day of data (default today)"),
+) -> None:
+    """Load a source into a staging batch (nothing reaches the store before validation)."""
+    settings()
+    from recops.flows.pipeline import ingest_flow
+
+    _print(_run("ingest", ingest_flow, source=source, path=path, n_events=n_events, seed=seed, bad_share=bad_share, end=end))
+
+
+@app.command()
+def validate(batch_id: str = typer.Argument(..., help="the batch id printed by ingest")) -> None:
+    """Run the Great Expectations suite; quarantine bad rows; load the good ones."""
+    settings()
+    from recops.flows.pipeline import validate_flow
+
+    _print(_run("validate", validate_flow, batch_id))
+
+
+@app.command()
+def features() -> None:
+    """Build the offline feature tables, validate, write Feast parquet, materialize online."""
+    settings()
+    from recops.flows.pipeline import features_flow
+
+    _print(_run("features", features_flow))
+
+
+@app.command()
+def train() -> None:
+    """Train on point-in-time features; log to MLflow; register the version as @challenger."""
+    settings()
+    from recops.flows.pipeline import train_flow
+
+    _print(_run("train", train_flow))
+
+
+@app.command()
+def evaluate() -> None:
+    """Compare @challenger with @champion on the same holdout."""
+    settings()
+    from recops.flows.pipeline import evaluate_flow
+
+    _print(_run("evaluate", evaluate_flow))
+
+
+@app.command()
+def promote(force: bool = typer.Option(False, help="promote even if the challenger is worse")) -> None:
+    """Move @champion to @challenger when it is not worse (or with --force)."""
+    settings()
+    from recops.flows.pipeline import promote_flow
+
+    _print(_run("promote", promote_flow, force=force))
+
+
+@app.command()
+def pipeline(
+    source: str = typer.Option("synthetic", help="synthetic | movielens | online-retail | otto | file"),
+    path: Optional[str] = typer.Option(None, help="data set folder or events file"),
+    n_events: int = typer.Option(100_000, help="synthetic: how many events"),
+    seed: int = typer.Option(42),
+    bad_share: float = typer.Option(0.01),
+    end: Optional[str] = typer.Option(None),
+    force_promote: bool = typer.Option(False),
+) -> None:
+    """ingest -> validate -> features -> train -> evaluate -> promote, as one Prefect flow run."""
+    settings()
+    from recops.flows.pipeline import pipeline_flow
+
+    _print(_run("pipeline", pipeline_flow, source=source, path=path, n_events=n_events, seed=seed,
+                bad_share=bad_share, end=end, force_promote=force_promote))
+
+
+def server_command(s: Settings, port: int | None = None) -> list[str]:
+    bentoml = Path(sys.executable).with_name("bentoml")
+    return [str(bentoml), "serve", "recops.services.service:Recops", "--host", s.serve_host,
+            "--port", str(port or s.serve_port)]
+
+
+@app.command()
+def serve(port: Optional[int] = typer.Option(None, help="default: serve_port setting (3000)")) -> None:
+    """Serve the @champion over HTTP (BentoML): /recommend, /track, /health, /model."""
+    s = settings()
+    os.environ.setdefault("BENTOML_HOME", str((Path(s.home) / "bentoml").resolve()))
+    cmd = server_command(s, port)
+    os.execv(cmd[0], cmd)
+
+
+@app.command()
+def schedule(cron: str = typer.Option("0 3 * * *", help="cron for the nightly retrain deployment")) -> None:
+    """Serve the scheduled Prefect deployments from this process (Ctrl-C stops)."""
+    settings()
+    from recops.flows.deployments import serve_schedules
+
+    serve_schedules(cron)
+
+
+@app.command()
+def demo(
+    n_events: int = typer.Option(60_000, help="synthetic events to generate"),
+    port: int = typer.Option(3077, help="port for the demo server"),
+    keep: bool = typer.Option(False, help="keep the previous demo state instead of starting fresh"),
+) -> None:
+    """Generate data, run the whole pipeline (real Prefect flows), serve, send requests, stop."""
+    home = Path(_state["settings"].home)
+    if home.name == ".recops" and "RECOPS_HOME" not in os.environ:
+        home = Path(".recops-demo")
+    if home.exists() and not keep:
+        shutil.rmtree(home)
+    _state["settings"] = load_settings(home=home)
+    s = settings()
+    import httpx
+
+    from recops.flows.pipeline import pipeline_flow
+
+    console.rule("[bold]1. pipeline: ingest → validate → features → train → evaluate → promote")
+    res = _run("pipeline flow run", pipeline_flow, n_events=n_events, bad_share=0.01)
+    v, t, p = res["validate"], res["train"], res["promote"]
+    console.print(f"  validated {v['rows']} rows: {v['bad_rows']} quarantined ({v['bad_share']:.2%}), report {v['report']}")
+    m = t["metrics"]
+    console.print(f"  trained version {t['version']}: NDCG@{s.k} {m[f'ndcg_at_{s.k}']:.4f} vs popularity "
+                  f"{m[f'baseline_ndcg_at_{s.k}']:.4f}; recall@{s.k} {m[f'recall_at_{s.k}']:.4f} vs {m[f'baseline_recall_at_{s.k}']:.4f}")
+    console.print(f"  promote: {p['reason']}")
+
+    console.rule("[bold]2. serve the champion and call it")
+    os.environ.setdefault("BENTOML_HOME", str((Path(s.home) / "bentoml").resolve()))
+    proc = subprocess.Popen(server_command(s, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://{s.serve_host}:{port}"
+    try:
+        _wait_ready(base, proc)
+        from recops.store import EventStore
+
+        store = EventStore(s.event_store_uri)
+        ev = store.events()
+        items = store.items().set_index("item_id")
+        store.dispose()
+        known = ev["user_id"].value_counts().index[0]
+        with httpx.Client(base_url=base, timeout=30) as c:
+            _show(c, "a known user", {"user_id": known, "k": 5}, items)
+            _show(c, "a new user (fallback to trending)", {"user_id": "demo-new-user", "k": 5}, items)
+            # a user whose recommendations change after tracked events
+            user = ev["user_id"].value_counts().index[len(ev["user_id"].unique()) // 2]
+            before = _show(c, f"user {user} before new events", {"user_id": user, "k": 5}, items)
+            top = items.loc[[i for i in before if i in items.index], "category"]
+            other = items[~items["category"].isin(set(top))]
+            target_cat = other["category"].value_counts().index[0]
+            viewed = other[other["category"] == target_cat].index[:4].tolist()
+            r = c.post("/track", json=[{"user_id": user, "item_id": i, "event_type": et} for i in viewed for et in ("view", "click")])
+            console.print(f"  tracked {len(viewed) * 2} events on {target_cat} items {viewed}: {r.json()}")
+            after = _show(c, f"user {user} right after", {"user_id": user, "k": 5}, items)
+            changed = len(set(after) - set(before))
+            console.print(f"  → {changed} of 5 recommendations changed after the tracked events")
+            console.print(f"  /model: version {c.get('/model').json()['version']}; /health: {c.get('/health').json()['status']}")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    console.rule("[bold]3. look around")
+    console.print(f"  MLflow UI:  {Path(sys.executable).with_name('mlflow')} ui --backend-store-uri {s.tracking_uri} --port 5000")
+    console.print(f"  Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} {Path(sys.executable).with_name('prefect')} server start")
+    console.print(f"  Reports:    {s.reports_dir}")
+    console.print(f"  Serve it:   RECOPS_HOME={Path(s.home).resolve()} recops serve")
+    console.print("[green]demo finished; the server is stopped.")
+
+
+def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    import httpx
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the server at {base} was not ready after {timeout}s")
+
+
+def _show(client, title: str, body: dict, items) -> list[str]:
+    r = client.post("/recommend", json=body).json()
+    flag = f" [yellow]fallback: {r['fallback_reason']}[/]" if r["fallback"] else ""
+    console.print(f"[bold]{title}[/] (model v{r['model_version']}){flag}")
+    for it in r["items"]:
+        cat = items.loc[it["item_id"], "category"] if it["item_id"] in items.index else "?"
+        console.print(f"   {it['rank']}. {it['item_id']:<7} {cat:<12} {it['score']:>8.3f}  {it['reason']}")
+    return [it["item_id"] for it in r["items"]]
+
+
+@app.command()
+def status() -> None:
+    """What the local state holds: events, quarantine, registered versions and aliases."""
+    s = settings()
+    from recops import registry
+    from recops.store import EventStore
+
+    store = EventStore(s.event_store_uri)
+    out = {"home": str(Path(s.home).resolve()), "profile": s.profile, "events": store.count_events(),
+           "quarantined": int(len(store.quarantined())),
+           "champion": registry.alias_version(s, registry.CHAMPION), "challenger": registry.alias_version(s, registry.CHALLENGER)}
+    typer.echo(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,133 @@
+"""Shared fixtures: one Prefect harness, one trained pipeline, one real BentoML server per session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+_TMP = Path(tempfile.mkdtemp(prefix="recops-tests-"))
+# Before Prefect, MLflow, GX or BentoML are imported anywhere.
+os.environ.update({
+    "PREFECT_HOME": str(_TMP / "prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "BENTOML_HOME": str(_TMP / "bentoml"),
+})
+for var in [k for k in os.environ if k.startswith("RECOPS_")]:
+    del os.environ[var]
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+END = "2026-11-01"  # synthetic data ends here (fixed, so tests are deterministic)
+
+
+def needs_shared(sub: str) -> Path:
+    p = SHARED_DATA / sub
+    if not p.exists():
+        pytest.skip(f"{p} is absent")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Path:
+    return _TMP
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    from recops.generate import generate
+
+    return generate(n_events=30_000, end=END, seed=7)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def trained(prefect_harness, tmp_root):
+    """The real pipeline flow run once on small synthetic data in a temp home."""
+    from recops.config import load_settings
+
+    home = tmp_root / "trained"
+    settings = load_settings(home=home, reload_interval_seconds=1.0)
+    os.environ.update(settings.to_env())
+    try:
+        from recops.flows.pipeline import pipeline_flow
+
+        result = pipeline_flow(n_events=30_000, seed=11, bad_share=0.01, end=END)
+    finally:
+        for k in settings.to_env():
+            os.environ.pop(k, None)
+    return settings, result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, settings, port: int):
+        self.settings, self.port = settings, port
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, **settings.to_env()}
+        bentoml = Path(sys.executable).with_name("bentoml")
+        self.log = open(Path(settings.home) / f"server-{port}.log", "w")
+        self.proc = subprocess.Popen([str(bentoml), "serve", "recops.services.service:Recops", "--host", "127.0.0.1",
+                                      "--port", str(port)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait(self, timeout: float = 120) -> "Server":
+        import httpx
+
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {Path(self.log.name).read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(Path(self.log.name).read_text()[-3000:])
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def server(trained):
+    settings, _ = trained
+    srv = Server(settings, free_port()).wait()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
