@@ -231,7 +231,7 @@ def demo(
             other = items[~items["category"].isin(set(top))]
             target_cat = other["category"].value_counts().index[0]
             viewed = other[other["category"] == target_cat].index[:4].tolist()
-            r = c.post("/track", json=[{"user_id": user, "item_id": i, "event_type": et} for i in viewed for et in ("view", "click")])
+            r = c.post("/track/batch", json=[{"user_id": user, "item_id": i, "event_type": et} for i in viewed for et in ("view", "click")])
             console.print(f"  tracked {len(viewed) * 2} events on {target_cat} items {viewed}: {r.json()}")
             after = _show(c, f"user {user} right after", {"user_id": user, "k": 5}, items)
             changed = len(set(after) - set(before))

@@ -24,8 +24,8 @@ def allowed_event_types() -> set[str]:
 class TrackEvent(BaseModel):
     """One behavioral event. ``event_id`` makes retries idempotent (derived from the fields when absent)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"user_id": "u42", "item_id": "i7", "event_type": "view", "session_id": "s-9", "context": {"device": "mobile"}}]})
+    # (no model-level "examples": BentoML 1.4's OpenAPI generator rejects that key with a 500)
+    model_config = ConfigDict(extra="forbid")
 
     event_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     user_id: Id | None = None
@@ -78,9 +78,7 @@ class RecommendedItem(BaseModel):
 
 
 class RecommendResponse(BaseModel):
-    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
-        "user_id": "u42", "items": [{"item_id": "i7", "rank": 1, "score": 1.8, "reason": "Trending now in books"}],
-        "model_version": "3", "fallback": False, "fallback_reason": None}]})
+    model_config = ConfigDict(protected_namespaces=())
 
     user_id: str
     items: list[RecommendedItem]

@@ -3,7 +3,7 @@
 - ``POST /recommend``: items, scores, a reason per item, the model version, and whether (and why)
   the fallback answered. The fallback (trending/popular) answers when there is no champion, the
   model fails, or the user is unknown: a valid request never gets a 5xx.
-- ``POST /track``: one event or a list. Events are persisted first, then the users' online features
+- ``POST /track`` (one event) and ``POST /track/batch`` (a list). Events are persisted first, then the users' online features
   are recomputed and pushed to the Feast online store, so the next request sees them.
 - ``GET /health``, ``GET /model``. Invalid input gets a 400 naming the bad field.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Annotated, Union
+from typing import Annotated
 
 import bentoml
 import pandas as pd
@@ -131,13 +131,20 @@ class Recops:
         return RecommendResponse(user_id=user_id, items=_items(recs), model_version=version, fallback=True, fallback_reason=why)
 
     @bentoml.api(route="/track")
-    def track(self, payload: Union[TrackEvent, list[TrackEvent]], /) -> TrackResponse:
-        """Store one event or a list (idempotent on event_id), then refresh the users' online features."""
-        evs = payload if isinstance(payload, list) else [payload]
-        if not evs:
+    def track(self, event: TrackEvent, /) -> TrackResponse:
+        """Store one event (idempotent on event_id), then refresh the user's online features."""
+        return self._track([event])
+
+    @bentoml.api(route="/track/batch")
+    def track_batch(self, events: list[TrackEvent], /) -> TrackResponse:
+        """Store a list of events (all or nothing if any is invalid), then refresh online features."""
+        if not events:
             raise bentoml.exceptions.InvalidArgument("empty batch: send at least one event")
-        if len(evs) > MAX_BATCH:
-            raise bentoml.exceptions.InvalidArgument(f"batch too large: {len(evs)} events (max {MAX_BATCH})")
+        if len(events) > MAX_BATCH:
+            raise bentoml.exceptions.InvalidArgument(f"batch too large: {len(events)} events (max {MAX_BATCH})")
+        return self._track(events)
+
+    def _track(self, evs: list[TrackEvent]) -> TrackResponse:
         now = pd.Timestamp.now(tz="UTC")
         frame = pd.DataFrame([e.model_dump() for e in evs])
         frame["timestamp"] = [e.timestamp or now for e in evs]

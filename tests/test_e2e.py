@@ -1,0 +1,124 @@
+"""End to end: the real pipeline flow (Prefect) in a temp dir, then the real BentoML server over HTTP."""
+
+import time
+
+import pandas as pd
+import pytest
+
+from recops import registry
+from recops.store import EventStore
+
+pytestmark = pytest.mark.e2e
+
+
+def test_pipeline_flow_ran_every_step(trained):
+    settings, res = trained
+    assert set(res) == {"ingest", "validate", "features", "train", "evaluate", "promote"}
+    v = res["validate"]
+    assert v["bad_rows"] > 0 and v["quarantined"] == v["bad_rows"] and v["loaded"] == v["rows"] - v["bad_rows"]
+    store = EventStore(settings.event_store_uri)
+    assert store.count_events() == v["loaded"] and len(store.quarantined()) == v["bad_rows"]
+    store.dispose()
+    m = res["train"]["metrics"]
+    assert m["ndcg_at_10"] > m["baseline_ndcg_at_10"], m  # the ranker beats popularity on the same split
+    assert res["promote"]["promoted"] and registry.alias_version(settings, registry.CHAMPION) == res["train"]["version"]
+
+
+def test_flow_runs_are_recorded_by_prefect(trained):
+    from prefect import get_client
+
+    async def names():
+        async with get_client() as c:
+            runs = await c.read_flow_runs()
+            flows = {f.id: f.name for f in await c.read_flows()}
+            return {(flows[r.flow_id], r.state_type.value) for r in runs}
+
+    import asyncio
+
+    seen = asyncio.run(names())
+    for step in ("pipeline", "ingest", "validate", "features", "train", "evaluate", "promote"):
+        assert (step, "COMPLETED") in seen
+
+
+def test_mlflow_run_has_metrics_features_and_model(trained):
+    import mlflow
+
+    settings, res = trained
+    registry.setup(settings)
+    run = mlflow.get_run(res["train"]["run_id"])
+    for key in ("recall_at_10", "ndcg_at_10", "map_at_10", "coverage_at_10", "baseline_ndcg_at_10"):
+        assert key in run.data.metrics
+    assert "holdout_days" in run.data.params
+    feats = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/features.json")
+    assert "u_view_to_cart_30d" in feats["features"] and "covisit_score" in feats["features"]
+    pyf = mlflow.pyfunc.load_model(res["train"]["model_uri"])
+    out = pyf.predict(pd.DataFrame({"user_id": ["anyone"], "k": [3]}))
+    assert list(out.columns) == ["user_id", "item_id", "rank", "score"] and len(out) == 3
+
+
+def test_recommend_known_user(client, trained):
+    settings, _ = trained
+    store = EventStore(settings.event_store_uri)
+    user = store.events()["user_id"].value_counts().index[0]
+    store.dispose()
+    r = client.post("/recommend", json={"user_id": user, "k": 7})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["fallback"] is False and len(body["items"]) == 7
+    assert body["model_version"] == trained[1]["train"]["version"]
+    assert all(it["reason"] for it in body["items"]) and [it["rank"] for it in body["items"]] == list(range(1, 8))
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    excl = [body["items"][0]["item_id"]]
+    again = client.post("/recommend", json={"user_id": user, "k": 7, "exclude": excl}).json()
+    assert excl[0] not in [it["item_id"] for it in again["items"]]
+
+
+def test_unknown_user_gets_trending_fallback(client):
+    r = client.post("/recommend", json={"user_id": "never-seen", "k": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["fallback"] is True and "unknown user" in body["fallback_reason"] and len(body["items"]) == 5
+
+
+def test_recommendations_follow_tracked_events(client, trained):
+    """A new user views items of one category: the very next request moves toward it."""
+    settings, _ = trained
+    store = EventStore(settings.event_store_uri)
+    items = store.items()
+    store.dispose()
+    cat = items["category"].value_counts().index[3]
+    chosen = items[items["category"] == cat]["item_id"].head(4).tolist()
+    user = f"fresh-{time.time_ns()}"
+    before = client.post("/recommend", json={"user_id": user, "k": 10}).json()
+    assert before["fallback"] is True
+    t = client.post("/track/batch", json=[{"user_id": user, "item_id": i, "event_type": "view", "session_id": "s-fresh"} for i in chosen])
+    assert t.status_code == 200 and t.json()["stored"] == 4 and t.json()["online_updated"] == [user]
+    after = client.post("/recommend", json={"user_id": user, "k": 10}).json()
+    assert after["fallback"] is False
+    cat_of = items.set_index("item_id")["category"]
+    share = lambda body: sum(cat_of.get(it["item_id"]) == cat for it in body["items"]) / len(body["items"])  # noqa: E731
+    assert share(after) > share(before), (share(before), share(after))
+
+
+def test_track_is_idempotent_and_durable(client, trained):
+    settings, _ = trained
+    store = EventStore(settings.event_store_uri)
+    n0 = store.count_events()
+    ev = {"event_id": f"dup-{time.time_ns()}", "user_id": "u1", "item_id": "i1", "event_type": "click"}
+    a = client.post("/track", json=ev).json()
+    b = client.post("/track", json=ev).json()
+    assert (a["stored"], b["stored"], b["duplicates"]) == (1, 0, 1)
+    assert store.count_events() == n0 + 1
+    unknown = client.post("/track", json={"user_id": "u1", "item_id": "not-in-catalog", "event_type": "view"}).json()
+    assert unknown["unknown_items"] == ["not-in-catalog"] and store.count_events() == n0 + 2
+    store.dispose()
+
+
+def test_health_and_model(client, trained):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["model_loaded"] and h["events"] > 0
+    m = client.get("/model").json()
+    assert m["version"] == trained[1]["train"]["version"] and "u_view_7d" in m["features"]
+    spec = client.get("/docs.json").json()
+    assert {"/recommend", "/track", "/track/batch", "/health", "/model"} <= set(spec["paths"])
