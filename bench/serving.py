@@ -1,0 +1,129 @@
+"""/recommend latency, throughput and memory, next to a bare BentoML endpoint measured in the same run.
+
+Trains a model on synthetic data in a temp home, starts the real recops server and the bare one,
+then measures sequential p50/p99, throughput with concurrent clients, and resident memory.
+Ends with one JSON line. Usage: python bench/serving.py [--events 100000 --requests 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+from recops import steps  # noqa: E402
+from recops.config import load_settings  # noqa: E402
+from recops.store import EventStore  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def start(cmd: list[str], env: dict, cwd: Path, port: int) -> subprocess.Popen:
+    p = subprocess.Popen(cmd + ["--host", "127.0.0.1", "--port", str(port)], env=env, cwd=cwd,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return p
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise TimeoutError(cmd)
+
+
+def rss_mb(p: subprocess.Popen) -> float:
+    proc = psutil.Process(p.pid)
+    return sum(x.memory_info().rss for x in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+def measure(url: str, bodies: list[dict], n: int, clients: int, seconds: float) -> dict:
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for b in bodies[:50]:
+            c.post("/recommend", json=b).raise_for_status()
+        lat = []
+        for i in range(n):
+            t = time.perf_counter()
+            r = c.post("/recommend", json=bodies[i % len(bodies)])
+            lat.append((time.perf_counter() - t) * 1000)
+            r.raise_for_status()
+    lat = np.array(lat)
+
+    def worker(w: int) -> int:
+        done = 0
+        with httpx.Client(base_url=url, timeout=30) as c:
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                c.post("/recommend", json=bodies[(w * 7919 + done) % len(bodies)]).raise_for_status()
+                done += 1
+        return done
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(clients) as ex:
+        total = sum(ex.map(worker, range(clients)))
+    return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "mean_ms": float(lat.mean()), "throughput_rps": total / (time.perf_counter() - t)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="recops-bench-serving-"))
+    s = load_settings(home=root / "home")
+    b = steps.ingest(s, n_events=args.events, seed=2, bad_share=0.0)
+    steps.validate(s, b["batch_id"])
+    steps.build_features(s)
+    steps.train(s)
+    steps.promote(s)
+    store = EventStore(s.event_store_uri)
+    users = store.events()["user_id"].dropna().unique()
+    store.dispose()
+    rng = np.random.default_rng(0)
+    bodies = [{"user_id": str(u), "k": 10} for u in rng.choice(users, 500)]
+    env = {**os.environ, **s.to_env(), "BENTOML_HOME": str(root / "bentoml")}
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    servers = {"recops": ([bentoml, "serve", "recops.services.service:Recops"], Path.cwd(), 38411),
+               "bare": ([bentoml, "serve", "bare_service:Bare"], HERE, 38412)}
+    res = {}
+    for name, (cmd, cwd, port) in servers.items():
+        p = start(cmd, env, cwd, port)
+        try:
+            res[name] = measure(f"http://127.0.0.1:{port}", bodies, args.requests, args.clients, args.seconds)
+            res[name]["rss_mb"] = rss_mb(p)
+            if name == "recops":
+                fb = httpx.post(f"http://127.0.0.1:{port}/recommend", json=bodies[0]).json()
+                assert not fb["fallback"], fb
+        finally:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=30)
+    shutil.rmtree(root, ignore_errors=True)
+    r, bare = res["recops"], res["bare"]
+    ratio = r["p50_ms"] / bare["p50_ms"]
+    print(f"{'':<8}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'req/s (' + str(args.clients) + ' clients)':>22}{'RSS MB':>9}")
+    for name in ("recops", "bare"):
+        x = res[name]
+        print(f"{name:<8}{x['p50_ms']:9.2f}{x['p99_ms']:9.2f}{x['mean_ms']:9.2f}{x['throughput_rps']:22.1f}{x['rss_mb']:9.1f}")
+    print(f"recops p50 = {ratio:.2f} x bare (target <= 2.5); targets p50 <= 10 ms, p99 <= 30 ms, RSS <= 500 MB")
+    print(json.dumps({"bench": "serving", "events": args.events, "recops": r, "bare": bare, "p50_ratio_vs_bare": ratio}))
+
+
+if __name__ == "__main__":
+    main()

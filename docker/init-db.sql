@@ -1,0 +1,2 @@
+CREATE DATABASE recops_mlflow;
+CREATE DATABASE recops_prefect;
