@@ -20,11 +20,16 @@ class RecopsPyfunc(mlflow.pyfunc.PythonModel):
         k_default = int((params or {}).get("k", 10))
         rows = []
         for rec in model_input.to_dict("records"):
-            hist = rec.get("history")
-            hist = list(hist) if isinstance(hist, (list, tuple)) or hasattr(hist, "__len__") and not isinstance(hist, str) else []
-            excl = rec.get("exclude")
-            excl = set(excl) if excl is not None and not isinstance(excl, (str, float)) else set()
+            hist = _as_list(rec.get("history"))
+            excl = set(_as_list(rec.get("exclude")))
             k = int(rec.get("k") or k_default)
             recs = self.model.recommend(rec["user_id"], k, hist, None, exclude=excl) or self.model.popular(k, excl)
             rows += [(rec["user_id"], r.item_id, n + 1, r.score) for n, r in enumerate(recs)]
         return pd.DataFrame(rows, columns=["user_id", "item_id", "rank", "score"])
+
+
+def _as_list(v) -> list[str]:
+    """A list-like cell (list, tuple, numpy array) as a list; anything else (None, NaN) as empty."""
+    if v is None or isinstance(v, (str, float)):
+        return []
+    return [str(x) for x in v]

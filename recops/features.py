@@ -138,7 +138,6 @@ def entity_features(
 
 
 def _add_category_affinity(out, ev, order, hi, lo, item_category, categories) -> None:
-    names = USER_FEATURES
     if item_category is None or not categories:
         out["u_n_categories"] = 0
         out["u_top_category"] = ""
@@ -164,7 +163,6 @@ def _add_category_affinity(out, ev, order, hi, lo, item_category, categories) ->
     out["u_category_affinity"] = [
         json.dumps({vocab[j]: round(float(s[j]), 4) for j in idx if s[j] > 0}) for idx, s in zip(top5, share)
     ]
-    assert set(out.columns) - {"user_id", "event_timestamp"} <= set(names)
 
 
 def snapshot_points(events: pd.DataFrame, key: str, until: pd.Timestamp | None = None) -> pd.DataFrame:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from recops.config import Settings
@@ -113,7 +112,3 @@ class FeatureStoreClient:
 
     def teardown(self) -> None:
         self.store.teardown()
-
-
-def nan_to_none(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in d.items()}

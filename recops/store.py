@@ -239,7 +239,7 @@ def _from_epoch(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _jsonable(v):
-    if v is None or (isinstance(v, float) and np.isnan(v)):
+    if v is None or v is pd.NaT or (isinstance(v, float) and np.isnan(v)):
         return None
     if isinstance(v, pd.Timestamp):
         return None if pd.isna(v) else v.isoformat()
@@ -247,8 +247,6 @@ def _jsonable(v):
         return int(v)
     if isinstance(v, (np.floating,)):
         return float(v)
-    if v is pd.NaT:
-        return None
     return v if isinstance(v, (str, int, float, bool)) else str(v)
 
 
