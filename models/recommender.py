@@ -36,6 +36,16 @@ class ItemTable:
     def __post_init__(self):
         if not self.index:
             self.index = {i: n for n, i in enumerate(self.ids)}
+        self._pindex = pd.Index(self.ids)
+
+    def positions(self, ids) -> np.ndarray:
+        """Row positions of item ids (-1 for ids not in the table), vectorized."""
+        if len(ids) == 0:
+            return np.zeros(0, dtype=np.int64)
+        if len(ids) <= 1000:  # a dict beats pandas' per-call overhead for candidate-sized inputs
+            get = self.index.get
+            return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        return self._pindex.get_indexer(ids)
 
     @classmethod
     def build(cls, item_feats: pd.DataFrame, items: pd.DataFrame) -> "ItemTable":
@@ -70,26 +80,29 @@ def feature_names(generators: list[str]) -> list[str]:
 def feature_matrix(
     gen_feats: np.ndarray,
     item_idx: np.ndarray,
-    user_rows: np.ndarray,
-    affinity: list[dict],
-    top_category: list[str],
+    user_row: np.ndarray,
+    affinity: dict[str, float],
+    top_category: str,
     in_history: np.ndarray,
     items: ItemTable,
-    now: float | np.ndarray,
+    now: float,
 ) -> np.ndarray:
-    """Rows = candidates. ``user_rows``/``affinity``/``top_category`` are per row (already broadcast)."""
+    """One user's candidate rows: generator features, the user's features (broadcast), item features
+    and user-item cross features."""
+    n = len(item_idx)
     it = items.matrix[item_idx].copy()
-    age_col = ITEM_MODEL_FEATURES.index("i_age_days")
     created = items.created_ts[item_idx]
-    it[:, age_col] = np.where(np.isnan(created), 365.0, (now - created) / 86400.0)
+    it[:, ITEM_MODEL_FEATURES.index("i_age_days")] = np.where(np.isnan(created), 365.0, (now - created) / 86400.0)
     cats = items.category[item_idx]
-    aff = np.fromiter((a.get(c, 0.0) for a, c in zip(affinity, cats)), dtype=float, count=len(cats))
-    is_top = np.fromiter((c == t for c, t in zip(cats, top_category)), dtype=float, count=len(cats))
-    paid = user_rows[:, USER_MODEL_FEATURES.index("u_avg_price_paid")]
+    aff = np.zeros(n)
+    for c, share in affinity.items():  # a user has a handful of categories: vectorized per category
+        aff[cats == c] = share
+    is_top = (cats == top_category).astype(float)
+    paid = user_row[USER_MODEL_FEATURES.index("u_avg_price_paid")]
     price = it[:, ITEM_MODEL_FEATURES.index("i_price")]
-    ratio = np.where(paid > 0, price / np.maximum(paid, 1e-9), 0.0)
+    ratio = price / paid if paid > 0 else np.zeros(n)
     cross = np.column_stack([aff, is_top, ratio, in_history.astype(float)])
-    return np.hstack([gen_feats, user_rows, it, cross])
+    return np.hstack([gen_feats, np.broadcast_to(user_row, (n, len(user_row))), it, cross])
 
 
 def user_vector(feats: dict | None) -> tuple[np.ndarray, dict, str]:
@@ -132,30 +145,29 @@ class RecopsModel:
         self.feature_names = feature_names(list(generators))
 
     # -- candidates -----------------------------------------------------------------------------
-    def candidates(self, history: list[str], user_id: str | None = None) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
-        """Union of every generator's top-N: (item indexes, generator features, sources per item)."""
+    def candidates(self, history: list[str], user_id: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Union of every generator's top-N: item indexes, generator features (score, rank per
+        generator; rank N+1 when not proposed) and which generators proposed each item."""
         n = self.candidates_per_source
-        per_gen = []
-        pool: dict[str, None] = {}
-        for name, gen in self.generators.items():
+        idx_parts, g_parts, rank_parts, score_parts = [], [], [], []
+        for g, gen in enumerate(self.generators.values()):
             ids, scores = gen.score(history, n, user_id=user_id)
-            per_gen.append((name, ids, scores))
-            for i in ids:
-                pool.setdefault(i, None)
-        known = [i for i in pool if i in self.items.index]
-        pos = {i: p for p, i in enumerate(known)}
-        feats = np.zeros((len(known), 2 * len(per_gen)))
+            ix = self.items.positions(ids)
+            ok = ix >= 0
+            idx_parts.append(ix[ok])
+            g_parts.append(np.full(int(ok.sum()), g))
+            rank_parts.append(np.arange(1, len(ids) + 1)[ok])
+            score_parts.append(np.asarray(scores, dtype=float)[ok])
+        n_gen = len(self.generators)
+        all_idx = np.concatenate(idx_parts) if idx_parts else np.zeros(0, dtype=np.int64)
+        idx, inv = np.unique(all_idx, return_inverse=True)
+        feats = np.zeros((len(idx), 2 * n_gen))
         feats[:, 1::2] = n + 1  # "not proposed" ranks below every proposed one
-        sources: list[list[str]] = [[] for _ in known]
-        for g, (name, ids, scores) in enumerate(per_gen):
-            for r, (i, s) in enumerate(zip(ids, scores)):
-                p = pos.get(i)
-                if p is not None:
-                    feats[p, 2 * g] = s
-                    feats[p, 2 * g + 1] = r + 1
-                    sources[p].append(name)
-        idx = np.fromiter((self.items.index[i] for i in known), dtype=np.int64, count=len(known))
-        return idx, feats, sources
+        if len(all_idx):
+            g = np.concatenate(g_parts)
+            feats[inv, 2 * g] = np.concatenate(score_parts)
+            feats[inv, 2 * g + 1] = np.concatenate(rank_parts)
+        return idx.astype(np.int64), feats, feats[:, 1::2] <= n
 
     # -- ranking --------------------------------------------------------------------------------
     def score_matrix(self, x: np.ndarray) -> np.ndarray:
@@ -166,7 +178,7 @@ class RecopsModel:
     def recommend(self, user_id: str | None, k: int, history: list[str], user_feats: dict | None,
                   exclude: set[str] | None = None, now: float | None = None, in_stock_only: bool = True) -> list[Recommendation]:
         now = float(now if now is not None else pd.Timestamp.now(tz="UTC").timestamp())
-        idx, gen_feats, sources = self.candidates(history, user_id)
+        idx, gen_feats, proposed = self.candidates(history, user_id)
         if len(idx) == 0:
             return []
         keep = np.ones(len(idx), dtype=bool)
@@ -174,23 +186,24 @@ class RecopsModel:
             keep &= ~np.isin(self.items.ids[idx], list(exclude))
         if in_stock_only:
             keep &= self.items.in_stock[idx]
-        idx, gen_feats = idx[keep], gen_feats[keep]
-        sources = [s for s, k_ in zip(sources, keep) if k_]
+        idx, gen_feats, proposed = idx[keep], gen_feats[keep], proposed[keep]
         if len(idx) == 0:
             return []
         uvec, aff, top = user_vector(user_feats)
         n = len(idx)
         hist = set(history)
         in_hist = np.fromiter((i in hist for i in self.items.ids[idx]), dtype=bool, count=n)
-        x = feature_matrix(gen_feats, idx, np.broadcast_to(uvec, (n, len(uvec))), [aff] * n, [top] * n, in_hist, self.items, now)
+        x = feature_matrix(gen_feats, idx, uvec, aff, top, in_hist, self.items, now)
         scores = self.score_matrix(x)
         order = np.argsort(-scores, kind="stable")[:k]
         because = self._because(history)
-        return [
-            Recommendation(item_id=str(self.items.ids[idx[o]]), score=float(scores[o]),
-                           reason=self._reason(idx[o], sources[o], because, aff), sources=sources[o])
-            for o in order
-        ]
+        names = list(self.generators)
+        out = []
+        for o in order:
+            sources = [names[g] for g in np.flatnonzero(proposed[o])]
+            out.append(Recommendation(item_id=str(self.items.ids[idx[o]]), score=float(scores[o]),
+                                      reason=self._reason(idx[o], sources, because, aff), sources=sources))
+        return out
 
     def _because(self, history: list[str]) -> dict[str, tuple[str, float]]:
         """For items co-visited with the recent history: the history item that co-occurs most."""

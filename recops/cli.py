@@ -58,16 +58,32 @@ def prepare_env(s: Settings) -> None:
         os.environ["PREFECT_API_URL"] = s.prefect_api_url
 
 
-def _run(title: str, fn, *args, **kwargs) -> dict:
-    from recops.steps import StepFailed
+def _run(title: str, fn, *args, stages: int = 1, **kwargs) -> dict:
+    """Run a flow with a progress bar that advances as its steps finish."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from recops import steps
 
     t0 = time.perf_counter()
-    with console.status(f"[bold]{title}[/] ..."):
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(title, total=stages)
+
+        def listen(step: str, phase: str, seconds: float) -> None:
+            if phase == "start":
+                bar.update(task, description=f"{title}: {step}")
+            else:
+                bar.advance(task)
+                bar.console.print(f"  [green]✓[/] {step} ({seconds:.1f}s)")
+
+        steps.add_listener(listen)
         try:
             out = fn(*args, **kwargs)
-        except StepFailed as exc:
+        except steps.StepFailed as exc:
             console.print(f"[red]{title} failed:[/] {exc}")
             raise typer.Exit(1)
+        finally:
+            steps.remove_listener(listen)
     console.print(f"[green]✓[/] {title} ({time.perf_counter() - t0:.1f}s)")
     return out
 
@@ -153,7 +169,7 @@ def pipeline(
     settings()
     from recops.flows.pipeline import pipeline_flow
 
-    _print(_run("pipeline", pipeline_flow, source=source, path=path, n_events=n_events, seed=seed,
+    _print(_run("pipeline", pipeline_flow, stages=6, source=source, path=path, n_events=n_events, seed=seed,
                 bad_share=bad_share, end=end, force_promote=force_promote))
 
 
@@ -200,7 +216,7 @@ def demo(
     from recops.flows.pipeline import pipeline_flow
 
     console.rule("[bold]1. pipeline: ingest → validate → features → train → evaluate → promote")
-    res = _run("pipeline flow run", pipeline_flow, n_events=n_events, bad_share=0.01)
+    res = _run("pipeline flow run", pipeline_flow, stages=6, n_events=n_events, bad_share=0.01)
     v, t, p = res["validate"], res["train"], res["promote"]
     console.print(f"  validated {v['rows']} rows: {v['bad_rows']} quarantined ({v['bad_share']:.2%}), report {v['report']}")
     m = t["metrics"]

@@ -23,11 +23,27 @@ class StepFailed(RuntimeError):
     """A step refused to go on (bad data, nothing to train on); nothing downstream was changed."""
 
 
+_listeners: list = []
+
+
+def add_listener(fn) -> None:
+    """``fn(step, phase, seconds)`` is called when a step starts and ends (the CLI's progress bar)."""
+    _listeners.append(fn)
+
+
+def remove_listener(fn) -> None:
+    _listeners.remove(fn)
+
+
 def _timed(fn):
     def wrapper(*args, **kwargs):
+        for cb in list(_listeners):
+            cb(fn.__name__, "start", 0.0)
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
         out["seconds"] = round(time.perf_counter() - t0, 3)
+        for cb in list(_listeners):
+            cb(fn.__name__, "end", out["seconds"])
         return out
 
     wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__

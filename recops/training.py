@@ -101,7 +101,7 @@ def user_features_at(fs, user_ids: list[str], t: pd.Timestamp) -> dict[str, dict
 
 
 def rank_rows(model: RecopsModel, users: list[str], hist: dict, excl: dict, ufeats: dict, now: float):
-    """Candidate rows for many users at once: (X, per-user slices, item indexes, sources)."""
+    """Candidate rows for many users at once: (X, per-user slices, item indexes)."""
     blocks, slices, idx_all, start = [], [], [], 0
     for u in users:
         h = hist.get(u, [])
@@ -113,7 +113,7 @@ def rank_rows(model: RecopsModel, users: list[str], hist: dict, excl: dict, ufea
         uvec, aff, top = user_vector(ufeats.get(u))
         hs = set(h)
         in_hist = np.fromiter((i in hs for i in model.items.ids[idx]), dtype=bool, count=n)
-        blocks.append(feature_matrix(gen, idx, np.broadcast_to(uvec, (n, len(uvec))), [aff] * n, [top] * n, in_hist, model.items, now))
+        blocks.append(feature_matrix(gen, idx, uvec, aff, top, in_hist, model.items, now))
         slices.append((start, start + n))
         idx_all.append(idx)
         start += n
