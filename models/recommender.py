@@ -206,13 +206,15 @@ class RecopsModel:
         return out
 
     def _because(self, history: list[str]) -> dict[str, tuple[str, float]]:
-        """For items co-visited with the recent history: the history item that co-occurs most."""
+        """For items co-visited with the recent history: the history item that contributes most to
+        the co-visitation score (same 1/(1+position) recency weighting as ``CoVisitation.score``)."""
         cv = self.generators.get("covisit")
         best: dict[str, tuple[str, float]] = {}
         if cv is None:
             return best
-        for h in history[:10]:
+        for pos, h in enumerate(history[:10]):
             for j, w in cv.neighbors(h).items():
+                w = w / (1.0 + pos)
                 if w > best.get(j, ("", 0.0))[1]:
                     best[j] = (h, w)
         return best

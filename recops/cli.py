@@ -251,7 +251,8 @@ def demo(
             console.print(f"  tracked {len(viewed) * 2} events on {target_cat} items {viewed}: {r.json()}")
             after = _show(c, f"user {user} right after", {"user_id": user, "k": 5}, items)
             changed = len(set(after) - set(before))
-            console.print(f"  → {changed} of 5 recommendations changed after the tracked events")
+            in_cat = lambda ids: sum(items.loc[i, "category"] == target_cat for i in ids if i in items.index)  # noqa: E731
+            console.print(f"  → {changed} of 5 recommendations changed; {target_cat} items: {in_cat(before)} → {in_cat(after)}")
             console.print(f"  /model: version {c.get('/model').json()['version']}; /health: {c.get('/health').json()['status']}")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -70,3 +70,16 @@ def test_ranker_learns_a_planted_signal_and_serves(synthetic):
     recs = rm.recommend("u", 5, hist, None, exclude={hist[0]})
     assert len(recs) == 5 and hist[0] not in [r.item_id for r in recs] and all(r.reason for r in recs)
     assert all(rm.items.in_stock[rm.items.index[r.item_id]] for r in recs)
+
+
+def test_reason_cites_the_history_item_that_contributes_most():
+    t = pd.Timestamp("2026-10-10", tz="UTC")
+    rows = [(f"s{n}", it, t + pd.Timedelta(seconds=k)) for n in range(4) for k, it in enumerate(["a", "c"])]
+    rows += [(f"r{n}", it, t + pd.Timedelta(seconds=k)) for n in range(6) for k, it in enumerate(["b", "c"])]
+    ev = normalize_events(pd.DataFrame([("u", s, i, "view", ts) for s, i, ts in rows],
+                                       columns=["user_id", "session_id", "item_id", "event_type", "timestamp"]))
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "category": ["x", "x", "y"], "title": ["A", "B", "C"], "price": [1.0] * 3})
+    m = RecopsModel({"covisit": CoVisitation().fit(ev)}, None, ItemTable.build(pd.DataFrame({"item_id": ["a", "b", "c"]}), items))
+    # b co-occurs with c 6 times, a 4 times: b wins when newest, a wins when b is older (6/2 < 4)
+    assert "B" in m.recommend("u", 1, ["b", "a"], None)[0].reason
+    assert "A" in m.recommend("u", 1, ["a", "b"], None)[0].reason
