@@ -19,8 +19,9 @@ class Recommender(ABC):
     name: str = "base"
 
     @abstractmethod
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None) -> "Recommender":
-        """Learn from events (columns user_id, item_id, event_type, timestamp, session_id, value)."""
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> "Recommender":
+        """Learn from events (columns user_id, item_id, event_type, timestamp, session_id, value);
+        ``items`` and ``users`` are the catalog and demographics, for generators that use them."""
 
     @abstractmethod
     def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ import scipy.sparse as sp
 
 from recops.config import DEFAULT_EVENT_WEIGHTS
 from recops.models.base import Recommender, top_k
+from recops.models.matrix import keep_top_csr
 
 
 class CoVisitation(Recommender):
@@ -28,7 +29,7 @@ class CoVisitation(Recommender):
         self.directional = directional
         self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None) -> "CoVisitation":
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> "CoVisitation":
         ev = events[["user_id", "session_id", "item_id", "event_type", "timestamp"]].copy()
         # a session, else the user's day, groups events that belong together
         day = ev["timestamp"].dt.strftime("%Y%m%d")
@@ -68,7 +69,7 @@ class CoVisitation(Recommender):
         else:
             m = sp.csr_matrix((n, n))
         m.sum_duplicates()
-        self.neighbors_ = _keep_top(m, self.max_neighbors)
+        self.neighbors_ = keep_top_csr(m, self.max_neighbors)
         self.index_ = {item: i for i, item in enumerate(self.item_ids_)}
         return self
 
@@ -99,21 +100,3 @@ class CoVisitation(Recommender):
         sums = np.bincount(inv, weights=vals)
         ids, scores = top_k(uniq, sums, k)
         return self.item_ids_[ids], scores
-
-
-def _keep_top(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep each row's ``k`` largest entries, rows sorted by descending weight."""
-    indptr, indices, data = [0], [], []
-    for r in range(m.shape[0]):
-        lo, hi = m.indptr[r], m.indptr[r + 1]
-        d, c = m.data[lo:hi], m.indices[lo:hi]
-        if hi - lo > k:
-            part = np.argpartition(-d, k - 1)[:k]
-            d, c = d[part], c[part]
-        order = np.argsort(-d, kind="stable")
-        data.append(d[order]); indices.append(c[order])
-        indptr.append(indptr[-1] + len(order))
-    return sp.csr_matrix(
-        (np.concatenate(data) if data else np.zeros(0), np.concatenate(indices) if indices else np.zeros(0, dtype=np.int32), np.asarray(indptr)),
-        shape=m.shape,
-    )

@@ -1,0 +1,71 @@
+"""Demographic/region popularity for users with little or no history.
+
+Popularity is counted per segment (age band x gender x region), with back-off to coarser segments
+and to global popularity where a segment has too few interactions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from recops.config import DEFAULT_EVENT_WEIGHTS
+from recops.models.base import Recommender
+from recops.ratings import event_scores
+
+AGE_BANDS = [25, 35, 45, 55]
+
+
+def segment_keys(users: pd.DataFrame) -> pd.DataFrame:
+    """Segment keys from finest to coarsest for each user: (age, gender, region), (age, gender), (region,)."""
+    band = np.digitize(pd.to_numeric(users["age"], errors="coerce").fillna(-1), AGE_BANDS).astype(str)
+    band = np.where(pd.to_numeric(users["age"], errors="coerce").isna(), "?", band)
+    g = users["gender"].fillna("?").astype(str).to_numpy()
+    r = users["region"].fillna("?").astype(str).to_numpy()
+    return pd.DataFrame({"user_id": users["user_id"].astype(str).to_numpy(),
+                         "k3": [f"{a}|{b}|{c}" for a, b, c in zip(band, g, r)],
+                         "k2": [f"{a}|{b}" for a, b in zip(band, g)],
+                         "k1": [f"r|{c}" for c in r]})
+
+
+class DemographicPopularity(Recommender):
+    name = "demographic"
+
+    def __init__(self, half_life_days: float = 14.0, min_interactions: float = 30.0, top_n: int = 200,
+                 weights: dict[str, float] | None = None):
+        self.half_life_days = half_life_days
+        self.min_interactions = min_interactions
+        self.top_n = top_n
+        self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
+
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
+            users: pd.DataFrame | None = None) -> "DemographicPopularity":
+        ev = events[events["user_id"].notna()]
+        ev = ev.assign(value=np.where(ev["event_type"] == "rate", 1.0, ev["value"]))
+        w = np.clip(event_scores(ev, self.weights, self.half_life_days, ev["timestamp"].max()), 0, None)
+        scored = pd.DataFrame({"user_id": ev["user_id"].astype(str).to_numpy(), "item_id": ev["item_id"].to_numpy(), "w": w})
+        self.global_ = self._top(scored.groupby("item_id")["w"].sum())
+        self.tables_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.user_keys_: dict[str, tuple[str, str, str]] = {}
+        if users is not None and not users.empty:
+            keys = segment_keys(users)
+            self.user_keys_ = {u: (a, b, c) for u, a, b, c in zip(keys["user_id"], keys["k3"], keys["k2"], keys["k1"])}
+            joined = scored.merge(keys, on="user_id", how="inner")
+            for level in ("k3", "k2", "k1"):
+                sums = joined.groupby([level, "item_id"])["w"].sum()
+                totals = sums.groupby(level=0).sum()
+                for key in totals.index[totals >= self.min_interactions]:
+                    self.tables_[key] = self._top(sums.loc[key])
+        return self
+
+    def _top(self, s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        s = s.sort_values(ascending=False, kind="stable")[: self.top_n]
+        return s.index.to_numpy(dtype=object), s.to_numpy(dtype=float)
+
+    def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        for key in self.user_keys_.get(user_id, ()):
+            if key in self.tables_:
+                ids, scores = self.tables_[key]
+                return ids[:k], scores[:k]
+        ids, scores = self.global_
+        return ids[:k], scores[:k]

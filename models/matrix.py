@@ -1,0 +1,70 @@
+"""The user-item matrix of implicit ratings that the collaborative generators share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recops.ratings import implicit_ratings
+
+
+@dataclass
+class Interactions:
+    matrix: sp.csr_matrix  # users x items, implicit ratings in (0, 5]
+    users: pd.Index
+    items: pd.Index
+
+    def row(self, history: list[str]) -> sp.csr_matrix:
+        """A pseudo-user row from recent items (newest first, weight 1/(1+position))."""
+        pos = self.items.get_indexer(history)
+        ok = pos >= 0
+        w = 1.0 / (1.0 + np.arange(len(history)))[ok]
+        cols, first = np.unique(pos[ok], return_index=True)
+        return sp.csr_matrix((w[first], (np.zeros(len(cols), dtype=int), cols)), shape=(1, len(self.items)))
+
+
+def interactions(events: pd.DataFrame, weights: dict[str, float], half_life_days: float = 30.0,
+                 max_items: int | None = None) -> Interactions:
+    """Implicit ratings as a sparse matrix; ``max_items`` keeps the most interacted-with items."""
+    r = implicit_ratings(events, weights, half_life_days)
+    r = r[r["rating"] > 0]
+    if max_items is not None:
+        top = r["item_id"].value_counts().index[:max_items]
+        r = r[r["item_id"].isin(top)]
+    users = pd.Index(pd.unique(r["user_id"]))
+    items = pd.Index(pd.unique(r["item_id"]))
+    m = sp.csr_matrix((r["rating"].to_numpy(dtype=np.float64),
+                       (users.get_indexer(r["user_id"]), items.get_indexer(r["item_id"]))), shape=(len(users), len(items)))
+    return Interactions(m, users, items)
+
+
+def keep_top_per_row(dense: np.ndarray, k: int) -> sp.csr_matrix:
+    """Sparsify a dense item-item matrix to each row's ``k`` largest positive entries."""
+    n = dense.shape[0]
+    k = min(k, dense.shape[1])
+    part = np.argpartition(-dense, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(dense, part, axis=1)
+    rows = np.repeat(np.arange(n), k)
+    keep = vals.ravel() > 0
+    return sp.csr_matrix((vals.ravel()[keep], (rows[keep], part.ravel()[keep])), shape=dense.shape)
+
+
+def keep_top_csr(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep each row's ``k`` largest entries, rows sorted by descending weight."""
+    indptr, indices, data = [0], [], []
+    for r in range(m.shape[0]):
+        lo, hi = m.indptr[r], m.indptr[r + 1]
+        d, c = m.data[lo:hi], m.indices[lo:hi]
+        if hi - lo > k:
+            part = np.argpartition(-d, k - 1)[:k]
+            d, c = d[part], c[part]
+        order = np.argsort(-d, kind="stable")
+        data.append(d[order]); indices.append(c[order])
+        indptr.append(indptr[-1] + len(order))
+    return sp.csr_matrix(
+        (np.concatenate(data) if data else np.zeros(0), np.concatenate(indices) if indices else np.zeros(0, dtype=np.int32), np.asarray(indptr)),
+        shape=m.shape,
+    )
