@@ -1,0 +1,63 @@
+import math
+
+import numpy as np
+import pandas as pd
+
+from recops.evaluation import (evaluate, generator_recommender, global_split, intra_list_diversity, novelty,
+                               per_user_split, recommend_all)
+from recops.models.popularity import Popularity
+from recops.schema import normalize_events
+
+T = pd.Timestamp("2026-10-01", tz="UTC")
+
+
+def _ev(rows):
+    return normalize_events(pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "timestamp"]))
+
+
+def test_per_user_split_holds_out_the_last_fifth_of_distinct_items():
+    rows = [("a", f"i{n}", "view", T + pd.Timedelta(days=n)) for n in range(10)]
+    rows += [("a", "i0", "view", T + pd.Timedelta(days=20))]  # a repeat after the cut leaves training too
+    rows += [("b", f"i{n}", "view", T + pd.Timedelta(days=n)) for n in range(3)]  # too few items: train only
+    s = per_user_split(_ev(rows), frac=0.2, min_items=5)
+    assert s.test == {"a": {"i8", "i9"}}
+    assert s.cut["a"] == T + pd.Timedelta(days=8)
+    tr_a = s.train[s.train["user_id"] == "a"]
+    assert set(tr_a["item_id"]) == {f"i{n}" for n in range(8)} and (tr_a["timestamp"] < s.cut["a"]).all()
+    assert (s.train["user_id"] == "b").sum() == 3
+
+
+def test_global_split_tests_only_new_items():
+    rows = [("a", "x", "view", T), ("a", "x", "view", T + pd.Timedelta(days=9)), ("a", "y", "view", T + pd.Timedelta(days=9)),
+            ("b", "x", "view", T + pd.Timedelta(days=9))]
+    s = global_split(_ev(rows), cut=T + pd.Timedelta(days=5))
+    assert s.test == {"a": {"y"}, "b": {"x"}} and len(s.train) == 1
+
+
+def test_novelty_and_diversity_by_hand():
+    pop = pd.Series({"p": 8, "r": 1})
+    assert novelty({"u": ["p", "r"]}, pop, 8) == (0 + 3) / 2
+    cat = pd.Series({"a": "x", "b": "x", "c": "y"})
+    assert math.isclose(intra_list_diversity({"u": ["a", "b", "c"]}, cat), 2 / 3)
+
+
+def test_evaluate_reports_everything_and_ranks_a_perfect_list_first(synthetic):
+    ev = normalize_events(synthetic.events)
+    split = per_user_split(ev)
+    perfect = {u: sorted(t)[:10] for u, t in split.test.items()}
+    res = evaluate(perfect, split, synthetic.items)
+    assert res["hitrate@10"] == 1.0 and res["ndcg@10"] > 0.9
+    pop = Popularity().fit(split.train)
+    base = evaluate(recommend_all(generator_recommender(pop), split, 20), split, synthetic.items)
+    assert 0 < base["ndcg@10"] < res["ndcg@10"]
+    lo, hi = base["ndcg@10_ci"]
+    assert lo <= base["ndcg@10"] <= hi
+    for key in ("recall@5", "map@20", "mrr@10", "coverage@10", "novelty@10", "diversity@10", "ndcg@10_heavy", "users_light"):
+        assert key in base
+    assert sum(base[f"users_{s}"] for s in ("new", "light", "heavy")) == base["users"]
+    # nothing a user saw in training is recommended
+    recs = recommend_all(generator_recommender(pop), split, 20)
+    seen = split.seen()
+    assert all(not (set(r) & seen.get(u, set())) for u, r in recs.items())
+    assert np.isclose(base["coverage@10"], len({i for r in recs.values() for i in r[:10]}) /
+                      len(pd.unique(pd.concat([split.train["item_id"], pd.Series([i for t in split.test.values() for i in t])]))))
