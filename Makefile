@@ -34,5 +34,10 @@ bench: setup  ## benchmarks (print figures and a final JSON line each)
 	$(VENV)/bin/python bench/pipeline.py
 	$(VENV)/bin/python bench/serving.py
 
+bench-quality: setup  ## recommendation quality vs popularity, implicit ALS / item-kNN and EASE
+	$(UV) sync --frozen --extra dev --extra bench --python 3.11
+	OPENBLAS_NUM_THREADS=1 $(VENV)/bin/python bench/quality.py
+	rm -f $(VENV)/.synced  # the next `make test` re-syncs without the bench extra
+
 clean:
 	rm -rf .recops .recops-demo .pytest_cache
