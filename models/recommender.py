@@ -19,6 +19,17 @@ from recops.features import ITEM_MODEL_FEATURES, USER_MODEL_FEATURES
 from recops.models.base import Recommender
 
 CROSS_FEATURES = ["x_category_affinity", "x_is_top_category", "x_price_ratio", "x_in_history"]
+# item features that come from the feature store (the rest, price and age, come from the catalog)
+STORED_ITEM_FEATURES = [c for c in ITEM_MODEL_FEATURES if c not in ("i_price", "i_age_days")]
+assert ITEM_MODEL_FEATURES[: len(STORED_ITEM_FEATURES)] == STORED_ITEM_FEATURES
+
+
+def stored_item_matrix(feats: pd.DataFrame) -> np.ndarray:
+    """The stored item features of each row of ``feats`` (missing values: 0), in model order."""
+    return np.column_stack([
+        pd.to_numeric(feats[c], errors="coerce").fillna(0.0).to_numpy() if c in feats else np.zeros(len(feats))
+        for c in STORED_ITEM_FEATURES
+    ])
 
 
 @dataclass
@@ -54,10 +65,8 @@ class ItemTable:
         ids = pd.Index(pd.unique(pd.concat([item_feats["item_id"], pd.Series(meta.index)], ignore_index=True).astype(str)))
         f = item_feats.drop_duplicates("item_id", keep="last").set_index("item_id").reindex(ids)
         meta = meta.reindex(ids)
-        stored = [c for c in ITEM_MODEL_FEATURES if c not in ("i_price", "i_age_days")]
         mat = np.zeros((len(ids), len(ITEM_MODEL_FEATURES)))
-        for j, c in enumerate(stored):
-            mat[:, j] = pd.to_numeric(f[c], errors="coerce").fillna(0.0).to_numpy() if c in f else 0.0
+        mat[:, : len(STORED_ITEM_FEATURES)] = stored_item_matrix(f)
         price = pd.to_numeric(meta.get("price", pd.Series(index=ids, dtype=float)), errors="coerce")
         mat[:, ITEM_MODEL_FEATURES.index("i_price")] = price.fillna(price.median() if price.notna().any() else 0.0).to_numpy()
         created = pd.to_datetime(meta.get("created_at", pd.Series(index=ids, dtype="datetime64[ns, UTC]")), utc=True)
@@ -86,11 +95,15 @@ def feature_matrix(
     in_history: np.ndarray,
     items: ItemTable,
     now: float,
+    item_stored: np.ndarray | None = None,
 ) -> np.ndarray:
     """One user's candidate rows: generator features, the user's features (broadcast), item features
-    and user-item cross features."""
+    and user-item cross features. ``item_stored`` replaces the item table's stored features with
+    rows computed as of ``now`` (training on per-user cut times); serving uses the table's."""
     n = len(item_idx)
     it = items.matrix[item_idx].copy()
+    if item_stored is not None:
+        it[:, : item_stored.shape[1]] = item_stored
     created = items.created_ts[item_idx]
     it[:, ITEM_MODEL_FEATURES.index("i_age_days")] = np.where(np.isnan(created), 365.0, (now - created) / 86400.0)
     cats = items.category[item_idx]

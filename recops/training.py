@@ -212,3 +212,94 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, fs, settings: Setting
                         meta={"split": {k: str(v) for k, v in vars(split).items()}, "trained_on_events": int(len(events))})
     report = {"split": split, "ranker": stats, "eval": ev}
     return final, report
+
+
+# -- training and scoring on any split (per-user cut times) -------------------------------------
+def rows_at_cuts(model: RecopsModel, users: list[str], cuts: dict, hist: dict, excl: dict,
+                 events: pd.DataFrame, items: pd.DataFrame):
+    """Candidate rows for ``users`` with user and item features as of each user's own cut.
+
+    Features come from ``recops.features`` (the function whose snapshots Feast stores), evaluated
+    directly at each cut: no lookup can see an event after the user's cut.
+    """
+    from recops.features import item_features, user_features
+    from recops.models.recommender import stored_item_matrix
+
+    cand = []
+    for u in users:
+        idx, gen, _ = model.candidates(hist.get(u, []), u)
+        if excl.get(u) and len(idx):
+            keep = ~np.isin(model.items.ids[idx], list(excl[u]))
+            idx, gen = idx[keep], gen[keep]
+        cand.append((idx, gen))
+    cut_of = [pd.Timestamp(cuts[u]) for u in users]
+    lens = [len(c[0]) for c in cand]
+    pts = pd.DataFrame({"item_id": model.items.ids[np.concatenate([c[0] for c in cand])] if cand else [],
+                        "as_of": pd.DatetimeIndex(cut_of).repeat(lens) if cand else pd.DatetimeIndex([], tz="UTC")})
+    stored = stored_item_matrix(item_features(events, pts)) if len(pts) else np.zeros((0, 1))
+    uev = events[events["user_id"].notna()]
+    uf = user_features(uev, pd.DataFrame({"user_id": users, "as_of": cut_of}), items)
+    uf = derive_user(uf, np.array([c.timestamp() for c in cut_of]))
+    urows = dict(zip(users, uf.to_dict("records")))
+    blocks, slices, idx_all, start = [], [], [], 0
+    for u, cut, (idx, gen) in zip(users, cut_of, cand):
+        n = len(idx)
+        uvec, aff, top = user_vector(urows.get(u) if urows.get(u, {}).get("u_events_30d") is not None else None)
+        hs = set(hist.get(u, []))
+        in_hist = np.fromiter((i in hs for i in model.items.ids[idx]), dtype=bool, count=n)
+        blocks.append(feature_matrix(gen, idx, uvec, aff, top, in_hist, model.items, cut.timestamp(),
+                                     item_stored=stored[start:start + n]))
+        slices.append((start, start + n))
+        idx_all.append(idx)
+        start += n
+    x = np.vstack(blocks) if blocks else np.zeros((0, len(model.feature_names)))
+    return x, slices, idx_all
+
+
+def fit_ranker_on_split(model: RecopsModel, split, items: pd.DataFrame, settings: Settings, neg_per_user: int = 50):
+    """LambdaRank on the candidates of ``split``'s users, labelled by their held-out items.
+
+    Early stopping uses a temporal validation slice: the users whose cut is latest.
+    """
+    users = [u for u in split.users]
+    hist, excl = split.histories(), split.seen()
+    x, slices, idx_all = rows_at_cuts(model, users, split.cut, hist, excl, split.train, items)
+    cut_rank = pd.Series({u: pd.Timestamp(split.cut[u]) for u in users}).rank(method="first", pct=True)
+    rng = np.random.default_rng(settings.random_state)
+    parts = {"train": ([], [], []), "valid": ([], [], [])}
+    for u, (a, b), idx in zip(users, slices, idx_all):
+        y = np.fromiter((i in split.test[u] for i in model.items.ids[idx]), dtype=float, count=len(idx))
+        if y.max(initial=0) <= 0:
+            continue
+        rows = np.arange(a, b)
+        neg = np.flatnonzero(y == 0)
+        if len(neg) > neg_per_user:
+            keep = np.sort(np.concatenate([np.flatnonzero(y > 0), rng.choice(neg, neg_per_user, replace=False)]))
+            rows, y = rows[keep], y[keep]
+        xs, ys, gs = parts["valid" if cut_rank[u] > 0.8 else "train"]
+        xs.append(x[rows]); ys.append(y); gs.append(len(rows))
+    if not parts["train"][0]:
+        raise ValueError("the candidates never contain a held-out item: nothing to learn a ranking from")
+    stack = lambda p: (np.vstack(p[0]), np.concatenate(p[1]), np.array(p[2])) if p[0] else (None, None, np.array([]))  # noqa: E731
+    (xt, yt, gt), (xv, yv, gv) = stack(parts["train"]), stack(parts["valid"])
+    return train_ranker(xt, yt, gt, model.feature_names, xv, yv, gv, num_threads=settings.num_threads, seed=settings.random_state)
+
+
+def recommend_at_cuts(model: RecopsModel, split, items: pd.DataFrame, k: int) -> dict[str, list[str]]:
+    users = split.users
+    x, slices, idx_all = rows_at_cuts(model, users, split.cut, split.histories(), split.seen(), split.train, items)
+    scores = model.score_matrix(x) if len(x) else np.zeros(0)
+    return {u: [str(model.items.ids[idx[o]]) for o in np.argsort(-scores[a:b], kind="stable")[:k]]
+            for u, (a, b), idx in zip(users, slices, idx_all)}
+
+
+def train_on_split(train: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None, settings: Settings,
+                   inner_split, generators: dict) -> RecopsModel:
+    """Fit generators on ``inner_split.train``, the ranker on its held-out items, then refit the
+    generators on all of ``train``: the model to score the outer split with."""
+    table = ItemTable.build(pd.DataFrame({"item_id": pd.unique(train["item_id"])}), items)
+    inner_gens = {n: copy.deepcopy(g).fit(inner_split.train, items, users) for n, g in generators.items()}
+    inner = RecopsModel(inner_gens, None, table, settings.candidates_per_source)
+    ranker = fit_ranker_on_split(inner, inner_split, items, settings)
+    gens = {n: copy.deepcopy(g).fit(train, items, users) for n, g in generators.items()}
+    return RecopsModel(gens, ranker, table, settings.candidates_per_source)
