@@ -118,6 +118,13 @@ def feature_matrix(
     return np.hstack([gen_feats, np.broadcast_to(user_row, (n, len(user_row))), it, cross])
 
 
+def rank_order(scores: np.ndarray, gen_feats: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` best candidates: by ranker score, ties broken by the best rank any
+    generator gave the item (a shallow ranker ties often; item order would be arbitrary)."""
+    best_rank = gen_feats[:, 1::2].min(axis=1) if gen_feats.shape[1] else np.zeros(len(scores))
+    return np.lexsort((best_rank, -scores))[:k]
+
+
 def user_vector(feats: dict | None) -> tuple[np.ndarray, dict, str]:
     """One user's model features (zeros when unknown), category affinity and top category."""
     if not feats:
@@ -208,7 +215,7 @@ class RecopsModel:
         in_hist = np.fromiter((i in hist for i in self.items.ids[idx]), dtype=bool, count=n)
         x = feature_matrix(gen_feats, idx, uvec, aff, top, in_hist, self.items, now)
         scores = self.score_matrix(x)
-        order = np.argsort(-scores, kind="stable")[:k]
+        order = rank_order(scores, gen_feats, k)
         because = self._because(history)
         names = list(self.generators)
         out = []

@@ -24,7 +24,7 @@ from recops.features import derive_user
 from recops.models.covisit import CoVisitation
 from recops.models.metrics import bootstrap_ci, per_user_metrics, summarize
 from recops.models.popularity import Popularity
-from recops.models.recommender import ItemTable, RecopsModel, feature_matrix, train_ranker, user_vector
+from recops.models.recommender import ItemTable, RecopsModel, feature_matrix, rank_order, train_ranker, user_vector
 from recops.ratings import implicit_ratings
 
 EXCLUDE_EVENT_TYPES = ("purchase", "rate")  # items a user bought (or rated) are not recommended again
@@ -125,8 +125,9 @@ def recommend_batch(model: RecopsModel, users: list[str], hist: dict, excl: dict
     x, slices, idx_all = rank_rows(model, users, hist, excl, ufeats, now)
     scores = model.score_matrix(x) if len(x) else np.zeros(0)
     out = {}
+    g = 2 * len(model.generators)
     for u, (a, b), idx in zip(users, slices, idx_all):
-        order = np.argsort(-scores[a:b], kind="stable")[:k]
+        order = rank_order(scores[a:b], x[a:b, :g], k)
         out[u] = [str(model.items.ids[idx[o]]) for o in order]
     return out
 
@@ -289,7 +290,8 @@ def recommend_at_cuts(model: RecopsModel, split, items: pd.DataFrame, k: int) ->
     users = split.users
     x, slices, idx_all = rows_at_cuts(model, users, split.cut, split.histories(), split.seen(), split.train, items)
     scores = model.score_matrix(x) if len(x) else np.zeros(0)
-    return {u: [str(model.items.ids[idx[o]]) for o in np.argsort(-scores[a:b], kind="stable")[:k]]
+    g = 2 * len(model.generators)
+    return {u: [str(model.items.ids[idx[o]]) for o in rank_order(scores[a:b], x[a:b, :g], k)]
             for u, (a, b), idx in zip(users, slices, idx_all)}
 
 
