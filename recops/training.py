@@ -100,20 +100,29 @@ def user_features_at(fs, user_ids: list[str], t: pd.Timestamp) -> dict[str, dict
     return {u: row for u, row in zip(known["user_id"], known.to_dict("records"))}
 
 
-def rank_rows(model: RecopsModel, users: list[str], hist: dict, excl: dict, ufeats: dict, now: float):
-    """Candidate rows for many users at once: (X, per-user slices, item indexes)."""
-    blocks, slices, idx_all, start = [], [], [], 0
+def _candidates(model: RecopsModel, users: list[str], hist: dict, excl: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each user's candidates (item indexes, generator features), their excluded items removed."""
+    out = []
     for u in users:
-        h = hist.get(u, [])
-        idx, gen, _ = model.candidates(h, u)
+        idx, gen, _ = model.candidates(hist.get(u, []), u)
         if excl.get(u) and len(idx):
             keep = ~np.isin(model.items.ids[idx], list(excl[u]))
             idx, gen = idx[keep], gen[keep]
+        out.append((idx, gen))
+    return out
+
+
+def _assemble(model: RecopsModel, users: list[str], cand: list, hist: dict, ufeats: dict, nows: list[float],
+              item_stored: np.ndarray | None = None):
+    """Stack every user's feature block: (X, per-user row slices, item indexes)."""
+    blocks, slices, idx_all, start = [], [], [], 0
+    for u, now, (idx, gen) in zip(users, nows, cand):
         n = len(idx)
         uvec, aff, top = user_vector(ufeats.get(u))
-        hs = set(h)
+        hs = set(hist.get(u, []))
         in_hist = np.fromiter((i in hs for i in model.items.ids[idx]), dtype=bool, count=n)
-        blocks.append(feature_matrix(gen, idx, uvec, aff, top, in_hist, model.items, now))
+        stored = item_stored[start:start + n] if item_stored is not None else None
+        blocks.append(feature_matrix(gen, idx, uvec, aff, top, in_hist, model.items, now, item_stored=stored))
         slices.append((start, start + n))
         idx_all.append(idx)
         start += n
@@ -121,15 +130,22 @@ def rank_rows(model: RecopsModel, users: list[str], hist: dict, excl: dict, ufea
     return x, slices, idx_all
 
 
+def _top_lists(model: RecopsModel, users: list[str], x: np.ndarray, slices, idx_all, k: int) -> dict[str, list[str]]:
+    """Each user's top-``k`` item ids from their block of rows."""
+    scores = model.score_matrix(x) if len(x) else np.zeros(0)
+    g = 2 * len(model.generators)
+    return {u: [str(model.items.ids[idx[o]]) for o in rank_order(scores[a:b], x[a:b, :g], k)]
+            for u, (a, b), idx in zip(users, slices, idx_all)}
+
+
+def rank_rows(model: RecopsModel, users: list[str], hist: dict, excl: dict, ufeats: dict, now: float):
+    """Candidate rows for many users at one time ``now``: (X, per-user slices, item indexes)."""
+    return _assemble(model, users, _candidates(model, users, hist, excl), hist, ufeats, [now] * len(users))
+
+
 def recommend_batch(model: RecopsModel, users: list[str], hist: dict, excl: dict, ufeats: dict, now: float, k: int) -> dict[str, list[str]]:
     x, slices, idx_all = rank_rows(model, users, hist, excl, ufeats, now)
-    scores = model.score_matrix(x) if len(x) else np.zeros(0)
-    out = {}
-    g = 2 * len(model.generators)
-    for u, (a, b), idx in zip(users, slices, idx_all):
-        order = rank_order(scores[a:b], x[a:b, :g], k)
-        out[u] = [str(model.items.ids[idx[o]]) for o in order]
-    return out
+    return _top_lists(model, users, x, slices, idx_all, k)
 
 
 def _hash_frac(u: str) -> float:
@@ -143,26 +159,33 @@ def fit_ranker(model: RecopsModel, events: pd.DataFrame, split: Split, fs, setti
     if not users:
         raise ValueError("no user has both history before and activity in the ranker's label window")
     ufeats = user_features_at(fs, users, split.t1)
-    x, slices, idx_all = rank_rows(model, users, hist, excl, ufeats, split.t1.timestamp())
+    rows = rank_rows(model, users, hist, excl, ufeats, split.t1.timestamp())
+    return _fit_on_rows(model, users, rows, lambda u, ids: [labels[u].get(i, 0) for i in ids],
+                        lambda u: _hash_frac(u) < 0.2, settings, neg_per_user)
+
+
+def _fit_on_rows(model: RecopsModel, users: list[str], rows, label, is_valid, settings: Settings, neg_per_user: int):
+    """LambdaRank on users' candidate rows: ``label(user, item_ids)`` grades them, ``is_valid(user)``
+    puts a user's group in the early-stopping slice. Users whose candidates hold no positive are
+    skipped (no ranking signal); negatives are sampled from the candidates."""
+    x, slices, idx_all = rows
     rng = np.random.default_rng(settings.random_state)
     parts = {"train": ([], [], []), "valid": ([], [], [])}
     for u, (a, b), idx in zip(users, slices, idx_all):
-        y = np.fromiter((labels[u].get(i, 0) for i in model.items.ids[idx]), dtype=float, count=len(idx))
+        y = np.asarray(label(u, model.items.ids[idx]), dtype=float)
         if y.max(initial=0) <= 0:
-            continue  # no positive among the candidates: no ranking signal
-        rows = np.arange(a, b)
+            continue
+        sel = np.arange(a, b)
         neg = np.flatnonzero(y == 0)
-        if len(neg) > neg_per_user:  # negatives sampled from the candidates
-            keep = np.concatenate([np.flatnonzero(y > 0), rng.choice(neg, neg_per_user, replace=False)])
-            keep.sort()
-            rows, y = rows[keep], y[keep]
-        xs, ys, gs = parts["valid" if _hash_frac(u) < 0.2 else "train"]
-        xs.append(x[rows]); ys.append(y); gs.append(len(rows))
+        if len(neg) > neg_per_user:
+            keep = np.sort(np.concatenate([np.flatnonzero(y > 0), rng.choice(neg, neg_per_user, replace=False)]))
+            sel, y = sel[keep], y[keep]
+        xs, ys, gs = parts["valid" if is_valid(u) else "train"]
+        xs.append(x[sel]); ys.append(y); gs.append(len(sel))
     if not parts["train"][0]:
         raise ValueError("the candidates never contain a labelled item: nothing to learn a ranking from")
-    xt, yt, gt = (np.vstack(parts["train"][0]), np.concatenate(parts["train"][1]), np.array(parts["train"][2]))
-    xv, yv, gv = ((np.vstack(parts["valid"][0]), np.concatenate(parts["valid"][1]), np.array(parts["valid"][2]))
-                  if parts["valid"][0] else (None, None, np.array([])))
+    stack = lambda p: (np.vstack(p[0]), np.concatenate(p[1]), np.array(p[2])) if p[0] else (None, None, np.array([]))  # noqa: E731
+    (xt, yt, gt), (xv, yv, gv) = stack(parts["train"]), stack(parts["valid"])
     booster = train_ranker(xt, yt, gt, model.feature_names, xv, yv, gv, num_threads=settings.num_threads, seed=settings.random_state)
     stats = {"ranker_train_groups": int(len(gt)), "ranker_valid_groups": int(len(gv)), "ranker_train_rows": int(len(yt)),
              "ranker_best_iteration": int(booster.best_iteration or booster.current_iteration())}
@@ -226,13 +249,7 @@ def rows_at_cuts(model: RecopsModel, users: list[str], cuts: dict, hist: dict, e
     from recops.features import item_features, user_features
     from recops.models.recommender import stored_item_matrix
 
-    cand = []
-    for u in users:
-        idx, gen, _ = model.candidates(hist.get(u, []), u)
-        if excl.get(u) and len(idx):
-            keep = ~np.isin(model.items.ids[idx], list(excl[u]))
-            idx, gen = idx[keep], gen[keep]
-        cand.append((idx, gen))
+    cand = _candidates(model, users, hist, excl)
     cut_of = [pd.Timestamp(cuts[u]) for u in users]
     lens = [len(c[0]) for c in cand]
     pts = pd.DataFrame({"item_id": model.items.ids[np.concatenate([c[0] for c in cand])] if cand else [],
@@ -241,20 +258,8 @@ def rows_at_cuts(model: RecopsModel, users: list[str], cuts: dict, hist: dict, e
     uev = events[events["user_id"].notna()]
     uf = user_features(uev, pd.DataFrame({"user_id": users, "as_of": cut_of}), items)
     uf = derive_user(uf, np.array([c.timestamp() for c in cut_of]))
-    urows = dict(zip(users, uf.to_dict("records")))
-    blocks, slices, idx_all, start = [], [], [], 0
-    for u, cut, (idx, gen) in zip(users, cut_of, cand):
-        n = len(idx)
-        uvec, aff, top = user_vector(urows.get(u) if urows.get(u, {}).get("u_events_30d") is not None else None)
-        hs = set(hist.get(u, []))
-        in_hist = np.fromiter((i in hs for i in model.items.ids[idx]), dtype=bool, count=n)
-        blocks.append(feature_matrix(gen, idx, uvec, aff, top, in_hist, model.items, cut.timestamp(),
-                                     item_stored=stored[start:start + n]))
-        slices.append((start, start + n))
-        idx_all.append(idx)
-        start += n
-    x = np.vstack(blocks) if blocks else np.zeros((0, len(model.feature_names)))
-    return x, slices, idx_all
+    return _assemble(model, users, cand, hist, dict(zip(users, uf.to_dict("records"))),
+                     [c.timestamp() for c in cut_of], item_stored=stored)
 
 
 def fit_ranker_on_split(model: RecopsModel, split, items: pd.DataFrame, settings: Settings, neg_per_user: int = 50):
@@ -262,37 +267,18 @@ def fit_ranker_on_split(model: RecopsModel, split, items: pd.DataFrame, settings
 
     Early stopping uses a temporal validation slice: the users whose cut is latest.
     """
-    users = [u for u in split.users]
-    hist, excl = split.histories(), split.seen()
-    x, slices, idx_all = rows_at_cuts(model, users, split.cut, hist, excl, split.train, items)
-    cut_rank = pd.Series({u: pd.Timestamp(split.cut[u]) for u in users}).rank(method="first", pct=True)
-    rng = np.random.default_rng(settings.random_state)
-    parts = {"train": ([], [], []), "valid": ([], [], [])}
-    for u, (a, b), idx in zip(users, slices, idx_all):
-        y = np.fromiter((i in split.test[u] for i in model.items.ids[idx]), dtype=float, count=len(idx))
-        if y.max(initial=0) <= 0:
-            continue
-        rows = np.arange(a, b)
-        neg = np.flatnonzero(y == 0)
-        if len(neg) > neg_per_user:
-            keep = np.sort(np.concatenate([np.flatnonzero(y > 0), rng.choice(neg, neg_per_user, replace=False)]))
-            rows, y = rows[keep], y[keep]
-        xs, ys, gs = parts["valid" if cut_rank[u] > 0.8 else "train"]
-        xs.append(x[rows]); ys.append(y); gs.append(len(rows))
-    if not parts["train"][0]:
-        raise ValueError("the candidates never contain a held-out item: nothing to learn a ranking from")
-    stack = lambda p: (np.vstack(p[0]), np.concatenate(p[1]), np.array(p[2])) if p[0] else (None, None, np.array([]))  # noqa: E731
-    (xt, yt, gt), (xv, yv, gv) = stack(parts["train"]), stack(parts["valid"])
-    return train_ranker(xt, yt, gt, model.feature_names, xv, yv, gv, num_threads=settings.num_threads, seed=settings.random_state)
+    users = split.users
+    rows = rows_at_cuts(model, users, split.cut, split.histories(), split.seen(), split.train, items)
+    latest = pd.Series({u: pd.Timestamp(split.cut[u]) for u in users}).rank(method="first", pct=True)
+    booster, _ = _fit_on_rows(model, users, rows, lambda u, ids: [i in split.test[u] for i in ids],
+                              lambda u: latest[u] > 0.8, settings, neg_per_user)
+    return booster
 
 
 def recommend_at_cuts(model: RecopsModel, split, items: pd.DataFrame, k: int) -> dict[str, list[str]]:
     users = split.users
     x, slices, idx_all = rows_at_cuts(model, users, split.cut, split.histories(), split.seen(), split.train, items)
-    scores = model.score_matrix(x) if len(x) else np.zeros(0)
-    g = 2 * len(model.generators)
-    return {u: [str(model.items.ids[idx[o]]) for o in rank_order(scores[a:b], x[a:b, :g], k)]
-            for u, (a, b), idx in zip(users, slices, idx_all)}
+    return _top_lists(model, users, x, slices, idx_all, k)
 
 
 def train_on_split(train: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None, settings: Settings,
