@@ -25,10 +25,12 @@ def _table(d: dict) -> str:
 
 @flow(name="ingest", log_prints=True)
 def ingest_flow(source: str = "synthetic", path: str | None = None, n_events: int = 100_000, seed: int = 42,
-                bad_share: float = 0.01, end: str | None = None) -> dict:
+                bad_share: float = 0.01, end: str | None = None, mapping: dict[str, str] | None = None,
+                items_path: str | None = None, users_path: str | None = None) -> dict:
     """Load a source (synthetic, movielens, online-retail, otto, file) into a staging batch."""
     return _log(steps.ingest(load_settings(), source=source, path=path, n_events=n_events, seed=seed,
-                             bad_share=bad_share, end=end), "ingest")
+                             bad_share=bad_share, end=end, mapping=mapping, items_path=items_path,
+                             users_path=users_path), "ingest")
 
 
 @flow(name="validate")
@@ -59,6 +61,28 @@ def train_flow() -> dict:
     create_markdown_artifact(f"Registered version {res['version']} (@challenger), run `{res['run_id']}`\n\n" + _table(res["metrics"]),
                              key="training-metrics", description="training metrics")
     return _log(res, "train")
+
+
+@flow(name="train-from-file")
+def train_file_flow(events_path: str, items_path: str | None = None, users_path: str | None = None,
+                    mapping: dict[str, str] | None = None) -> dict:
+    """Any events file (CSV/Parquet): ingest -> validate -> features -> train, each a real subflow run."""
+    batch = ingest_flow(source="file", path=events_path, mapping=mapping, items_path=items_path, users_path=users_path)
+    validated = validate_flow(batch["batch_id"])
+    feats = features_flow()
+    trained = train_flow()
+    return {"ingest": batch, "validate": validated, "features": feats, "train": trained}
+
+
+@flow(name="batch-recommend")
+def recommend_flow(users_path: str, out_path: str, k: int | None = None, version: str | None = None,
+                   alias: str | None = None) -> dict:
+    """Batch scoring: top-k per user from a file into a CSV (e-mail campaigns, offline evaluation)."""
+    res = steps.recommend_users(load_settings(), users_path, out_path, k=k, version=version, alias=alias)
+    create_markdown_artifact(f"Scored {res['users']} users with version {res['version']} → `{res['out']}` "
+                             f"({res['rows']} rows, {res['fallback_users']} users on the fallback)",
+                             key="batch-recommend", description="batch scoring")
+    return _log(res, "batch-recommend")
 
 
 @flow(name="evaluate")

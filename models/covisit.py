@@ -11,6 +11,12 @@ from recops.models.base import Recommender, top_k
 from recops.models.matrix import keep_top_csr
 
 
+def session_groups(events: pd.DataFrame) -> pd.Series:
+    """The session of each event: its session_id, else its user's day (events that belong together)."""
+    day = events["timestamp"].dt.strftime("%Y%m%d")
+    return events["session_id"].where(events["session_id"].notna(), events["user_id"].astype(str) + "|" + day)
+
+
 class CoVisitation(Recommender):
     """Counts pairs of items within ``window`` touches of each other in the same session.
 
@@ -31,9 +37,7 @@ class CoVisitation(Recommender):
 
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> "CoVisitation":
         ev = events[["user_id", "session_id", "item_id", "event_type", "timestamp"]].copy()
-        # a session, else the user's day, groups events that belong together
-        day = ev["timestamp"].dt.strftime("%Y%m%d")
-        ev["group"] = ev["session_id"].where(ev["session_id"].notna(), ev["user_id"].astype(str) + "|" + day)
+        ev["group"] = session_groups(ev)
         w = ev["event_type"].map({**self.weights, "rate": 1.0}).fillna(0.0).clip(lower=0.0)
         as_of = ev["timestamp"].max()
         age = (as_of - ev["timestamp"]).dt.total_seconds() / 86400.0

@@ -17,6 +17,7 @@ import pandas as pd
 
 from recops.features import ITEM_MODEL_FEATURES, USER_MODEL_FEATURES
 from recops.models.base import Recommender
+from recops.models.rules import BusinessRules, apply_rules
 
 CROSS_FEATURES = ["x_category_affinity", "x_is_top_category", "x_price_ratio", "x_in_history"]
 # item features that come from the feature store (the rest, price and age, come from the catalog)
@@ -118,11 +119,14 @@ def feature_matrix(
     return np.hstack([gen_feats, np.broadcast_to(user_row, (n, len(user_row))), it, cross])
 
 
-def rank_order(scores: np.ndarray, gen_feats: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` best candidates: by ranker score, ties broken by the best rank any
-    generator gave the item (a shallow ranker ties often; item order would be arbitrary)."""
-    best_rank = gen_feats[:, 1::2].min(axis=1) if gen_feats.shape[1] else np.zeros(len(scores))
-    return np.lexsort((best_rank, -scores))[:k]
+def rank_order(model: "RecopsModel", x: np.ndarray, scores: np.ndarray, idx: np.ndarray, k: int,
+               rules: BusinessRules | None = None) -> np.ndarray:
+    """Positions of the ``k`` candidates to show: by ranker score under the business rules, ties
+    broken by the best rank any generator gave the item (a shallow ranker ties often)."""
+    g = 2 * len(model.generators)
+    best_rank = x[:, 1:g:2].min(axis=1) if g else np.zeros(len(scores))
+    age = x[:, model.feature_names.index("i_age_days")]
+    return apply_rules(scores, best_rank, model.items.category[idx], age, k, rules or BusinessRules())
 
 
 def user_vector(feats: dict | None) -> tuple[np.ndarray, dict, str]:
@@ -196,7 +200,11 @@ class RecopsModel:
         return self.ranker.predict(x, num_threads=1)
 
     def recommend(self, user_id: str | None, k: int, history: list[str], user_feats: dict | None,
-                  exclude: set[str] | None = None, now: float | None = None, in_stock_only: bool = True) -> list[Recommendation]:
+                  exclude: set[str] | None = None, now: float | None = None,
+                  rules: BusinessRules | None = None) -> list[Recommendation]:
+        """Top-``k`` for one user. ``exclude``: items never to show (the caller derives the user's
+        from ``rules.exclude_event_types``); ``rules``: stock, category cap, fresh boost."""
+        rules = rules or BusinessRules()
         now = float(now if now is not None else pd.Timestamp.now(tz="UTC").timestamp())
         idx, gen_feats, proposed = self.candidates(history, user_id)
         if len(idx) == 0:
@@ -204,7 +212,7 @@ class RecopsModel:
         keep = np.ones(len(idx), dtype=bool)
         if exclude:
             keep &= ~np.isin(self.items.ids[idx], list(exclude))
-        if in_stock_only:
+        if rules.in_stock_only:
             keep &= self.items.in_stock[idx]
         idx, gen_feats, proposed = idx[keep], gen_feats[keep], proposed[keep]
         if len(idx) == 0:
@@ -215,7 +223,7 @@ class RecopsModel:
         in_hist = np.fromiter((i in hist for i in self.items.ids[idx]), dtype=bool, count=n)
         x = feature_matrix(gen_feats, idx, uvec, aff, top, in_hist, self.items, now)
         scores = self.score_matrix(x)
-        order = rank_order(scores, gen_feats, k)
+        order = rank_order(self, x, scores, idx, k, rules)
         because = self._because(history)
         names = list(self.generators)
         out = []

@@ -94,6 +94,19 @@ def _print(result: dict) -> None:
     typer.echo(to_json(result))
 
 
+def _mapping(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        dst, sep, src = p.partition("=")
+        if not sep or not dst or not src:
+            raise typer.BadParameter(f"{p!r}: expected recops_column=file_column, e.g. user_id=customer")
+        out[dst.strip()] = src.strip()
+    return out
+
+
+MAP_HELP = "rename a file column: recops_column=file_column (repeatable), e.g. --map user_id=CustomerID"
+
+
 @app.command()
 def ingest(
     source: str = typer.Option("synthetic", help="synthetic | movielens | online-retail | otto | file"),
@@ -102,12 +115,16 @@ def ingest(
     seed: int = typer.Option(42, help="synthetic: random seed"),
     bad_share: float = typer.Option(0.01, help="synthetic: share of malformed rows"),
     end: Optional[str] = typer.Option(None, help="synthetic: last day of data (default today)"),
+    items: Optional[str] = typer.Option(None, "--items", help="file: optional item catalog file"),
+    users: Optional[str] = typer.Option(None, "--users", help="file: optional user demographics file"),
+    map_: list[str] = typer.Option([], "--map", help="file: " + MAP_HELP),
 ) -> None:
     """Load a source into a staging batch (nothing reaches the store before validation)."""
     settings()
     from recops.flows.pipeline import ingest_flow
 
-    _print(_run("ingest", ingest_flow, source=source, path=path, n_events=n_events, seed=seed, bad_share=bad_share, end=end))
+    _print(_run("ingest", ingest_flow, source=source, path=path, n_events=n_events, seed=seed, bad_share=bad_share, end=end,
+                mapping=_mapping(map_) or None, items_path=items, users_path=users))
 
 
 @app.command()
@@ -129,12 +146,46 @@ def features() -> None:
 
 
 @app.command()
-def train() -> None:
+def train(
+    events: Optional[Path] = typer.Option(None, "--events", help="train on this events file (CSV/Parquet: user_id, item_id, "
+                                           "event_type, timestamp; optional session_id, value): ingest, validate, features, train"),
+    items: Optional[Path] = typer.Option(None, "--items", help="with --events: optional item catalog file"),
+    users: Optional[Path] = typer.Option(None, "--users", help="with --events: optional user demographics file"),
+    map_: list[str] = typer.Option([], "--map", help=MAP_HELP),
+) -> None:
     """Train on point-in-time features; log to MLflow; register the version as @challenger."""
     settings()
-    from recops.flows.pipeline import train_flow
+    if events is None:
+        if items or users or map_:
+            raise typer.BadParameter("--items, --users and --map go with --events")
+        from recops.flows.pipeline import train_flow
 
-    _print(_run("train", train_flow))
+        _print(_run("train", train_flow))
+        return
+    for p in (events, items, users):
+        if p is not None and not p.exists():
+            raise typer.BadParameter(f"{p} does not exist")
+    from recops.flows.pipeline import train_file_flow
+
+    _print(_run("train", train_file_flow, stages=4, events_path=str(events), items_path=str(items) if items else None,
+                users_path=str(users) if users else None, mapping=_mapping(map_) or None))
+
+
+@app.command()
+def recommend(
+    users: Path = typer.Option(..., "--users", help="CSV with a user_id column (or one id per line)"),
+    out: Path = typer.Option(..., "--out", help="CSV to write: user_id, item_id, rank, score"),
+    k: int = typer.Option(10, "--k", min=1, max=1000, help="items per user"),
+    version: Optional[str] = typer.Option(None, "--version", help="a registered version (default: the newest, i.e. just trained)"),
+    alias: Optional[str] = typer.Option(None, "--alias", help="or the version an alias points at, e.g. champion"),
+) -> None:
+    """Batch scoring: the same lists the HTTP service would answer, for every user in a file."""
+    settings()
+    if version and alias:
+        raise typer.BadParameter("give --version or --alias, not both")
+    from recops.flows.pipeline import recommend_flow
+
+    _print(_run("recommend", recommend_flow, users_path=str(users), out_path=str(out), k=k, version=version, alias=alias))
 
 
 @app.command()

@@ -12,6 +12,7 @@ Profiles:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,12 @@ class Settings:
     promote_tolerance: float = 0.0
     random_state: int = 42
     num_threads: int = 1
+    # Business rules, applied after ranking at request time (recops.models.rules).
+    exclude_event_types: list[str] = field(default_factory=lambda: ["purchase", "rate"])  # never recommend again
+    in_stock_only: bool = True
+    max_per_category: int = 0  # at most this many items of one category per list; 0: no cap
+    fresh_item_days: float = 14.0
+    fresh_item_boost: float = 0.0  # score boost for items younger than fresh_item_days, x the list's score spread
     # Serving.
     reload_interval_seconds: float = 10.0
     serve_host: str = "127.0.0.1"
@@ -112,7 +119,9 @@ class Settings:
             if f.name in ("home", "profile"):
                 continue
             val = getattr(self, f.name)
-            if isinstance(val, (str, int, float)) and not isinstance(val, bool):
+            if isinstance(val, (bool, dict, list, tuple)):
+                env[f"RECOPS_{f.name.upper()}"] = json.dumps(val if not isinstance(val, tuple) else list(val))
+            elif isinstance(val, (str, int, float)):
                 env[f"RECOPS_{f.name.upper()}"] = str(val)
         return env
 
@@ -130,6 +139,16 @@ def _profile_defaults(profile: str) -> dict[str, Any]:
 
 def _coerce(name: str, raw: str) -> Any:
     ftype = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    if ftype == "bool":
+        if raw.strip().lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(f"RECOPS_{name.upper()} must be true or false, got {raw!r}")
+        return raw.strip().lower() in ("1", "true", "yes")
+    if ftype.startswith("list"):
+        parsed = yaml.safe_load(raw)
+        parsed = [] if parsed is None else parsed
+        if not isinstance(parsed, list):
+            raise ValueError(f"RECOPS_{name.upper()} must be a list, got {raw!r}")
+        return [str(v) for v in parsed]
     if ftype in ("int",):
         return int(raw)
     if ftype in ("float",):
@@ -172,4 +191,9 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
     clash = set(settings.custom_event_types) & set(DEFAULT_EVENT_WEIGHTS)
     if clash:
         raise ValueError(f"custom_event_types redefine built-in types {sorted(clash)}")
+    unknown_ex = set(settings.exclude_event_types) - set(settings.event_types)
+    if unknown_ex:
+        raise ValueError(f"exclude_event_types names unknown event types {sorted(unknown_ex)}; known: {sorted(settings.event_types)}")
+    if settings.max_per_category < 0 or settings.fresh_item_boost < 0 or settings.fresh_item_days < 0:
+        raise ValueError("max_per_category, fresh_item_days and fresh_item_boost must be >= 0")
     return settings

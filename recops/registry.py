@@ -33,8 +33,9 @@ def pip_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "mlflow")]
 
 
-def log_model(settings: Settings, model, params: dict, metrics: dict, extra: dict | None = None) -> dict:
-    """One run: params, metrics, the feature list and the packaged model, registered as @challenger."""
+def log_model(settings: Settings, model, params: dict, metrics: dict, extra: dict | None = None,
+              figures: dict | None = None) -> dict:
+    """One run: params, metrics, figures, the feature list and the packaged model, registered as @challenger."""
     import mlflow
 
     from recops.models.packaging import RecopsPyfunc
@@ -49,6 +50,8 @@ def log_model(settings: Settings, model, params: dict, metrics: dict, extra: dic
             mlflow.log_dict(dict(sorted(imp.items(), key=lambda kv: -kv[1])), "feature_importance.json")
         for name, obj in (extra or {}).items():
             mlflow.log_dict(obj, name)
+        for name, fig in (figures or {}).items():
+            mlflow.log_figure(fig, name)
         path = Path(tmp) / "recops_model.pkl"
         model.save(path)
         info = mlflow.pyfunc.log_model(
@@ -70,6 +73,13 @@ def alias_version(settings: Settings, alias: str) -> str | None:
         if "not found" in str(exc).lower() or "does not exist" in str(exc).lower() or "RESOURCE_DOES_NOT_EXIST" in str(exc):
             return None
         raise
+
+
+def latest_version(settings: Settings) -> str | None:
+    """The newest registered version (the one the last train registered), or None."""
+    client = setup(settings)
+    versions = client.search_model_versions(f"name='{settings.model_name}'")
+    return str(max(int(v.version) for v in versions)) if versions else None
 
 
 def load_version(settings: Settings, version: str):

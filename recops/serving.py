@@ -7,6 +7,7 @@ run in-process in tests and benchmarks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -18,18 +19,24 @@ from recops.config import Settings
 from recops.features import derive_user_dict
 from recops.featurestore import FeatureStoreClient
 from recops.models.recommender import Recommendation
+from recops.models.rules import BusinessRules
 from recops.online import refresh_users
 from recops.schema import normalize_events
 from recops.services.schemas import RecommendedItem, RecommendResponse, TrackEvent, TrackResponse
 from recops.store import EventStore
-from recops.training import EXCLUDE_EVENT_TYPES, HISTORY_LEN
+from recops.training import HISTORY_LEN
 
 log = logging.getLogger("recops.serving")
 
 
 class Serving:
-    def __init__(self, settings: Settings):
+    """``version``: serve that registered version and never reload (batch scoring); default: follow
+    the @champion alias."""
+
+    def __init__(self, settings: Settings, version: str | None = None):
         self.settings = settings
+        self.pinned = version
+        self.rules = BusinessRules.from_settings(settings)
         self.store = EventStore(settings.event_store_uri)
         self.features = FeatureStoreClient(settings)
         self._lock = threading.Lock()
@@ -44,7 +51,7 @@ class Serving:
     def reload(self) -> None:
         """Load the @champion version if it changed; on failure keep serving what is loaded."""
         try:
-            version = registry.alias_version(self.settings, registry.CHAMPION)
+            version = self.pinned or registry.alias_version(self.settings, registry.CHAMPION)
             if version is not None and version != self.version:
                 model = registry.load_version(self.settings, version)
                 with self._lock:
@@ -62,6 +69,7 @@ class Serving:
         self._known_items = set(items["item_id"])
         self._category = dict(zip(items["item_id"], items["category"]))
         self._in_stock = dict(zip(items["item_id"], items["in_stock"]))
+        self._out_of_stock = set(items.loc[~items["in_stock"], "item_id"])
         self._popular = self.store.popular_items()
 
     def run_reloader(self, stop: threading.Event) -> None:
@@ -81,7 +89,7 @@ class Serving:
         if model is None:
             return self.fallback(user_id, k, excl, None, f"no champion model: {self.load_error or 'not loaded'}")
         try:
-            history, bought = self.store.user_state(user_id=user_id, n=HISTORY_LEN, exclude_types=EXCLUDE_EVENT_TYPES)
+            history, bought = self.store.user_state(user_id=user_id, n=HISTORY_LEN, exclude_types=self.rules.exclude_event_types)
             if session_id:
                 s_hist, _ = self.store.user_state(session_id=session_id, n=HISTORY_LEN)
                 history = list(dict.fromkeys(s_hist + history))[:HISTORY_LEN]
@@ -89,8 +97,10 @@ class Serving:
             if not history and feats is None:
                 return self.fallback(user_id, k, excl, model, "unknown user: no events yet", version)
             now = time.time()
+            # stock changes after training: the live catalog decides, not the model's item table
+            gone = self._out_of_stock if self.rules.in_stock_only else set()
             recs = model.recommend(user_id, k, history, derive_user_dict(feats, now) if feats else None,
-                                   exclude=excl | bought, now=now)
+                                   exclude=excl | bought | gone, now=now, rules=dataclasses.replace(self.rules, in_stock_only=False))
             if not recs:
                 return self.fallback(user_id, k, excl | bought, model, "the model found no candidates", version)
             return RecommendResponse(user_id=user_id, items=_items(recs), model_version=version, fallback=False)
@@ -101,14 +111,16 @@ class Serving:
     def fallback(self, user_id: str, k: int, exclude: set[str], model, why: str, version: str | None = None) -> RecommendResponse:
         """Trending items: the model's popularity list, else the event store's recent counts."""
         recs: list[Recommendation] = []
+        if self.rules.in_stock_only:
+            exclude = exclude | self._out_of_stock
         try:
             if model is not None:
-                recs = model.popular(k, exclude)
+                recs = model.popular(k, exclude, in_stock_only=False)
         except Exception:
             log.exception("popularity fallback failed; using the event store's")
         if not recs:
             recs = [Recommendation(i, float(n), f"Popular now in {self._category.get(i, 'the catalog')}", ["popularity"])
-                    for i, n in self._popular if i not in exclude and self._in_stock.get(i, True)][:k]
+                    for i, n in self._popular if i not in exclude][:k]
         return RecommendResponse(user_id=user_id, items=_items(recs), model_version=version, fallback=True, fallback_reason=why)
 
     # -- track ----------------------------------------------------------------------------------
@@ -130,6 +142,9 @@ class Serving:
             users = []
         return TrackResponse(accepted=len(frame), stored=stored, duplicates=len(frame) - stored,
                              unknown_items=unknown, online_updated=users, warning=warning)
+
+    def close(self) -> None:
+        self.store.dispose()
 
     # -- introspection --------------------------------------------------------------------------
     def health(self) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from recops.config import Settings
+from recops.models.rules import BusinessRules
 from recops.store import EventStore
 
 
@@ -53,7 +54,8 @@ def _timed(fn):
 # -- ingest -------------------------------------------------------------------------------------
 @_timed
 def ingest(settings: Settings, source: str = "synthetic", path: str | None = None, n_events: int = 100_000,
-           seed: int = 42, bad_share: float = 0.01, end: str | None = None, mapping: dict | None = None) -> dict:
+           seed: int = 42, bad_share: float = 0.01, end: str | None = None, mapping: dict | None = None,
+           items_path: str | None = None, users_path: str | None = None) -> dict:
     """Load a source into a staging batch (parquet); nothing reaches the event store before validation."""
     from recops import importers
     from recops.generate import generate
@@ -71,7 +73,10 @@ def ingest(settings: Settings, source: str = "synthetic", path: str | None = Non
     elif source == "file":
         if not path:
             raise StepFailed("source 'file' needs --path to a CSV/Parquet events file")
-        ds = importers.load_generic(path, mapping=mapping)
+        try:
+            ds = importers.load_generic(path, mapping=mapping, items_path=items_path, users_path=users_path)
+        except (ValueError, FileNotFoundError) as exc:
+            raise StepFailed(str(exc)) from exc
     else:
         raise StepFailed(f"unknown source {source!r}; choose synthetic, file or one of {sorted(importers.SOURCES)}")
     batch_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -179,14 +184,43 @@ def train(settings: Settings) -> dict:
     ev, split, k = rep["eval"], rep["split"], settings.k
     metrics = {f"{m}": v for m, v in ev["model"].items()}
     metrics.update({f"baseline_{m}": v for m, v in ev.get("baseline", {}).items()})
+    for kk, curve in ev["curve"].items():
+        metrics.update(curve)
+    for kk, curve in ev.get("baseline_curve", {}).items():
+        metrics.update({f"baseline_{m}": v for m, v in curve.items()})
+    metrics.update(ev["segments"])
+    metrics.update({f"baseline_{m}": v for m, v in ev.get("baseline_segments", {}).items() if not m.startswith("users_")})
     metrics.update({k_: v for k_, v in rep["ranker"].items()})
     params = {"k": k, "holdout_days": settings.holdout_days, "candidates_per_source": settings.candidates_per_source,
               "generators": ",".join(model.generators), "n_events": len(events), "split_t1": str(split.t1),
               "split_cut": str(split.cut), "split_end": str(split.end), "decay_half_life_days": settings.decay_half_life_days,
               "event_weights": json.dumps(settings.event_types, sort_keys=True), "ranker": "lightgbm-lambdarank",
               "num_features": len(model.feature_names)}
-    logged = registry.log_model(settings, model, params, metrics, extra={"split.json": {k_: str(v) for k_, v in vars(split).items()}})
+    params.update(model_params(model))
+    from recops import reporting
+
+    figs = reporting.training_figures(model, ev, k)
+    rules = {f"rule_{f}": v for f, v in vars(BusinessRules.from_settings(settings)).items()}
+    params.update({k_: ",".join(v) if isinstance(v, tuple) else v for k_, v in rules.items()})
+    try:
+        logged = registry.log_model(settings, model, params, metrics, figures=figs,
+                                    extra={"split.json": {k_: str(v) for k_, v in vars(split).items()}})
+    finally:
+        reporting.close(figs)
     return {**logged, "metrics": {k_: round(v, 5) for k_, v in metrics.items()}, "split_cut": str(split.cut)}
+
+
+def model_params(model) -> dict:
+    """Hyper-parameters of the ranker and every generator, flat, for MLflow."""
+    out = {}
+    if model.ranker is not None:
+        skip = {"num_threads", "verbosity", "force_col_wise", "deterministic", "metric", "objective"}
+        out.update({f"ranker_{k}": v for k, v in model.ranker.params.items() if k not in skip})
+    for name, gen in model.generators.items():
+        for k, v in vars(gen).items():
+            if not k.endswith("_") and isinstance(v, (int, float, str, bool)):
+                out[f"gen_{name}_{k}"] = v
+    return {k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in out.items()}
 
 
 # -- evaluate -----------------------------------------------------------------------------------
@@ -264,6 +298,63 @@ def promote(settings: Settings, force: bool = False) -> dict:
             client.set_model_version_tag(settings.model_name, champion, "replaced_by", challenger)
     return {"promoted": promoted, "reason": why, "champion": challenger if promoted else champion,
             "previous_champion": champion}
+
+
+# -- batch scoring ------------------------------------------------------------------------------
+@_timed
+def recommend_users(settings: Settings, users_path: str, out_path: str, k: int | None = None,
+                    version: str | None = None, alias: str | None = None) -> dict:
+    """Top-``k`` for every user in a file, written as CSV (user_id, item_id, rank, score).
+
+    The model is a named version, an alias's version, or else the newest registered version (the
+    one just trained). Scoring runs the HTTP service's own code (``recops.serving.Serving``) on the
+    same event store and online features, so a user gets the list the service would answer.
+    """
+    from recops import registry
+    from recops.serving import Serving
+
+    k = k or settings.k
+    ids = read_user_ids(users_path)
+    if version is None:
+        version = registry.alias_version(settings, alias) if alias else registry.latest_version(settings)
+        if version is None:
+            raise StepFailed(f"no model {'with alias @' + alias if alias else 'is registered'}: run train first")
+    try:
+        serving = Serving(settings, version=str(version))
+    except Exception as exc:
+        raise StepFailed(f"cannot load version {version} of model {settings.model_name!r}: {exc}") from exc
+    if serving.model is None:
+        raise StepFailed(f"cannot load version {version} of model {settings.model_name!r}: {serving.load_error}")
+    rows, fallback = [], 0
+    for u in ids:
+        r = serving.recommend(u, k)
+        fallback += bool(r.fallback)
+        rows += [(u, it.item_id, it.rank, it.score) for it in r.items]
+    serving.close()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["user_id", "item_id", "rank", "score"]).to_csv(out, index=False)
+    return {"out": str(out), "users": len(ids), "rows": len(rows), "k": k, "version": str(version),
+            "fallback_users": fallback}
+
+
+def read_user_ids(path: str) -> list[str]:
+    """User ids from a CSV with a ``user_id`` column, or a headerless one-id-per-line file."""
+    p = Path(path)
+    if not p.exists():
+        raise StepFailed(f"users file {path} does not exist")
+    frame = pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p, dtype=str)
+    if "user_id" in frame.columns:
+        col = frame["user_id"]
+    elif p.suffix not in (".parquet", ".pq") and frame.shape[1] == 1:
+        col = pd.concat([pd.Series([frame.columns[0]]), frame.iloc[:, 0]], ignore_index=True)  # no header
+    else:
+        raise StepFailed(f"{path}: needs a user_id column (columns: {list(frame.columns)})")
+    ids = col.dropna().astype(str).str.strip()
+    ids = list(dict.fromkeys(i for i in ids if i))
+    if not ids:
+        raise StepFailed(f"{path}: no user ids")
+    return ids
 
 
 def _np_default(o):

@@ -24,10 +24,10 @@ from recops.features import derive_user
 from recops.models.covisit import CoVisitation
 from recops.models.metrics import bootstrap_ci, per_user_metrics, summarize
 from recops.models.popularity import Popularity
+from recops.models.rules import BusinessRules
 from recops.models.recommender import ItemTable, RecopsModel, feature_matrix, rank_order, train_ranker, user_vector
 from recops.ratings import implicit_ratings
 
-EXCLUDE_EVENT_TYPES = ("purchase", "rate")  # items a user bought (or rated) are not recommended again
 HISTORY_LEN = 20
 
 
@@ -51,7 +51,7 @@ def make_split(events: pd.DataFrame, holdout_days: float) -> Split:
 
 
 def user_states(events: pd.DataFrame, until: pd.Timestamp, n: int = HISTORY_LEN,
-                exclude_types=EXCLUDE_EVENT_TYPES) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
+                exclude_types=BusinessRules.exclude_event_types) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
     """Per user before ``until``: recent distinct items (newest first) and items to exclude."""
     ev = events[(events["timestamp"] < until) & events["user_id"].notna()]
     last = ev.groupby(["user_id", "item_id"], sort=False)["timestamp"].max().reset_index()
@@ -130,11 +130,11 @@ def _assemble(model: RecopsModel, users: list[str], cand: list, hist: dict, ufea
     return x, slices, idx_all
 
 
-def _top_lists(model: RecopsModel, users: list[str], x: np.ndarray, slices, idx_all, k: int) -> dict[str, list[str]]:
-    """Each user's top-``k`` item ids from their block of rows."""
+def _top_lists(model: RecopsModel, users: list[str], x: np.ndarray, slices, idx_all, k: int,
+               rules: BusinessRules | None = None) -> dict[str, list[str]]:
+    """Each user's top-``k`` item ids from their block of rows, under the business rules."""
     scores = model.score_matrix(x) if len(x) else np.zeros(0)
-    g = 2 * len(model.generators)
-    return {u: [str(model.items.ids[idx[o]]) for o in rank_order(scores[a:b], x[a:b, :g], k)]
+    return {u: [str(model.items.ids[idx[o]]) for o in rank_order(model, x[a:b], scores[a:b], idx, k, rules)]
             for u, (a, b), idx in zip(users, slices, idx_all)}
 
 
@@ -143,9 +143,10 @@ def rank_rows(model: RecopsModel, users: list[str], hist: dict, excl: dict, ufea
     return _assemble(model, users, _candidates(model, users, hist, excl), hist, ufeats, [now] * len(users))
 
 
-def recommend_batch(model: RecopsModel, users: list[str], hist: dict, excl: dict, ufeats: dict, now: float, k: int) -> dict[str, list[str]]:
+def recommend_batch(model: RecopsModel, users: list[str], hist: dict, excl: dict, ufeats: dict, now: float, k: int,
+                    rules: BusinessRules | None = None) -> dict[str, list[str]]:
     x, slices, idx_all = rank_rows(model, users, hist, excl, ufeats, now)
-    return _top_lists(model, users, x, slices, idx_all, k)
+    return _top_lists(model, users, x, slices, idx_all, k, rules)
 
 
 def _hash_frac(u: str) -> float:
@@ -154,7 +155,7 @@ def _hash_frac(u: str) -> float:
 
 def fit_ranker(model: RecopsModel, events: pd.DataFrame, split: Split, fs, settings: Settings, neg_per_user: int = 50):
     labels = relevance_labels(events, split.t1, split.cut, settings.event_types)
-    hist, excl = user_states(events, split.t1)
+    hist, excl = user_states(events, split.t1, exclude_types=tuple(settings.exclude_event_types))
     users = sorted(u for u in labels if u in hist)
     if not users:
         raise ValueError("no user has both history before and activity in the ranker's label window")
@@ -205,20 +206,47 @@ def evaluate_on_holdout(model: RecopsModel, events: pd.DataFrame, split: Split, 
     table = item_table_at(fs, items, events, split.cut)
     m = RecopsModel(gens, model.ranker, table, model.candidates_per_source)
     truth_grades = relevance_labels(events, split.cut, split.end + pd.Timedelta(seconds=1), settings.event_types)
-    hist, excl = user_states(events, split.cut)
+    rules = BusinessRules.from_settings(settings)
+    hist, excl = user_states(events, split.cut, exclude_types=rules.exclude_event_types)
     truth = {u: set(items_) - excl.get(u, set()) for u, items_ in truth_grades.items()}
-    truth = {u: t for u, t in truth.items() if t}
-    users = sorted(truth)
+    users = sorted(u for u, t in truth.items() if t)
+    truth = {u: truth[u] for u in users}  # per-user arrays below follow this order
     ufeats = user_features_at(fs, users, split.cut)
-    recs = recommend_batch(m, users, hist, excl, ufeats, split.cut.timestamp(), k)
+    if rules.in_stock_only:  # what serving would not show
+        gone = set(table.ids[~table.in_stock])
+        excl = {u: excl.get(u, set()) | gone for u in users} if gone else excl
+    ks = sorted({1, 5, k, 20})
+    recs = recommend_batch(m, users, hist, excl, ufeats, split.cut.timestamp(), max(ks), rules)
+    n_items = before[before["user_id"].isin(set(users))].groupby("user_id")["item_id"].nunique()
+    sizes = n_items.reindex(users).fillna(0).to_numpy()
     pu = per_user_metrics(recs, truth, k)
-    out = {"model": summarize(pu, recs, len(table.ids), k), "per_user_ndcg": pu["ndcg"], "users": users}
+    out = {"model": summarize(pu, recs, len(table.ids), k), "per_user_ndcg": pu["ndcg"], "users": users,
+           "curve": _curve(recs, truth, ks, len(table.ids)), "segments": _segments(pu["ndcg"], sizes, k)}
     out["model"]["ndcg_ci_low"], out["model"]["ndcg_ci_high"] = bootstrap_ci(pu["ndcg"])
     if with_baseline:
         pop = gens["popularity"] if "popularity" in gens else Popularity(weights=settings.event_types).fit(before)
-        base_recs = {u: [i for i, _ in pop.recommend(u, k, exclude=excl.get(u))] for u in users}
+        base_recs = {u: [i for i, _ in pop.recommend(u, max(ks), exclude=excl.get(u))] for u in users}
         bpu = per_user_metrics(base_recs, truth, k)
         out["baseline"] = summarize(bpu, base_recs, len(table.ids), k)
+        out["baseline_curve"] = _curve(base_recs, truth, ks, len(table.ids))
+        out["baseline_segments"] = _segments(bpu["ndcg"], sizes, k)
+    return out
+
+
+def _curve(recs: dict, truth: dict, ks: list[int], n_items: int) -> dict[int, dict[str, float]]:
+    """Metrics at each K (lists are prefix-consistent, so one top-max(K) list serves every K)."""
+    return {kk: summarize(per_user_metrics(recs, truth, kk), recs, n_items, kk) for kk in ks}
+
+
+def _segments(ndcg: np.ndarray, sizes: np.ndarray, k: int) -> dict[str, float]:
+    """NDCG@k and user counts per segment (new, light, heavy: distinct items before the cut)."""
+    from recops.evaluation import SEGMENTS
+
+    out = {}
+    for seg, lo, hi in SEGMENTS:
+        mask = (sizes >= lo) & (sizes <= hi)
+        out[f"ndcg_at_{k}_{seg}"] = float(ndcg[mask].mean()) if mask.any() else 0.0
+        out[f"users_{seg}"] = float(mask.sum())
     return out
 
 
@@ -275,10 +303,11 @@ def fit_ranker_on_split(model: RecopsModel, split, items: pd.DataFrame, settings
     return booster
 
 
-def recommend_at_cuts(model: RecopsModel, split, items: pd.DataFrame, k: int) -> dict[str, list[str]]:
+def recommend_at_cuts(model: RecopsModel, split, items: pd.DataFrame, k: int,
+                      rules: BusinessRules | None = None) -> dict[str, list[str]]:
     users = split.users
     x, slices, idx_all = rows_at_cuts(model, users, split.cut, split.histories(), split.seen(), split.train, items)
-    return _top_lists(model, users, x, slices, idx_all, k)
+    return _top_lists(model, users, x, slices, idx_all, k, rules)
 
 
 def train_on_split(train: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None, settings: Settings,

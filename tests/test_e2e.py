@@ -49,6 +49,15 @@ def test_mlflow_run_has_metrics_features_and_model(trained):
     for key in ("recall_at_10", "ndcg_at_10", "map_at_10", "coverage_at_10", "baseline_ndcg_at_10"):
         assert key in run.data.metrics
     assert "holdout_days" in run.data.params
+    # metric vs K, per segment, baseline alongside; hyper-parameters of the ranker and generators
+    for key in ("ndcg_at_1", "ndcg_at_5", "ndcg_at_20", "baseline_ndcg_at_20", "ndcg_at_10_heavy", "users_new",
+                "baseline_ndcg_at_10_new"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["recall_at_20"] >= run.data.metrics["recall_at_5"]
+    for key in ("ranker_learning_rate", "ranker_num_leaves", "gen_popularity_half_life_days", "rule_max_per_category"):
+        assert key in run.data.params, key
+    plots = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/metric_vs_k.png", "plots/ndcg_by_segment.png", "plots/feature_importance.png"}
     feats = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/features.json")
     assert "u_view_to_cart_30d" in feats["features"] and "covisit_score" in feats["features"]
     pyf = mlflow.pyfunc.load_model(res["train"]["model_uri"])

@@ -74,3 +74,24 @@ def test_demographic_popularity_follows_segment_tastes(synthetic):
         gains.append(np.mean([cat[i] in loved for i in mine]) - np.mean([cat[i] in loved for i in global_ids]))
     assert np.mean(gains) > 0.05, np.mean(gains)
     assert [i for i, _ in g.recommend("nobody", 5)] == global_ids[:5]  # unknown users: global popularity
+
+
+def test_session_knn_recovers_session_themes_and_follows_the_newest_items():
+    """Anonymous sessions draw 3 of 6 items of one theme: a session's other theme items come back."""
+    from recops.models.session import SessionKNN
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for s in range(300):
+        theme = "abc"[s % 3]
+        picks = [f"{theme}{i}" for i in rng.choice(6, 3, replace=False)] + [f"n{rng.integers(40)}"]
+        rows += [(None, f"s{s}", it, "view", T + pd.Timedelta(minutes=s * 10 + n)) for n, it in enumerate(picks)]
+    ev = normalize_events(pd.DataFrame(rows, columns=["user_id", "session_id", "item_id", "event_type", "timestamp"]))
+    g = SessionKNN(neighbors=50).fit(ev)
+    for theme in "abc":
+        recs = [i for i, _ in g.recommend(None, 4, history=[f"{theme}1", f"{theme}3"])]
+        assert len(recs) == 4 and all(r.startswith(theme) and r not in (f"{theme}1", f"{theme}3") for r in recs), recs
+    # the newest item of the current session decides: b0 just now, a0 before
+    assert g.recommend(None, 1, history=["b0", "a0"])[0][0].startswith("b")
+    assert g.recommend(None, 1, history=["a0", "b0"])[0][0].startswith("a")
+    assert g.recommend(None, 3, history=["never-seen"]) == []
