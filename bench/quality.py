@@ -28,9 +28,7 @@ from recops.evaluation import EvalSplit, evaluate, generator_recommender, global
 from recops.generate import generate  # noqa: E402
 from recops.importers import load_movielens, load_online_retail  # noqa: E402
 from recops.config import load_settings  # noqa: E402
-from recops.models.covisit import CoVisitation  # noqa: E402
 from recops.models.ease import EASE  # noqa: E402
-from recops.models.itemknn import ItemKNN  # noqa: E402
 from recops.training import recommend_at_cuts, train_on_split  # noqa: E402
 from recops.models.popularity import Popularity  # noqa: E402
 from recops.schema import normalize_events, normalize_items, normalize_users  # noqa: E402
@@ -129,19 +127,16 @@ def peer_grid(quick: bool) -> dict[str, dict]:
     }
 
 
-def recops_generators(ease_l2: float) -> dict:
-    return {"popularity": Popularity(half_life_days=7.0), "covisit": CoVisitation(), "itemknn": ItemKNN(half_life_days=1e9),
-            "ease": EASE(l2=ease_l2)}
-
-
-def run_recops(split: EvalSplit, kind: str, holdout_days: float, ds, ease_l2: float) -> tuple[dict, float, float]:
-    """recops: generators + LambdaRank, the ranker trained on a label slice carved out of train."""
+def run_recops(split: EvalSplit, kind: str, holdout_days: float, ds) -> tuple[dict, float, float]:
+    """recops as `recops train` builds it (default settings): its generators (EASE's regularisation
+    tuned by recops itself) + LambdaRank, trained on an inner split carved out of train alike."""
     t = time.perf_counter()
     inner = make_split(kind, split.train, holdout_days)
-    model = train_on_split(split.train, ds.items, ds.users, load_settings(), inner, recops_generators(ease_l2))
+    model = train_on_split(split.train, ds.items, ds.users, load_settings(), inner)
     fit_s = time.perf_counter() - t
     t = time.perf_counter()
     recs = recommend_at_cuts(model, split, ds.items, K)
+    print(f"  recops on {kind}: tuned {model.meta['tuned']}, ranker {model.meta['ranker']}", file=sys.stderr)
     return recs, fit_s, time.perf_counter() - t
 
 
@@ -174,8 +169,7 @@ def main() -> None:
                 rows.append((ds_name, kind, name, m[f"recall@{K}"], m[f"ndcg@{K}"], fit_s, rec_s))
             peers = dict(scored)
             best_peer = max(peers, key=lambda n: peers[n][f"ndcg@{K}"])
-            ease_l2 = float(next(n for n in results if n.startswith("ease")).split("=")[1].rstrip(")"))
-            recs, fit_s, rec_s = run_recops(split, kind, holdout_days, ds, ease_l2)
+            recs, fit_s, rec_s = run_recops(split, kind, holdout_days, ds)
             m = evaluate(recs, split, ds.items, ks=(K,))
             rows.append((ds_name, kind, "recops", m[f"recall@{K}"], m[f"ndcg@{K}"], fit_s, rec_s))
             best = peers[best_peer][f"ndcg@{K}"]

@@ -38,4 +38,5 @@ class EASE(ItemKNN):
         b[np.diag_indices_from(b)] = 0.0
         self.sim_ = keep_top_per_row(b, self.neighbors)
         self.item_ids_ = self.data_.items.to_numpy(dtype=object)
+        self._index()
         return self

@@ -33,17 +33,46 @@ class ItemKNN(Recommender):
         sim.eliminate_zeros()
         self.sim_ = keep_top_csr(sim, self.neighbors)
         self.item_ids_ = self.data_.items.to_numpy(dtype=object)
+        self._index()
         return self
 
-    def _user_row(self, history: list[str], user_id: str | None) -> sp.csr_matrix:
-        row = self.data_.row(history) * self.history_weight
-        u = self.data_.users.get_indexer([user_id])[0] if user_id is not None else -1
-        return row + self.data_.matrix[u] if u >= 0 else row
+    def _user_weights(self, history: list[str], user_id: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """The user's item columns and weights: recent history (newest first, weight
+        ``history_weight``/(1+position)) plus the user's fitted row; repeated columns add up."""
+        col = self.col_index_
+        cols, w, seen = [], [], set()
+        for pos, h in enumerate(history):
+            j = col.get(h)
+            if j is not None and j not in seen:
+                seen.add(j)
+                cols.append(j)
+                w.append(self.history_weight / (1.0 + pos))
+        cols, w = np.asarray(cols, dtype=np.int64), np.asarray(w, dtype=float)
+        u = self.row_index_.get(user_id) if user_id is not None else None
+        if u is not None:
+            m = self.data_.matrix
+            lo, hi = m.indptr[u], m.indptr[u + 1]
+            cols, w = np.concatenate([cols, m.indices[lo:hi]]), np.concatenate([w, m.data[lo:hi]])
+        return cols, w
 
     def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        row = self._user_row(history, user_id)
-        if row.nnz == 0:
+        """Sum over the user's items of weight x similarity (a sparse row-times-matrix product, done
+        on the arrays: ~10x cheaper per request than building a scipy row)."""
+        if not hasattr(self, "col_index_"):  # fitted before these indexes existed
+            self._index()
+        cols, w = self._user_weights(history, user_id)
+        if not len(cols):
             return self.item_ids_[:0], np.zeros(0)
-        s = (row @ self.sim_).tocsr()
-        ids, scores = top_k(s.indices, s.data, k)
+        sub = self.sim_[cols]
+        if sub.nnz == 0:
+            return self.item_ids_[:0], np.zeros(0)
+        sums = np.bincount(sub.indices, weights=sub.data * np.repeat(w, np.diff(sub.indptr)), minlength=self.sim_.shape[1])
+        present = np.zeros(self.sim_.shape[1], dtype=bool)
+        present[sub.indices] = True
+        cand = np.flatnonzero(present)
+        ids, scores = top_k(cand, sums[cand], k)
         return self.item_ids_[ids], scores
+
+    def _index(self) -> None:
+        self.col_index_ = {item: j for j, item in enumerate(self.data_.items)}
+        self.row_index_ = {user: i for i, user in enumerate(self.data_.users)}

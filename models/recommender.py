@@ -15,7 +15,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from recops.features import ITEM_MODEL_FEATURES, USER_MODEL_FEATURES
+from recops.features import ITEM_MODEL_FEATURES, USER_MODEL_FEATURES, derive_values
 from recops.models.base import Recommender
 from recops.models.rules import BusinessRules, apply_rules
 
@@ -131,8 +131,12 @@ def rank_order(model: "RecopsModel", x: np.ndarray, scores: np.ndarray, idx: np.
 
 def user_vector(feats: dict | None) -> tuple[np.ndarray, dict, str]:
     """One user's model features (zeros when unknown), category affinity and top category."""
-    if not feats:
-        return np.zeros(len(USER_MODEL_FEATURES)), {}, ""
+    if not feats:  # nothing known: what the feature code derives for a user with no events
+        vec = np.zeros(len(USER_MODEL_FEATURES))
+        rec, ten = derive_values(None, None, 0.0)
+        vec[USER_MODEL_FEATURES.index("u_recency_hours")] = float(rec)
+        vec[USER_MODEL_FEATURES.index("u_tenure_days")] = float(ten)
+        return vec, {}, ""
     vec = np.array([_num(feats.get(c)) for c in USER_MODEL_FEATURES])
     raw = feats.get("u_category_affinity")
     aff = json.loads(raw) if isinstance(raw, str) and raw else {}

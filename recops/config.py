@@ -65,6 +65,10 @@ class Settings:
     k: int = 10
     holdout_days: float = 7.0
     candidates_per_source: int = 100
+    # candidate generators of the model (recops.training.make_generator): popularity, covisit, itemknn,
+    # ease, session, content, demographic
+    generators: list[str] = field(default_factory=lambda: ["popularity", "covisit", "itemknn", "ease"])
+    ease_l2: list[float] = field(default_factory=lambda: [100.0, 250.0, 500.0, 1000.0])  # tuned on the inner split
     promote_tolerance: float = 0.0
     random_state: int = 42
     num_threads: int = 1
@@ -148,7 +152,7 @@ def _coerce(name: str, raw: str) -> Any:
         parsed = [] if parsed is None else parsed
         if not isinstance(parsed, list):
             raise ValueError(f"RECOPS_{name.upper()} must be a list, got {raw!r}")
-        return [str(v) for v in parsed]
+        return [float(v) for v in parsed] if ftype == "list[float]" else [str(v) for v in parsed]
     if ftype in ("int",):
         return int(raw)
     if ftype in ("float",):
@@ -194,6 +198,8 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
     unknown_ex = set(settings.exclude_event_types) - set(settings.event_types)
     if unknown_ex:
         raise ValueError(f"exclude_event_types names unknown event types {sorted(unknown_ex)}; known: {sorted(settings.event_types)}")
+    if not settings.generators or not settings.ease_l2:
+        raise ValueError("generators and ease_l2 need at least one entry")
     if settings.max_per_category < 0 or settings.fresh_item_boost < 0 or settings.fresh_item_days < 0:
         raise ValueError("max_per_category, fresh_item_days and fresh_item_boost must be >= 0")
     return settings

@@ -31,6 +31,10 @@ class EvalSplit:
     train: pd.DataFrame
     test: dict[str, set[str]]
     cut: dict[str, pd.Timestamp] = field(default_factory=dict)  # per user (per-user split) or one for all
+    # items never to recommend, per user; None: every training item (the research protocol)
+    exclude: dict[str, set[str]] | None = None
+    # graded relevance (1-5) of test items, per user; None: every test item counts 1
+    grades: dict[str, dict[str, int]] | None = None
 
     @property
     def users(self) -> list[str]:
@@ -40,6 +44,9 @@ class EvalSplit:
         tr = self.train[self.train["user_id"].isin(set(self.test))]
         return tr.groupby("user_id")["item_id"].agg(set).to_dict()
 
+    def excluded(self) -> dict[str, set[str]]:
+        return self.seen() if self.exclude is None else self.exclude
+
     def histories(self, n: int = 20) -> dict[str, list[str]]:
         """Each test user's recent distinct training items, newest first."""
         tr = self.train[self.train["user_id"].isin(set(self.test))]
@@ -48,14 +55,50 @@ class EvalSplit:
         return last.groupby("user_id", sort=False).head(n).groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
 
 
-def global_split(events: pd.DataFrame, holdout_days: float = 7.0, cut: pd.Timestamp | None = None) -> EvalSplit:
+def global_split(events: pd.DataFrame, holdout_days: float = 7.0, cut: pd.Timestamp | None = None,
+                 exclude_types: tuple[str, ...] | None = None, weights: dict[str, float] | None = None) -> EvalSplit:
+    """One time cut (midnight). Test: what each user touched from the cut on.
+
+    Research protocol (``exclude_types=None``): only items the user had not touched before count,
+    and every training item is excluded from the ranking. Serving protocol (``exclude_types``
+    given): only items the user did one of those types to are excluded (business rules), so
+    re-engaging with an item viewed before counts, as it does in a shop; with ``weights`` the test
+    items are graded by their implicit rating. Anonymous events before the cut stay in train.
+    """
     ev = events[events["user_id"].notna()]
+    if ev.empty:
+        raise ValueError("no event carries a user_id: a temporal split needs identified users")
     cut = cut if cut is not None else (ev["timestamp"].max() - pd.Timedelta(days=holdout_days)).floor("D")
-    train, after = ev[ev["timestamp"] < cut], ev[ev["timestamp"] >= cut]
-    seen = train.groupby("user_id")["item_id"].agg(set).to_dict()
-    test = {u: set(g) - seen.get(u, set()) for u, g in after.groupby("user_id")["item_id"]}
+    if cut <= ev["timestamp"].min():
+        raise ValueError(f"not enough history for a {holdout_days}-day holdout: events span "
+                         f"{ev['timestamp'].min()} .. {ev['timestamp'].max()}; lower holdout_days")
+    train = events[events["timestamp"] < cut]
+    after = ev[ev["timestamp"] >= cut]
+    tr = train[train["user_id"].notna()]
+    grades = None
+    if exclude_types is None:
+        excl = None
+        seen = tr.groupby("user_id")["item_id"].agg(set).to_dict()
+        test = {u: set(g) - seen.get(u, set()) for u, g in after.groupby("user_id")["item_id"]}
+    else:
+        excl = tr[tr["event_type"].isin(list(exclude_types))].groupby("user_id")["item_id"].agg(set).to_dict()
+        test = {u: set(g) - excl.get(u, set()) for u, g in after.groupby("user_id")["item_id"]}
+        if weights is not None:
+            from recops.ratings import implicit_ratings
+
+            r = implicit_ratings(after, weights, half_life_days=1e9, as_of=ev["timestamp"].max())
+            r = r[r["rating"] > 0]
+            grades = {}
+            for u, i, g in zip(r["user_id"], r["item_id"], np.ceil(r["rating"]).clip(1, 5).astype(int)):
+                if i in test.get(u, ()):
+                    grades.setdefault(u, {})[i] = int(g)
+            test = {u: set(grades.get(u, ())) for u in test}
     test = {u: t for u, t in test.items() if t}
-    return EvalSplit("global", train, test, {u: cut for u in test})
+    if not test:
+        raise ValueError(f"no user touched a new item after the cut {cut}: nothing to evaluate on")
+    if excl is not None:
+        excl = {u: excl.get(u, set()) for u in test}
+    return EvalSplit("global", train, test, {u: cut for u in test}, exclude=excl, grades=grades)
 
 
 def per_user_split(events: pd.DataFrame, frac: float = 0.2, min_items: int = 5) -> EvalSplit:
@@ -69,8 +112,8 @@ def per_user_split(events: pd.DataFrame, frac: float = 0.2, min_items: int = 5) 
     held = first[eligible & (rank >= n_items - n_test)]
     cut = held.groupby("user_id")["timestamp"].min()
     test = held.groupby("user_id")["item_id"].agg(set).to_dict()
-    user_cut = ev["user_id"].map(cut)
-    train = ev[user_cut.isna() | (ev["timestamp"] < user_cut)]
+    user_cut = events["user_id"].map(cut)
+    train = events[user_cut.isna() | (events["timestamp"] < user_cut)]
     return EvalSplit("per_user", train, test, cut.to_dict())
 
 
@@ -128,7 +171,7 @@ def evaluate(recs: dict[str, list[str]], split: EvalSplit, items: pd.DataFrame |
 
 def recommend_all(recommend: Callable[[str, int, list[str], set[str]], list[str]], split: EvalSplit, k: int) -> dict[str, list[str]]:
     """Top-k for every test user, excluding their training items."""
-    hist, seen = split.histories(), split.seen()
+    hist, seen = split.histories(), split.excluded()
     return {u: recommend(u, k, hist.get(u, []), seen.get(u, set())) for u in split.users}
 
 

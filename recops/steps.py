@@ -172,13 +172,13 @@ def train(settings: Settings) -> dict:
     from recops.training import train_model
 
     store = EventStore(settings.event_store_uri)
-    events, items = store.events(), store.items()
+    events, items, users = store.events(), store.items(), store.users()
     store.dispose()
     if events.empty:
         raise StepFailed("the event store is empty: nothing to train on")
     fs = FeatureStoreClient(settings)
     try:
-        model, rep = train_model(events, items, fs, settings)
+        model, rep = train_model(events, items, users, fs, settings)
     except ValueError as exc:
         raise StepFailed(str(exc)) from exc
     ev, split, k = rep["eval"], rep["split"], settings.k
@@ -192,10 +192,10 @@ def train(settings: Settings) -> dict:
     metrics.update({f"baseline_{m}": v for m, v in ev.get("baseline_segments", {}).items() if not m.startswith("users_")})
     metrics.update({k_: v for k_, v in rep["ranker"].items()})
     params = {"k": k, "holdout_days": settings.holdout_days, "candidates_per_source": settings.candidates_per_source,
-              "generators": ",".join(model.generators), "n_events": len(events), "split_t1": str(split.t1),
-              "split_cut": str(split.cut), "split_end": str(split.end), "decay_half_life_days": settings.decay_half_life_days,
+              "generators": ",".join(model.generators), "n_events": len(events), "split_inner_cut": split["inner_cut"],
+              "split_cut": split["cut"], "split_end": split["end"], "decay_half_life_days": settings.decay_half_life_days,
               "event_weights": json.dumps(settings.event_types, sort_keys=True), "ranker": "lightgbm-lambdarank",
-              "num_features": len(model.feature_names)}
+              "num_features": len(model.feature_names), **{f"tuned_{k_}": v for k_, v in rep["tuned"].items()}}
     params.update(model_params(model))
     from recops import reporting
 
@@ -203,11 +203,10 @@ def train(settings: Settings) -> dict:
     rules = {f"rule_{f}": v for f, v in vars(BusinessRules.from_settings(settings)).items()}
     params.update({k_: ",".join(v) if isinstance(v, tuple) else v for k_, v in rules.items()})
     try:
-        logged = registry.log_model(settings, model, params, metrics, figures=figs,
-                                    extra={"split.json": {k_: str(v) for k_, v in vars(split).items()}})
+        logged = registry.log_model(settings, model, params, metrics, figures=figs, extra={"split.json": split})
     finally:
         reporting.close(figs)
-    return {**logged, "metrics": {k_: round(v, 5) for k_, v in metrics.items()}, "split_cut": str(split.cut)}
+    return {**logged, "metrics": {k_: round(v, 5) for k_, v in metrics.items()}, "split_cut": split["cut"]}
 
 
 def model_params(model) -> dict:
@@ -230,30 +229,34 @@ def evaluate(settings: Settings) -> dict:
     from recops import registry
     from recops.featurestore import FeatureStoreClient
     from recops.models.metrics import bootstrap_ci
-    from recops.training import evaluate_on_holdout, make_split
+    from recops.training import FeastFeatures, evaluate_model, pipeline_split
 
     challenger = registry.alias_version(settings, registry.CHALLENGER)
     if challenger is None:
         raise StepFailed("no @challenger version to evaluate: run train first")
     champion = registry.alias_version(settings, registry.CHAMPION)
     store = EventStore(settings.event_store_uri)
-    events, items = store.events(), store.items()
+    events, items, users = store.events(), store.items(), store.users()
     store.dispose()
-    events = events[events["user_id"].notna()]
-    split = make_split(events, settings.holdout_days)
-    fs = FeatureStoreClient(settings)
-    res_c = evaluate_on_holdout(registry.load_version(settings, challenger), events, split, fs, items, settings)
-    out = {"challenger": challenger, "champion": champion, "holdout_cut": str(split.cut), "k": settings.k,
+    try:
+        split = pipeline_split(events, settings)
+    except ValueError as exc:
+        raise StepFailed(str(exc)) from exc
+    provider = FeastFeatures(FeatureStoreClient(settings))
+    cut = next(iter(split.cut.values()))
+    res_c = evaluate_model(registry.load_version(settings, challenger), split, items, users, settings, provider)
+    out = {"challenger": challenger, "champion": champion, "holdout_cut": str(cut), "k": settings.k,
            "challenger_metrics": res_c["model"], "baseline_metrics": res_c.get("baseline")}
     if champion is not None and champion != challenger:
-        res_p = evaluate_on_holdout(registry.load_version(settings, champion), events, split, fs, items, settings, with_baseline=False)
+        res_p = evaluate_model(registry.load_version(settings, champion), split, items, users, settings, provider,
+                               with_baseline=False)
         diff = res_c["per_user_ndcg"] - res_p["per_user_ndcg"]
         lo, hi = bootstrap_ci(diff, seed=settings.random_state)
         out.update({"champion_metrics": res_p["model"], "ndcg_delta": float(diff.mean()), "ndcg_delta_ci": [lo, hi]})
     client = registry.setup(settings)
     k = settings.k
     client.set_model_version_tag(settings.model_name, challenger, "eval_ndcg", f"{res_c['model'][f'ndcg_at_{k}']:.5f}")
-    client.set_model_version_tag(settings.model_name, challenger, "eval_holdout_cut", str(split.cut))
+    client.set_model_version_tag(settings.model_name, challenger, "eval_holdout_cut", str(cut))
     if "ndcg_delta" in out:
         client.set_model_version_tag(settings.model_name, challenger, "eval_vs_champion",
                                      json.dumps({"champion": champion, "ndcg_delta": round(out["ndcg_delta"], 5),
