@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 from recops.config import DEFAULT_EVENT_WEIGHTS
 from recops.models.base import Recommender, top_k
-from recops.models.matrix import keep_top_csr
+from recops.models.matrix import gather_rows, keep_top_csr
 
 
 def session_groups(events: pd.DataFrame) -> pd.Series:
@@ -87,20 +87,30 @@ class CoVisitation(Recommender):
 
     def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Sum of neighbor weights over the history, newer items counting more (1/(1+position))."""
-        m = self.neighbors_
-        idx_parts, val_parts = [], []
-        for pos, item in enumerate(history):
-            i = self.index_.get(item)
-            if i is None:
-                continue
-            lo, hi = m.indptr[i], m.indptr[i + 1]
-            idx_parts.append(m.indices[lo:hi])
-            val_parts.append(m.data[lo:hi] / (1.0 + pos))
-        if not idx_parts:
+        rows, pos = self._rows(history)
+        owner, items, w = gather_rows(self.neighbors_, rows)
+        if not len(items):
             return self.item_ids_[:0], np.zeros(0)
-        idx = np.concatenate(idx_parts)
-        vals = np.concatenate(val_parts)
-        uniq, inv = np.unique(idx, return_inverse=True)
-        sums = np.bincount(inv, weights=vals)
+        uniq, inv = np.unique(items, return_inverse=True)
+        sums = np.bincount(inv, weights=w / (1.0 + pos[owner]))
         ids, scores = top_k(uniq, sums, k)
         return self.item_ids_[ids], scores
+
+    def _rows(self, history: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Matrix rows of the known history items and their positions in the history."""
+        pairs = [(self.index_[h], p) for p, h in enumerate(history) if h in self.index_]
+        return (np.array([r for r, _ in pairs], dtype=np.int64), np.array([p for _, p in pairs], dtype=float))
+
+    def strongest_source(self, history: list[str], items: list[str]) -> dict[str, str]:
+        """For each of ``items``: the history item that contributes most to its score (same
+        1/(1+position) weighting as ``score``); items no history item points to are left out."""
+        rows, pos = self._rows(history)
+        owner, cols, w = gather_rows(self.neighbors_, rows)
+        want = np.array([self.index_.get(i, -1) for i in items], dtype=np.int64)
+        hit = np.isin(cols, want)
+        best: dict[int, tuple[float, int]] = {}
+        for o, c, v in zip(owner[hit], cols[hit], (w / (1.0 + pos[owner]))[hit]):
+            if v > best.get(c, (0.0, -1))[0]:
+                best[c] = (v, o)
+        hist = [h for h in history if h in self.index_]
+        return {self.item_ids_[c]: hist[o] for c, (_, o) in best.items()}

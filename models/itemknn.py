@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 from recops.config import DEFAULT_EVENT_WEIGHTS
 from recops.models.base import Recommender, top_k
-from recops.models.matrix import interactions, keep_top_csr
+from recops.models.matrix import gather_rows, interactions, keep_top_csr
 
 
 class ItemKNN(Recommender):
@@ -63,12 +63,13 @@ class ItemKNN(Recommender):
         cols, w = self._user_weights(history, user_id)
         if not len(cols):
             return self.item_ids_[:0], np.zeros(0)
-        sub = self.sim_[cols]
-        if sub.nnz == 0:
+        owner, items, sims = gather_rows(self.sim_, cols)
+        if not len(items):
             return self.item_ids_[:0], np.zeros(0)
-        sums = np.bincount(sub.indices, weights=sub.data * np.repeat(w, np.diff(sub.indptr)), minlength=self.sim_.shape[1])
-        present = np.zeros(self.sim_.shape[1], dtype=bool)
-        present[sub.indices] = True
+        n = self.sim_.shape[1]
+        sums = np.bincount(items, weights=sims * w[owner], minlength=n)
+        present = np.zeros(n, dtype=bool)
+        present[items] = True
         cand = np.flatnonzero(present)
         ids, scores = top_k(cand, sums[cand], k)
         return self.item_ids_[ids], scores

@@ -228,34 +228,20 @@ class RecopsModel:
         x = feature_matrix(gen_feats, idx, uvec, aff, top, in_hist, self.items, now)
         scores = self.score_matrix(x)
         order = rank_order(self, x, scores, idx, k, rules)
-        because = self._because(history)
         names = list(self.generators)
-        out = []
-        for o in order:
-            sources = [names[g] for g in np.flatnonzero(proposed[o])]
-            out.append(Recommendation(item_id=str(self.items.ids[idx[o]]), score=float(scores[o]),
-                                      reason=self._reason(idx[o], sources, because, aff), sources=sources))
-        return out
-
-    def _because(self, history: list[str]) -> dict[str, tuple[str, float]]:
-        """For items co-visited with the recent history: the history item that contributes most to
-        the co-visitation score (same 1/(1+position) recency weighting as ``CoVisitation.score``)."""
+        sources = [[names[g] for g in np.flatnonzero(proposed[o])] for o in order]
         cv = self.generators.get("covisit")
-        best: dict[str, tuple[str, float]] = {}
-        if cv is None:
-            return best
-        for pos, h in enumerate(history[:10]):
-            for j, w in cv.neighbors(h).items():
-                w = w / (1.0 + pos)
-                if w > best.get(j, ("", 0.0))[1]:
-                    best[j] = (h, w)
-        return best
+        because = cv.strongest_source(history[:10], [str(self.items.ids[idx[o]]) for o, src in zip(order, sources)
+                                                      if "covisit" in src]) if cv is not None else {}
+        return [Recommendation(item_id=str(self.items.ids[idx[o]]), score=float(scores[o]),
+                               reason=self._reason(idx[o], src, because, aff), sources=src)
+                for o, src in zip(order, sources)]
 
     def _reason(self, item_idx: int, sources: list[str], because: dict, affinity: dict) -> str:
         item = self.items.ids[item_idx]
         cat = self.items.category[item_idx]
         if "covisit" in sources and item in because:
-            h = because[item][0]
+            h = because[item]
             title = self.items.title[self.items.index[h]] if h in self.items.index else h
             return f"Often viewed together with {title or h}, which you looked at recently"
         if affinity.get(cat, 0.0) >= 0.2:
