@@ -29,7 +29,7 @@ from recops.generate import generate  # noqa: E402
 from recops.importers import load_movielens, load_online_retail  # noqa: E402
 from recops.config import load_settings  # noqa: E402
 from recops.models.ease import EASE  # noqa: E402
-from recops.training import recommend_at_cuts, train_on_split  # noqa: E402
+from recops.training import inner_windows, recommend_at_cuts, train_on_split  # noqa: E402
 from recops.models.popularity import Popularity  # noqa: E402
 from recops.schema import normalize_events, normalize_items, normalize_users  # noqa: E402
 
@@ -129,14 +129,16 @@ def peer_grid(quick: bool) -> dict[str, dict]:
 
 def run_recops(split: EvalSplit, kind: str, holdout_days: float, ds) -> tuple[dict, float, float]:
     """recops as `recops train` builds it (default settings): its generators (EASE's regularisation
-    tuned by recops itself) + LambdaRank, trained on an inner split carved out of train alike."""
+    and SVD's factors tuned by recops itself) + LambdaRank trained on labelled windows carved out of
+    train alike, with the per-segment scorer chosen on the newest window."""
     t = time.perf_counter()
-    inner = make_split(kind, split.train, holdout_days)
-    model = train_on_split(split.train, ds.items, ds.users, load_settings(), inner)
+    settings = load_settings()
+    inner = inner_windows(split.train, lambda e: make_split(kind, e, holdout_days), settings.ranker_windows)
+    model = train_on_split(split.train, ds.items, ds.users, settings, inner)
     fit_s = time.perf_counter() - t
     t = time.perf_counter()
     recs = recommend_at_cuts(model, split, ds.items, K)
-    print(f"  recops on {kind}: tuned {model.meta['tuned']}, ranker {model.meta['ranker']}", file=sys.stderr)
+    print(f"  recops on {kind}: tuned {model.meta['tuned']}, scorer {model.scorer}, ranker {model.meta['ranker']}", file=sys.stderr)
     return recs, fit_s, time.perf_counter() - t
 
 

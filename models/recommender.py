@@ -129,6 +129,14 @@ def rank_order(model: "RecopsModel", x: np.ndarray, scores: np.ndarray, idx: np.
     return apply_rules(scores, best_rank, model.items.category[idx], age, k, rules or BusinessRules())
 
 
+SEGMENTS = ("new", "known")
+
+
+def segment_of(history: list[str]) -> str:
+    """The user segment scorers are chosen for: no recent items yet, or some."""
+    return "known" if len(history) else "new"
+
+
 def user_vector(feats: dict | None) -> tuple[np.ndarray, dict, str]:
     """One user's model features (zeros when unknown), category affinity and top category."""
     if not feats:  # nothing known: what the feature code derives for a user with no events
@@ -171,6 +179,7 @@ class RecopsModel:
         self.candidates_per_source = candidates_per_source
         self.meta = meta or {}
         self.feature_names = feature_names(list(generators))
+        self.scorer: dict[str, str] = {}  # segment -> "ranker" or a generator name (default: ranker)
 
     # -- candidates -----------------------------------------------------------------------------
     def candidates(self, history: list[str], user_id: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -198,10 +207,15 @@ class RecopsModel:
         return idx.astype(np.int64), feats, feats[:, 1::2] <= n
 
     # -- ranking --------------------------------------------------------------------------------
-    def score_matrix(self, x: np.ndarray) -> np.ndarray:
-        if self.ranker is None:  # no ranker: fall back on the first generator's score
-            return x[:, 0]
-        return self.ranker.predict(x, num_threads=1)
+    def score_matrix(self, x: np.ndarray, segment: str = "known") -> np.ndarray:
+        """Scores of one user's candidate rows by the scorer chosen for the user's segment: the
+        ranker, or a generator's own order where a generator ranked that segment better on the
+        validation slice (``scorer``, chosen in training)."""
+        choice = getattr(self, "scorer", {}).get(segment, "ranker")
+        if choice == "ranker" and self.ranker is not None:
+            return self.ranker.predict(x, num_threads=1)
+        g = list(self.generators).index(choice) if choice in self.generators else 0
+        return -x[:, 2 * g + 1]  # the generator's rank: better rank, higher score
 
     def recommend(self, user_id: str | None, k: int, history: list[str], user_feats: dict | None,
                   exclude: set[str] | None = None, now: float | None = None,
@@ -226,7 +240,7 @@ class RecopsModel:
         hist = set(history)
         in_hist = np.fromiter((i in hist for i in self.items.ids[idx]), dtype=bool, count=n)
         x = feature_matrix(gen_feats, idx, uvec, aff, top, in_hist, self.items, now)
-        scores = self.score_matrix(x)
+        scores = self.score_matrix(x, segment_of(history))
         order = rank_order(self, x, scores, idx, k, rules)
         names = list(self.generators)
         sources = [[names[g] for g in np.flatnonzero(proposed[o])] for o in order]

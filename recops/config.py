@@ -66,9 +66,11 @@ class Settings:
     holdout_days: float = 7.0
     candidates_per_source: int = 100
     # candidate generators of the model (recops.training.make_generator): popularity, covisit, itemknn,
-    # ease, session, content, demographic
-    generators: list[str] = field(default_factory=lambda: ["popularity", "covisit", "itemknn", "ease"])
+    # ease, svd, session, content, demographic
+    generators: list[str] = field(default_factory=lambda: ["popularity", "covisit", "itemknn", "ease", "svd"])
     ease_l2: list[float] = field(default_factory=lambda: [100.0, 250.0, 500.0, 1000.0])  # tuned on the inner split
+    ranker_windows: int = 3  # labelled windows the ranker learns from, each carved out of the previous one's train
+    svd_factors: list[float] = field(default_factory=lambda: [16.0, 32.0, 64.0])  # tuned on the inner split
     promote_tolerance: float = 0.0
     random_state: int = 42
     num_threads: int = 1
@@ -198,8 +200,8 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
     unknown_ex = set(settings.exclude_event_types) - set(settings.event_types)
     if unknown_ex:
         raise ValueError(f"exclude_event_types names unknown event types {sorted(unknown_ex)}; known: {sorted(settings.event_types)}")
-    if not settings.generators or not settings.ease_l2:
-        raise ValueError("generators and ease_l2 need at least one entry")
+    if not settings.generators or not settings.ease_l2 or not settings.svd_factors:
+        raise ValueError("generators, ease_l2 and svd_factors need at least one entry")
     if settings.max_per_category < 0 or settings.fresh_item_boost < 0 or settings.fresh_item_days < 0:
         raise ValueError("max_per_category, fresh_item_days and fresh_item_boost must be >= 0")
     return settings

@@ -192,10 +192,11 @@ def train(settings: Settings) -> dict:
     metrics.update({f"baseline_{m}": v for m, v in ev.get("baseline_segments", {}).items() if not m.startswith("users_")})
     metrics.update({k_: v for k_, v in rep["ranker"].items()})
     params = {"k": k, "holdout_days": settings.holdout_days, "candidates_per_source": settings.candidates_per_source,
-              "generators": ",".join(model.generators), "n_events": len(events), "split_inner_cut": split["inner_cut"],
+              "generators": ",".join(model.generators), "n_events": len(events), "split_inner_cuts": split["inner_cuts"],
               "split_cut": split["cut"], "split_end": split["end"], "decay_half_life_days": settings.decay_half_life_days,
               "event_weights": json.dumps(settings.event_types, sort_keys=True), "ranker": "lightgbm-lambdarank",
-              "num_features": len(model.feature_names), **{f"tuned_{k_}": v for k_, v in rep["tuned"].items()}}
+              "num_features": len(model.feature_names), **{f"tuned_{k_}": v for k_, v in rep["tuned"].items()},
+              **{f"scorer_{seg}": v for seg, v in model.scorer.items()}}
     params.update(model_params(model))
     from recops import reporting
 

@@ -28,8 +28,8 @@ from recops.features import derive_user, item_features, user_features
 from recops.models.base import Recommender
 from recops.models.metrics import bootstrap_ci, per_user_metrics, summarize
 from recops.models.popularity import Popularity
-from recops.models.recommender import (ItemTable, RecopsModel, feature_matrix, rank_order, stored_item_matrix,
-                                       train_ranker, user_vector)
+from recops.models.recommender import (ItemTable, RecopsModel, feature_matrix, rank_order, segment_of,
+                                       stored_item_matrix, train_ranker, user_vector)
 from recops.models.rules import BusinessRules
 
 HISTORY_LEN = 20
@@ -43,6 +43,7 @@ def make_generator(name: str, settings: Settings, **overrides) -> Recommender:
     from recops.models.ease import EASE
     from recops.models.itemknn import ItemKNN
     from recops.models.session import SessionKNN
+    from recops.models.svd import PureSVD
 
     w = settings.event_types
     makers = {
@@ -51,6 +52,7 @@ def make_generator(name: str, settings: Settings, **overrides) -> Recommender:
         "itemknn": lambda: ItemKNN(half_life_days=1e9, weights=w),
         "ease": lambda: EASE(l2=settings.ease_l2[len(settings.ease_l2) // 2], weights=w),
         "session": lambda: SessionKNN(),
+        "svd": lambda: PureSVD(factors=int(settings.svd_factors[len(settings.svd_factors) // 2]), weights=w),
         "content": lambda: ContentSimilarity(),
         "demographic": lambda: DemographicPopularity(weights=w),
     }
@@ -67,24 +69,32 @@ def default_generators(settings: Settings) -> dict[str, Recommender]:
     return {name: make_generator(name, settings) for name in settings.generators}
 
 
+def tunable(settings: Settings) -> dict[str, tuple[str, list]]:
+    """Generator hyper-parameters recops tunes itself: generator -> (parameter, settings' grid)."""
+    return {"ease": ("l2", list(settings.ease_l2)), "svd": ("factors", [int(f) for f in settings.svd_factors])}
+
+
 def tune_generators(generators: dict, split: EvalSplit, items: pd.DataFrame, users: pd.DataFrame | None,
                     settings: Settings) -> tuple[dict, dict]:
-    """Pick EASE's regularisation by its own NDCG on ``split`` (a slice carved out of train)."""
+    """Pick each tunable generator's parameter by the generator's own NDCG on ``split`` (a slice
+    carved out of train); returns the generators with their choices and the choices."""
     from recops.evaluation import evaluate
 
-    chosen = {}
-    if "ease" in generators and len(settings.ease_l2) > 1:
+    generators, chosen = dict(generators), {}
+    for name, (param, grid) in tunable(settings).items():
+        if name not in generators or len(grid) < 2:
+            continue
         best, best_score = None, -1.0
-        for l2 in settings.ease_l2:
-            g = copy.deepcopy(generators["ease"])
-            g.l2 = float(l2)
+        for value in grid:
+            g = copy.deepcopy(generators[name])
+            setattr(g, param, value)
             recs = recommend_all(generator_recommender(g.fit(split.train, items, users)), split, settings.k)
             score = evaluate(recs, split, items, ks=(settings.k,))[f"ndcg@{settings.k}"]
             if score > best_score:
-                best, best_score = float(l2), score
-        generators = {**generators, "ease": copy.deepcopy(generators["ease"])}
-        generators["ease"].l2 = best
-        chosen["ease_l2"] = best
+                best, best_score = value, score
+        generators[name] = copy.deepcopy(generators[name])
+        setattr(generators[name], param, best)
+        chosen[f"{name}_{param}"] = best
     return generators, chosen
 
 
@@ -194,65 +204,157 @@ def recommend_at_cuts(model: RecopsModel, split: EvalSplit, items: pd.DataFrame,
     if rules.in_stock_only and not model.items.in_stock.all():  # what serving would not show
         gone = set(model.items.ids[~model.items.in_stock])
         excl = {u: excl.get(u, set()) | gone for u in users}
-    x, slices, idx_all = rows_at_cuts(model, users, split.cut, split.histories(HISTORY_LEN), excl, provider)
-    scores = model.score_matrix(x) if len(x) else np.zeros(0)
-    return {u: [str(model.items.ids[idx[o]]) for o in rank_order(model, x[a:b], scores[a:b], idx, k, rules)]
-            for u, (a, b), idx in zip(users, slices, idx_all)}
+    hist = split.histories(HISTORY_LEN)
+    x, slices, idx_all = rows_at_cuts(model, users, split.cut, hist, excl, provider)
+    out = {}
+    for u, (a, b), idx in zip(users, slices, idx_all):
+        scores = model.score_matrix(x[a:b], segment_of(hist.get(u, []))) if b > a else np.zeros(0)
+        out[u] = [str(model.items.ids[idx[o]]) for o in rank_order(model, x[a:b], scores, idx, k, rules)]
+    return out
 
 
 # -- the ranker ------------------------------------------------------------------------------------
-def fit_ranker_on_split(model: RecopsModel, split: EvalSplit, provider, settings: Settings, neg_per_user: int = 50):
-    """LambdaRank on the candidates of ``split``'s users, labelled by their test items (graded when
-    the split has grades). Users whose candidates hold no positive are skipped (no ranking signal);
-    negatives are sampled from the candidates; early stopping uses the users whose cut is latest."""
-    users = split.users
-    x, slices, idx_all = rows_at_cuts(model, users, split.cut, split.histories(HISTORY_LEN), split.excluded(), provider)
-    latest = pd.Series({u: pd.Timestamp(split.cut[u]) for u in users}).rank(method="first", pct=True)
-    grades = split.grades
-    rng = np.random.default_rng(settings.random_state)
-    parts = {"train": ([], [], []), "valid": ([], [], [])}
-    for u, (a, b), idx in zip(users, slices, idx_all):
+def labelled_rows(model: RecopsModel, split: EvalSplit, provider):
+    """Candidate rows of ``split``'s users with their labels (graded when the split has grades):
+    (X, per-user slices, labels per user, histories)."""
+    hist = split.histories(HISTORY_LEN)
+    x, slices, idx_all = rows_at_cuts(model, split.users, split.cut, hist, split.excluded(), provider)
+    labels = {}
+    for u, idx in zip(split.users, idx_all):
         ids = model.items.ids[idx]
-        if grades is not None:
-            g = grades.get(u, {})
-            y = np.array([g.get(i, 0) for i in ids], dtype=float)
+        if split.grades is not None:
+            g = split.grades.get(u, {})
+            labels[u] = np.array([g.get(i, 0) for i in ids], dtype=float)
         else:
-            y = np.isin(ids, list(split.test[u])).astype(float)
-        if y.max(initial=0) <= 0:
-            continue
-        sel = np.arange(a, b)
-        neg = np.flatnonzero(y == 0)
-        if len(neg) > neg_per_user:
-            keep = np.sort(np.concatenate([np.flatnonzero(y > 0), rng.choice(neg, neg_per_user, replace=False)]))
-            sel, y = sel[keep], y[keep]
-        xs, ys, gs = parts["valid" if latest[u] > 0.8 else "train"]
-        xs.append(x[sel]); ys.append(y); gs.append(len(sel))
-    if not parts["train"][0]:
+            labels[u] = np.isin(ids, list(split.test[u])).astype(float)
+    return x, slices, labels, hist
+
+
+def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: Settings, neg_per_user: int = 50):
+    """LambdaRank on the labelled candidates of every window ``(model fitted on the window's train,
+    window split, feature provider)``, newest first. Users whose candidates hold no positive are
+    skipped (no ranking signal); negatives are sampled from the candidates.
+
+    Temporal validation: a first fit learns from the older windows and stops early on the newest
+    window's users, whose out-of-sample NDCG also chooses the scorer per user segment (the ranker
+    or a generator's own order); the final fit learns from every window for the rounds found. With
+    one window, the newest 20% of its users (by cut) are the validation slice."""
+    rng = np.random.default_rng(settings.random_state)
+    groups = []  # per window: list of (user, X rows, labels) with negatives sampled
+    newest = None
+    for w, (model, split, provider) in enumerate(windows):
+        x, slices, labels, hist = labelled_rows(model, split, provider)
+        if w == 0:
+            newest = (model, x, slices, labels, hist, split)
+        grp = []
+        for u, (a, b) in zip(split.users, slices):
+            y = labels[u]
+            if y.max(initial=0) <= 0:
+                continue
+            sel = np.arange(a, b)
+            neg = np.flatnonzero(y == 0)
+            if len(neg) > neg_per_user:
+                keep = np.sort(np.concatenate([np.flatnonzero(y > 0), rng.choice(neg, neg_per_user, replace=False)]))
+                sel, y = sel[keep], y[keep]
+            grp.append((u, x[sel], y))
+        groups.append(grp)
+    model, x, slices, labels, hist, split = newest
+    if len(windows) > 1 and sum(len(g) for g in groups[1:]):
+        train, valid_groups = [g for grp in groups[1:] for g in grp], groups[0]
+        valid_users = set(split.users)
+    else:  # one window: its users with the latest cuts validate
+        latest = pd.Series({u: pd.Timestamp(split.cut[u]) for u in split.users}).rank(method="first", pct=True)
+        valid_users = {u for u in split.users if latest[u] > 0.8}
+        train = [g for g in groups[0] if g[0] not in valid_users]
+        valid_groups = [g for g in groups[0] if g[0] in valid_users]
+    if not train:
         raise ValueError("the candidates never contain a labelled item: nothing to learn a ranking from")
-    stack = lambda p: (np.vstack(p[0]), np.concatenate(p[1]), np.array(p[2])) if p[0] else (None, None, np.array([]))  # noqa: E731
-    (xt, yt, gt), (xv, yv, gv) = stack(parts["train"]), stack(parts["valid"])
-    booster = train_ranker(xt, yt, gt, model.feature_names, xv, yv, gv, num_threads=settings.num_threads, seed=settings.random_state)
-    stats = {"ranker_train_groups": int(len(gt)), "ranker_valid_groups": int(len(gv)), "ranker_train_rows": int(len(yt)),
-             "ranker_best_iteration": int(booster.best_iteration or booster.current_iteration())}
-    return booster, stats
+    stack = lambda gs: (np.vstack([g[1] for g in gs]), np.concatenate([g[2] for g in gs]), np.array([len(g[2]) for g in gs])) if gs else (None, None, np.array([]))  # noqa: E731
+    (xt, yt, gt), (xv, yv, gv) = stack(train), stack(valid_groups)
+    params = dict(num_threads=settings.num_threads, seed=settings.random_state)
+    first = train_ranker(xt, yt, gt, model.feature_names, xv, yv, gv, **params)
+    rounds = int(first.best_iteration or first.current_iteration())
+    valid = [(u, sl, len(split.test[u])) for u, sl in zip(split.users, slices) if u in valid_users]
+    scorer, scores = choose_scorers(model, first, x, valid, labels, hist, settings.k)
+    every = [g for grp in groups for g in grp]
+    xa, ya, ga = stack(every)
+    booster = train_ranker(xa, ya, ga, model.feature_names, params={"num_boost_round": max(rounds, 1)}, **params)
+    stats = {"ranker_windows": len(windows), "ranker_train_groups": int(len(ga)), "ranker_valid_groups": int(len(gv)),
+             "ranker_train_rows": int(len(ya)), "ranker_best_iteration": rounds, **scores}
+    return booster, scorer, stats
+
+
+def choose_scorers(model: RecopsModel, booster, x: np.ndarray, valid: list, labels: dict, hist: dict,
+                   k: int) -> tuple[dict[str, str], dict[str, float]]:
+    """Per user segment (new / known): the ranker, unless it does not beat the generator whose own
+    order ranks the validation users' candidates best (NDCG@k over full candidate lists) by more
+    than one standard error of the paired difference; then that generator. Small or odd data can
+    leave the ranker with little to learn; this keeps recops as good as its best source there."""
+    names = ["ranker", *model.generators]
+    g = 2 * len(model.generators)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    per: dict[str, dict[str, list[float]]] = {}
+    for u, (a, b), n_rel in valid:
+        if b <= a:
+            continue
+        rel = labels[u] > 0
+        best_rank = x[a:b, 1:g:2].min(axis=1)
+        seg = segment_of(hist.get(u, []))
+        ideal = disc[: min(n_rel, k)].sum()
+        for name in names:
+            s = booster.predict(x[a:b], num_threads=1) if name == "ranker" else -x[a:b, 2 * (names.index(name) - 1) + 1]
+            top = np.lexsort((best_rank, -s))[:k]
+            per.setdefault(seg, {}).setdefault(name, []).append(float((rel[top] * disc[: len(top)]).sum() / ideal))
+    scorer, scores = {}, {}
+    for seg, by in per.items():
+        means = {n: float(np.mean(v)) for n, v in by.items()}
+        gen = max(names[1:], key=lambda n: means[n])
+        diff = np.array(by["ranker"]) - np.array(by[gen])
+        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.inf
+        # one-standard-error rule: the ranker must beat the best generator by more than the noise
+        best = "ranker" if diff.mean() > se else gen
+        scorer[seg] = best
+        scores.update({f"valid_ndcg_{seg}_{n}": m for n, m in means.items()})
+        scores[f"valid_users_{seg}"] = float(len(by["ranker"]))
+    return scorer, scores
 
 
 def train_on_split(train: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None, settings: Settings,
-                   inner: EvalSplit, generators: dict | None = None, provider=None) -> RecopsModel:
-    """Tune and fit the generators on ``inner.train``, the ranker on ``inner``'s test items, then
-    refit the generators on all of ``train``: the model to score the outer split with.
+                   inner: EvalSplit | list[EvalSplit], generators: dict | None = None, provider=None) -> RecopsModel:
+    """Tune and fit the generators on each inner split's train, the ranker on the inner splits'
+    test items, then refit the generators on all of ``train``: the model to score the outer split.
 
-    ``provider`` (default: ``DirectFeatures`` on ``inner.train``) gives features as of the inner cuts;
-    it must not see events the split holds out (a per-user split holds out other users' later
+    ``inner``: one split carved out of ``train``, or several, newest first, each carved out of the
+    previous one's train (``inner_windows``): more labelled users for the ranker on small data.
+    ``provider`` gives features as of the cuts (default: ``DirectFeatures`` on each inner split's
+    train). It must not see events a split holds out (a per-user split holds out other users' later
     items too), or training features would differ from the ones the model is evaluated with."""
     generators = generators if generators is not None else default_generators(settings)
-    provider = provider or DirectFeatures(inner.train, items)  # features from the events the split keeps
-    generators, tuned = tune_generators(generators, inner, items, users, settings)
+    windows = inner if isinstance(inner, list) else [inner]
+    generators, tuned = tune_generators(generators, windows[0], items, users, settings)
     table = ItemTable.build(pd.DataFrame({"item_id": pd.unique(train["item_id"])}), items)
-    inner_model = RecopsModel(fit_generators(generators, inner.train, items, users), None, table, settings.candidates_per_source)
-    ranker, stats = fit_ranker_on_split(inner_model, inner, provider, settings)
-    return RecopsModel(fit_generators(generators, train, items, users), ranker, table, settings.candidates_per_source,
-                       meta={"ranker": stats, "tuned": tuned})
+    fitted = [(RecopsModel(fit_generators(generators, w.train, items, users), None, table, settings.candidates_per_source),
+               w, provider or DirectFeatures(w.train, items)) for w in windows]
+    ranker, scorer, stats = fit_ranker(fitted, settings)
+    model = RecopsModel(fit_generators(generators, train, items, users), ranker, table, settings.candidates_per_source,
+                        meta={"ranker": stats, "tuned": tuned, "scorer": scorer})
+    model.scorer = scorer
+    return model
+
+
+def inner_windows(train: pd.DataFrame, carve, n: int) -> list[EvalSplit]:
+    """Up to ``n`` inner splits, newest first, each carved by ``carve`` out of the previous one's
+    train; stops early when the history runs out."""
+    out = [carve(train)]
+    while len(out) < n:
+        try:
+            nxt = carve(out[-1].train)
+        except ValueError:
+            break
+        if not nxt.test:
+            break
+        out.append(nxt)
+    return out
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -267,6 +369,7 @@ def evaluate_model(model: RecopsModel, split: EvalSplit, items: pd.DataFrame, us
     table = ItemTable.build(pd.DataFrame({"item_id": pd.unique(split.train["item_id"])}), items)
     m = RecopsModel(fit_generators(model.generators, split.train, items, users), model.ranker, table,
                     model.candidates_per_source)
+    m.scorer = dict(getattr(model, "scorer", {}))
     ks = sorted({1, 5, k, 20})
     recs = recommend_at_cuts(m, split, items, max(ks), rules, provider)
     test_users = split.users
@@ -317,14 +420,15 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
     """The whole training procedure on point-in-time features from Feast; returns the model to
     serve (generators refit on every event) and a report of the split, ranker and evaluation."""
     outer = pipeline_split(events, settings)
-    inner = pipeline_split(outer.train, settings)
+    inner = inner_windows(outer.train, lambda e: pipeline_split(e, settings), settings.ranker_windows)
     provider = FeastFeatures(fs)
     model = train_on_split(outer.train, items, users, settings, inner, default_generators(settings), provider)
     ev = evaluate_model(model, outer, items, users, settings, provider)
     end = events["timestamp"].max()
     cut = next(iter(outer.cut.values()))
-    split = {"inner_cut": str(next(iter(inner.cut.values()))), "cut": str(cut), "end": str(end)}
+    split = {"inner_cuts": ",".join(str(next(iter(w.cut.values()))) for w in inner), "cut": str(cut), "end": str(end)}
     final = RecopsModel(fit_generators(model.generators, events, items, users), model.ranker,
                         item_table_at(fs, items, events, end), settings.candidates_per_source,
                         meta={"split": split, "trained_on_events": int(len(events)), **model.meta})
+    final.scorer = dict(model.scorer)
     return final, {"split": split, "ranker": model.meta["ranker"], "tuned": model.meta["tuned"], "eval": ev}

@@ -64,17 +64,52 @@ def test_evaluate_reports_everything_and_ranks_a_perfect_list_first(synthetic):
 
 
 def test_split_trained_ranker_beats_its_generators_alone(synthetic):
-    """The LambdaRank model over several generators, trained on a label slice carved out of train,
-    beats popularity and co-visitation alone on the same per-user split."""
+    """The LambdaRank model over several generators, trained on labelled windows carved out of
+    train, is chosen over its generators on validation and beats each alone on the same split."""
     from recops.config import load_settings
     from recops.models.covisit import CoVisitation
-    from recops.training import recommend_at_cuts, train_on_split
+    from recops.training import inner_windows, recommend_at_cuts, train_on_split
 
     ev = normalize_events(synthetic.events)
     split = per_user_split(ev)
     gens = {"popularity": Popularity(half_life_days=7.0), "covisit": CoVisitation()}
-    model = train_on_split(split.train, synthetic.items, synthetic.users, load_settings(), per_user_split(split.train), gens)
+    model = train_on_split(split.train, synthetic.items, synthetic.users, load_settings(),
+                           inner_windows(split.train, per_user_split, 3), gens)
+    assert model.scorer == {"known": "ranker"} and model.meta["ranker"]["ranker_windows"] == 3
     ours = evaluate(recommend_at_cuts(model, split, synthetic.items, 10), split, synthetic.items, ks=(10,))["ndcg@10"]
     for g in gens.values():
         alone = evaluate(recommend_all(generator_recommender(g.fit(split.train)), split, 10), split, synthetic.items, ks=(10,))
         assert ours > alone["ndcg@10"], (ours, alone["ndcg@10"])
+
+
+class NoiseRankerStub:
+    """Fault injection: a ranker that learned nothing (random scores)."""
+
+    def predict(self, x, num_threads=1):
+        return np.random.default_rng(len(x)).normal(size=len(x))
+
+
+def test_scorer_choice_falls_back_to_the_best_generator_when_the_ranker_learned_nothing():
+    from recops.models.recommender import ItemTable, RecopsModel
+    from recops.training import choose_scorers
+
+    class Fixed:  # a fitted generator stand-in: the choice only reads the rank columns
+        def score(self, history, k, user_id=None):
+            return np.array([]), np.array([])
+
+    model = RecopsModel({"a": Fixed(), "b": Fixed()}, None, ItemTable.build(pd.DataFrame({"item_id": ["x"]}), pd.DataFrame()))
+    rng = np.random.default_rng(0)
+    x_parts, valid, labels, hist, start = [], [], {}, {}, 0
+    for n in range(200):
+        rel = rng.random(30) < 0.1
+        rank_b = np.argsort(np.argsort(-(rel + rng.random(30) * 0.5))) + 1  # generator b knows the labels
+        rank_a = rng.permutation(30) + 1
+        x = np.column_stack([np.zeros(30), rank_a, np.zeros(30), rank_b])
+        x_parts.append(x)
+        u = f"u{n}"
+        labels[u], hist[u] = rel.astype(float), ["something"] if n % 2 else []
+        valid.append((u, (start, start + 30), max(int(rel.sum()), 1)))
+        start += 30
+    scorer, scores = choose_scorers(model, NoiseRankerStub(), np.vstack(x_parts), valid, labels, hist, 10)
+    assert scorer == {"known": "b", "new": "b"}, scores
+    assert scores["valid_ndcg_known_b"] > scores["valid_ndcg_known_ranker"] + 0.2

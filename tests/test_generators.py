@@ -8,6 +8,7 @@ from recops.models.content import ContentSimilarity
 from recops.models.demographic import DemographicPopularity
 from recops.models.ease import EASE
 from recops.models.itemknn import ItemKNN
+from recops.models.svd import PureSVD
 from recops.schema import normalize_events
 
 T = pd.Timestamp("2026-10-10", tz="UTC")
@@ -25,7 +26,7 @@ def two_tribes(n_users: int = 40, seed: int = 0) -> pd.DataFrame:
     return normalize_events(pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "timestamp"]))
 
 
-@pytest.mark.parametrize("gen", [ItemKNN(), EASE(l2=10.0)], ids=["itemknn", "ease"])
+@pytest.mark.parametrize("gen", [ItemKNN(), EASE(l2=10.0), PureSVD(factors=2)], ids=["itemknn", "ease", "svd"])
 def test_collaborative_generators_recover_the_tribes(gen):
     ev = two_tribes()
     gen.fit(ev)
