@@ -30,10 +30,41 @@ class Popularity(Recommender):
         self.item_ids_ = s.index.to_numpy(dtype=object)
         self.scores_ = s.to_numpy(dtype=float)
         self.as_of_ = as_of
+        self._fit_history(ev)
         return self
 
-    def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return self.item_ids_[:k], self.scores_[:k]
+    def _fit_history(self, ev: pd.DataFrame, max_cells: int = 20_000_000) -> None:
+        """Decayed scores as of the end of every day of the data (days x items), so that an
+        offline evaluation can ask what was popular at each user's own cut (``as_of``); serving
+        always asks for now, which is ``scores_``. Skipped for very large day x item grids."""
+        self.days_, self.daily_ = None, None
+        day = (ev["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(days=1)
+        days = np.unique(day.to_numpy())
+        if len(days) * len(self.item_ids_) > max_cells or len(days) < 2:
+            return
+        raw = np.clip(event_scores(ev, self.weights, 1e12, self.as_of_), 0, None)  # undecayed weights
+        col = pd.Index(self.item_ids_).get_indexer(ev["item_id"])
+        row = np.searchsorted(days, day.to_numpy())
+        counts = np.zeros((len(days), len(self.item_ids_)), dtype=np.float32)
+        np.add.at(counts, (row, col), raw)
+        gaps = np.diff(days, prepend=days[0])
+        for d in range(1, len(days)):  # S_d = S_{d-1} * 0.5^(gap / half-life) + counts_d
+            counts[d] += counts[d - 1] * np.float32(0.5 ** (gaps[d] / self.half_life_days))
+        self.days_, self.daily_ = days, counts
+
+    def score(self, history: list[str], k: int, user_id: str | None = None,
+              as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` now, or (``as_of``) as of the last full day before that time."""
+        daily = getattr(self, "daily_", None)
+        if as_of is None or daily is None or pd.Timestamp(as_of) > self.as_of_:
+            return self.item_ids_[:k], self.scores_[:k]
+        d = np.searchsorted(self.days_, (pd.Timestamp(as_of) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(days=1)) - 1
+        if d < 0:
+            return self.item_ids_[:0], np.zeros(0)
+        row = daily[d].astype(float)
+        ids, scores = top_k(np.arange(len(row)), row, k)
+        keep = scores > 0
+        return self.item_ids_[ids[keep]], scores[keep]
 
     def similar_items(self, item_id: str, k: int = 10) -> list[tuple[str, float]]:
         # popularity has no notion of similarity: the honest answer is "what is popular"

@@ -17,6 +17,7 @@ import pandas as pd
 
 from recops.features import ITEM_MODEL_FEATURES, USER_MODEL_FEATURES, derive_values
 from recops.models.base import Recommender
+from recops.models.popularity import Popularity
 from recops.models.rules import BusinessRules, apply_rules
 
 CROSS_FEATURES = ["x_category_affinity", "x_is_top_category", "x_price_ratio", "x_in_history"]
@@ -84,7 +85,8 @@ class ItemTable:
 
 def feature_names(generators: list[str]) -> list[str]:
     gen = [f"{g}_{s}" for g in generators for s in ("score", "rank")]
-    return gen + USER_MODEL_FEATURES + ITEM_MODEL_FEATURES + CROSS_FEATURES
+    rel = [f"{g}_score_rel" for g in generators]
+    return gen + USER_MODEL_FEATURES + ITEM_MODEL_FEATURES + CROSS_FEATURES + rel
 
 
 def feature_matrix(
@@ -116,7 +118,12 @@ def feature_matrix(
     price = it[:, ITEM_MODEL_FEATURES.index("i_price")]
     ratio = price / paid if paid > 0 else np.zeros(n)
     cross = np.column_stack([aff, is_top, ratio, in_history.astype(float)])
-    return np.hstack([gen_feats, np.broadcast_to(user_row, (n, len(user_row))), it, cross])
+    # each generator's score relative to its best one for this user: raw scores of different users
+    # (history lengths, activity) are on different scales, their ratio to the user's best is not
+    scores = gen_feats[:, 0::2]
+    top = scores.max(axis=0, initial=0.0)
+    rel = np.divide(scores, top, out=np.zeros_like(scores), where=top > 0)
+    return np.hstack([gen_feats, np.broadcast_to(user_row, (n, len(user_row))), it, cross, rel])
 
 
 def rank_order(model: "RecopsModel", x: np.ndarray, scores: np.ndarray, idx: np.ndarray, k: int,
@@ -182,13 +189,18 @@ class RecopsModel:
         self.scorer: dict[str, str] = {}  # segment -> "ranker" or a generator name (default: ranker)
 
     # -- candidates -----------------------------------------------------------------------------
-    def candidates(self, history: list[str], user_id: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def candidates(self, history: list[str], user_id: str | None = None,
+                   as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Union of every generator's top-N: item indexes, generator features (score, rank per
-        generator; rank N+1 when not proposed) and which generators proposed each item."""
+        generator; rank N+1 when not proposed) and which generators proposed each item. ``as_of``
+        (offline evaluation at a past cut): time-aware generators answer as of then."""
         n = self.candidates_per_source
         idx_parts, g_parts, rank_parts, score_parts = [], [], [], []
         for g, gen in enumerate(self.generators.values()):
-            ids, scores = gen.score(history, n, user_id=user_id)
+            if as_of is not None and isinstance(gen, Popularity):
+                ids, scores = gen.score(history, n, user_id=user_id, as_of=as_of)
+            else:
+                ids, scores = gen.score(history, n, user_id=user_id)
             ix = self.items.positions(ids)
             ok = ix >= 0
             idx_parts.append(ix[ok])
@@ -295,7 +307,7 @@ def train_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, names: list[s
     """LightGBM LambdaRank; early stopping on the validation groups when given."""
     p = {
         "objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate": 0.05, "num_leaves": 31,
-        "min_data_in_leaf": 20, "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1,
+        "min_data_in_leaf": 100, "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1,
         "lambdarank_truncation_level": 20, "num_threads": num_threads, "seed": seed, "deterministic": True,
         "force_col_wise": True, "verbosity": -1, **(params or {}),
     }
@@ -303,5 +315,5 @@ def train_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, names: list[s
     valid_sets, callbacks = [], []
     if x_val is not None and len(g_val):
         valid_sets = [lgb.Dataset(x_val, y_val, group=g_val, reference=train)]
-        callbacks = [lgb.early_stopping(20, verbose=False)]
+        callbacks = [lgb.early_stopping(50, verbose=False)]
     return lgb.train(p, train, num_boost_round=p.pop("num_boost_round", 300), valid_sets=valid_sets, callbacks=callbacks)

@@ -71,6 +71,7 @@ class Settings:
     ease_l2: list[float] = field(default_factory=lambda: [100.0, 250.0, 500.0, 1000.0])  # tuned on the inner split
     ranker_windows: int = 3  # labelled windows the ranker learns from, each carved out of the previous one's train
     svd_factors: list[float] = field(default_factory=lambda: [16.0, 32.0, 64.0])  # tuned on the inner split
+    itemknn_neighbors: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0])  # tuned on the inner split
     promote_tolerance: float = 0.0
     random_state: int = 42
     num_threads: int = 1
@@ -200,8 +201,8 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
     unknown_ex = set(settings.exclude_event_types) - set(settings.event_types)
     if unknown_ex:
         raise ValueError(f"exclude_event_types names unknown event types {sorted(unknown_ex)}; known: {sorted(settings.event_types)}")
-    if not settings.generators or not settings.ease_l2 or not settings.svd_factors:
-        raise ValueError("generators, ease_l2 and svd_factors need at least one entry")
+    if not settings.generators or not settings.ease_l2 or not settings.svd_factors or not settings.itemknn_neighbors:
+        raise ValueError("generators, ease_l2, svd_factors and itemknn_neighbors need at least one entry")
     if settings.max_per_category < 0 or settings.fresh_item_boost < 0 or settings.fresh_item_days < 0:
         raise ValueError("max_per_category, fresh_item_days and fresh_item_boost must be >= 0")
     return settings

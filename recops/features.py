@@ -44,8 +44,10 @@ USER_FEATURES: dict[str, str] = {
 
 ITEM_FEATURES: dict[str, str] = {
     **{n: "int" for n in _count_names(ITEM_PREFIX)},
+    "i_events_1d": "int",
     "i_events_7d": "int",
     "i_events_30d": "int",
+    "i_events_total": "int",
     "i_trend": "float",
     "i_conversion_30d": "float",
     "i_last_event_ts": "float",
@@ -129,8 +131,10 @@ def entity_features(
         out["u_first_event_ts"] = np.where(has, ev_ts[np.minimum(lo_all, max(len(ev_ts) - 1, 0))] if len(ev_ts) else 0.0, np.nan)
         _add_category_affinity(out, ev, order, hi, lo_all, item_category, categories)
     else:
+        out["i_events_1d"] = c_all[hi] - c_all[lo_w[1]]
         out["i_events_7d"] = c_all[hi] - c_all[lo_w[7]]
         out["i_events_30d"] = c_all[hi] - c_all[lo_w[30]]
+        out["i_events_total"] = c_all[hi] - c_all[lo_all]
         act = lambda w: sum(counts[(t, w)] for t in ("view", "click"))  # noqa: E731
         out["i_trend"] = (act(1) * 7.0 + 1.0) / (act(7) + 1.0)
         out["i_conversion_30d"] = _safe_ratio(counts[("purchase", 30)], counts[("view", 30)])

@@ -44,12 +44,12 @@ def make_generator(name: str, settings: Settings, **overrides) -> Recommender:
     from recops.models.itemknn import ItemKNN
     from recops.models.session import SessionKNN
     from recops.models.svd import PureSVD
-
     w = settings.event_types
     makers = {
         "popularity": lambda: Popularity(half_life_days=7.0, weights=w),
         "covisit": lambda: CoVisitation(weights=w),
-        "itemknn": lambda: ItemKNN(half_life_days=1e9, weights=w),
+        "itemknn": lambda: ItemKNN(neighbors=int(settings.itemknn_neighbors[len(settings.itemknn_neighbors) // 2]),
+                                   half_life_days=1e9, weights=w),
         "ease": lambda: EASE(l2=settings.ease_l2[len(settings.ease_l2) // 2], weights=w),
         "session": lambda: SessionKNN(),
         "svd": lambda: PureSVD(factors=int(settings.svd_factors[len(settings.svd_factors) // 2]), weights=w),
@@ -71,7 +71,8 @@ def default_generators(settings: Settings) -> dict[str, Recommender]:
 
 def tunable(settings: Settings) -> dict[str, tuple[str, list]]:
     """Generator hyper-parameters recops tunes itself: generator -> (parameter, settings' grid)."""
-    return {"ease": ("l2", list(settings.ease_l2)), "svd": ("factors", [int(f) for f in settings.svd_factors])}
+    return {"ease": ("l2", list(settings.ease_l2)), "svd": ("factors", [int(f) for f in settings.svd_factors]),
+            "itemknn": ("neighbors", [int(f) for f in settings.itemknn_neighbors])}
 
 
 def tune_generators(generators: dict, split: EvalSplit, items: pd.DataFrame, users: pd.DataFrame | None,
@@ -158,11 +159,12 @@ def item_table_at(fs, items: pd.DataFrame, events: pd.DataFrame, t: pd.Timestamp
 
 
 # -- candidate rows --------------------------------------------------------------------------------
-def _candidates(model: RecopsModel, users: list[str], hist: dict, excl: dict) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each user's candidates (item indexes, generator features), their excluded items removed."""
+def _candidates(model: RecopsModel, users: list[str], hist: dict, excl: dict,
+                cuts: dict | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each user's candidates (item indexes, generator features) as of their cut, excluded items removed."""
     out = []
     for u in users:
-        idx, gen, _ = model.candidates(hist.get(u, []), u)
+        idx, gen, _ = model.candidates(hist.get(u, []), u, as_of=cuts[u] if cuts else None)
         if excl.get(u) and len(idx):
             keep = ~np.isin(model.items.ids[idx], list(excl[u]))
             idx, gen = idx[keep], gen[keep]
@@ -173,7 +175,7 @@ def _candidates(model: RecopsModel, users: list[str], hist: dict, excl: dict) ->
 def rows_at_cuts(model: RecopsModel, users: list[str], cuts: dict, hist: dict, excl: dict, provider):
     """Every user's candidate rows with user and item features as of the user's own cut:
     (X, per-user row slices, item indexes). No lookup sees an event after the user's cut."""
-    cand = _candidates(model, users, hist, excl)
+    cand = _candidates(model, users, hist, excl, cuts)
     cut_of = [pd.Timestamp(cuts[u]) for u in users]
     lens = [len(c[0]) for c in cand]
     ids = model.items.ids[np.concatenate([c[0] for c in cand])] if cand else np.array([], dtype=object)
@@ -235,17 +237,14 @@ def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: S
     window split, feature provider)``, newest first. Users whose candidates hold no positive are
     skipped (no ranking signal); negatives are sampled from the candidates.
 
-    Temporal validation: a first fit learns from the older windows and stops early on the newest
-    window's users, whose out-of-sample NDCG also chooses the scorer per user segment (the ranker
-    or a generator's own order); the final fit learns from every window for the rounds found. With
-    one window, the newest 20% of its users (by cut) are the validation slice."""
+    Validation rotates over the windows: each is held out once while a fit on the others stops
+    early on it, and its users' out-of-fold NDCG (full candidate lists) feeds the per-segment scorer
+    choice (``choose_scorers``). The final fit uses every window for the median number of rounds.
+    With a single window, its 20% of users with the latest cuts are the validation slice."""
     rng = np.random.default_rng(settings.random_state)
-    groups = []  # per window: list of (user, X rows, labels) with negatives sampled
-    newest = None
-    for w, (model, split, provider) in enumerate(windows):
+    data = []  # per window: rows, slices, labels, histories, split, labelled groups (negatives sampled)
+    for model, split, provider in windows:
         x, slices, labels, hist = labelled_rows(model, split, provider)
-        if w == 0:
-            newest = (model, x, slices, labels, hist, split)
         grp = []
         for u, (a, b) in zip(split.users, slices):
             y = labels[u]
@@ -257,54 +256,62 @@ def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: S
                 keep = np.sort(np.concatenate([np.flatnonzero(y > 0), rng.choice(neg, neg_per_user, replace=False)]))
                 sel, y = sel[keep], y[keep]
             grp.append((u, x[sel], y))
-        groups.append(grp)
-    model, x, slices, labels, hist, split = newest
-    if len(windows) > 1 and sum(len(g) for g in groups[1:]):
-        train, valid_groups = [g for grp in groups[1:] for g in grp], groups[0]
-        valid_users = set(split.users)
-    else:  # one window: its users with the latest cuts validate
-        latest = pd.Series({u: pd.Timestamp(split.cut[u]) for u in split.users}).rank(method="first", pct=True)
-        valid_users = {u for u in split.users if latest[u] > 0.8}
-        train = [g for g in groups[0] if g[0] not in valid_users]
-        valid_groups = [g for g in groups[0] if g[0] in valid_users]
-    if not train:
-        raise ValueError("the candidates never contain a labelled item: nothing to learn a ranking from")
+        data.append((x, slices, labels, hist, split, grp))
+    model = windows[0][0]
     stack = lambda gs: (np.vstack([g[1] for g in gs]), np.concatenate([g[2] for g in gs]), np.array([len(g[2]) for g in gs])) if gs else (None, None, np.array([]))  # noqa: E731
-    (xt, yt, gt), (xv, yv, gv) = stack(train), stack(valid_groups)
     params = dict(num_threads=settings.num_threads, seed=settings.random_state)
-    first = train_ranker(xt, yt, gt, model.feature_names, xv, yv, gv, **params)
-    rounds = int(first.best_iteration or first.current_iteration())
-    valid = [(u, sl, len(split.test[u])) for u, sl in zip(split.users, slices) if u in valid_users]
-    scorer, scores = choose_scorers(model, first, x, valid, labels, hist, settings.k)
-    every = [g for grp in groups for g in grp]
-    xa, ya, ga = stack(every)
-    booster = train_ranker(xa, ya, ga, model.feature_names, params={"num_boost_round": max(rounds, 1)}, **params)
-    stats = {"ranker_windows": len(windows), "ranker_train_groups": int(len(ga)), "ranker_valid_groups": int(len(gv)),
-             "ranker_train_rows": int(len(ya)), "ranker_best_iteration": rounds, **scores}
+    folds, rounds = [], []
+    if len(data) > 1:
+        for w, (x, slices, labels, hist, split, grp) in enumerate(data):
+            train = [g for j, d in enumerate(data) if j != w for g in d[5]]
+            if not train or not grp:
+                continue
+            (xt, yt, gt), (xv, yv, gv) = stack(train), stack(grp)
+            fit = train_ranker(xt, yt, gt, model.feature_names, xv, yv, gv, **params)
+            rounds.append(int(fit.best_iteration or fit.current_iteration()))
+            folds.append((fit, x, [(u, sl, len(split.test[u])) for u, sl in zip(split.users, slices)], labels, hist))
+    if not folds:  # one window: its users with the latest cuts validate
+        x, slices, labels, hist, split, grp = data[0]
+        latest = pd.Series({u: pd.Timestamp(split.cut[u]) for u in split.users}).rank(method="first", pct=True)
+        train = [g for g in grp if latest[g[0]] <= 0.8]
+        if not train:
+            raise ValueError("the candidates never contain a labelled item: nothing to learn a ranking from")
+        (xt, yt, gt), (xv, yv, gv) = stack(train), stack([g for g in grp if latest[g[0]] > 0.8])
+        fit = train_ranker(xt, yt, gt, model.feature_names, xv, yv, gv, **params)
+        rounds.append(int(fit.best_iteration or fit.current_iteration()))
+        folds.append((fit, x, [(u, sl, len(split.test[u])) for u, sl in zip(split.users, slices) if latest[u] > 0.8],
+                      labels, hist))
+    scorer, scores = choose_scorers(list(model.generators), folds, settings.k)
+    xa, ya, ga = stack([g for d in data for g in d[5]])
+    booster = train_ranker(xa, ya, ga, model.feature_names, params={"num_boost_round": max(int(np.median(rounds)), 1)}, **params)
+    stats = {"ranker_windows": len(windows), "ranker_train_groups": int(len(ga)), "ranker_train_rows": int(len(ya)),
+             "ranker_best_iteration": int(np.median(rounds)), **scores}
     return booster, scorer, stats
 
 
-def choose_scorers(model: RecopsModel, booster, x: np.ndarray, valid: list, labels: dict, hist: dict,
-                   k: int) -> tuple[dict[str, str], dict[str, float]]:
+def choose_scorers(generators: list[str], folds: list, k: int) -> tuple[dict[str, str], dict[str, float]]:
     """Per user segment (new / known): the ranker, unless it does not beat the generator whose own
-    order ranks the validation users' candidates best (NDCG@k over full candidate lists) by more
-    than one standard error of the paired difference; then that generator. Small or odd data can
-    leave the ranker with little to learn; this keeps recops as good as its best source there."""
-    names = ["ranker", *model.generators]
-    g = 2 * len(model.generators)
+    order ranks the validation users' candidates best (NDCG@k over full candidate lists, pooled
+    over the out-of-fold windows) by more than one standard error of the paired difference; then
+    that generator. Small or odd data can leave the ranker little to learn; this keeps recops as
+    good as its best source there. ``folds``: (fitted ranker, rows, [(user, slice, n relevant)],
+    labels, histories)."""
+    names = ["ranker", *generators]
+    g = 2 * len(generators)
     disc = 1.0 / np.log2(np.arange(2, k + 2))
     per: dict[str, dict[str, list[float]]] = {}
-    for u, (a, b), n_rel in valid:
-        if b <= a:
-            continue
-        rel = labels[u] > 0
-        best_rank = x[a:b, 1:g:2].min(axis=1)
-        seg = segment_of(hist.get(u, []))
-        ideal = disc[: min(n_rel, k)].sum()
-        for name in names:
-            s = booster.predict(x[a:b], num_threads=1) if name == "ranker" else -x[a:b, 2 * (names.index(name) - 1) + 1]
-            top = np.lexsort((best_rank, -s))[:k]
-            per.setdefault(seg, {}).setdefault(name, []).append(float((rel[top] * disc[: len(top)]).sum() / ideal))
+    for booster, x, valid, labels, hist in folds:
+        for u, (a, b), n_rel in valid:
+            if b <= a:
+                continue
+            rel = labels[u] > 0
+            best_rank = x[a:b, 1:g:2].min(axis=1)
+            seg = segment_of(hist.get(u, []))
+            ideal = disc[: min(n_rel, k)].sum()
+            for n, name in enumerate(names):
+                s = booster.predict(x[a:b], num_threads=1) if name == "ranker" else -x[a:b, 2 * (n - 1) + 1]
+                top = np.lexsort((best_rank, -s))[:k]
+                per.setdefault(seg, {}).setdefault(name, []).append(float((rel[top] * disc[: len(top)]).sum() / ideal))
     scorer, scores = {}, {}
     for seg, by in per.items():
         means = {n: float(np.mean(v)) for n, v in by.items()}
@@ -312,8 +319,7 @@ def choose_scorers(model: RecopsModel, booster, x: np.ndarray, valid: list, labe
         diff = np.array(by["ranker"]) - np.array(by[gen])
         se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.inf
         # one-standard-error rule: the ranker must beat the best generator by more than the noise
-        best = "ranker" if diff.mean() > se else gen
-        scorer[seg] = best
+        scorer[seg] = "ranker" if diff.mean() > se else gen
         scores.update({f"valid_ndcg_{seg}_{n}": m for n, m in means.items()})
         scores[f"valid_users_{seg}"] = float(len(by["ranker"]))
     return scorer, scores

@@ -110,6 +110,6 @@ def test_scorer_choice_falls_back_to_the_best_generator_when_the_ranker_learned_
         labels[u], hist[u] = rel.astype(float), ["something"] if n % 2 else []
         valid.append((u, (start, start + 30), max(int(rel.sum()), 1)))
         start += 30
-    scorer, scores = choose_scorers(model, NoiseRankerStub(), np.vstack(x_parts), valid, labels, hist, 10)
+    scorer, scores = choose_scorers(list(model.generators), [(NoiseRankerStub(), np.vstack(x_parts), valid, labels, hist)], 10)
     assert scorer == {"known": "b", "new": "b"}, scores
     assert scores["valid_ndcg_known_b"] > scores["valid_ndcg_known_ranker"] + 0.2

@@ -21,6 +21,19 @@ def test_popularity_prefers_recent_and_weighted():
     assert [i for i, _ in p.recommend("x", 2, exclude={"buy"})] == ["new", "old"]
 
 
+def test_popularity_answers_as_of_a_past_time():
+    """Offline evaluation at a user's cut asks what was popular then, from events before it only."""
+    t = pd.Timestamp("2026-10-01", tz="UTC")
+    rows = [(f"u{n}", "early", "view", t + pd.Timedelta(hours=n)) for n in range(20)]
+    rows += [(f"v{n}", "late", "view", t + pd.Timedelta(days=20, hours=n)) for n in range(30)]
+    ev = normalize_events(pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "timestamp"]))
+    p = Popularity(half_life_days=3).fit(ev)
+    assert list(p.score([], 2)[0]) == ["late", "early"]  # now
+    assert list(p.score([], 2, as_of=t + pd.Timedelta(days=5))[0]) == ["early"]  # "late" did not exist yet
+    assert list(p.score([], 2, as_of=t + pd.Timedelta(days=40))[0]) == ["late", "early"]
+    assert len(p.score([], 2, as_of=t - pd.Timedelta(days=1))[0]) == 0
+
+
 def test_covisitation_recovers_planted_complements(synthetic):
     ev = normalize_events(synthetic.events)
     cv = CoVisitation().fit(ev)
