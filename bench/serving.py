@@ -1,7 +1,8 @@
 """/recommend latency, throughput and memory, next to a bare BentoML endpoint measured in the same run.
 
 Trains a model on synthetic data in a temp home, starts the real recops server and the bare one,
-then measures sequential p50/p99, throughput with concurrent clients, and resident memory.
+then measures sequential p50/p99 (requests to the two servers interleaved, so machine drift hits
+both alike), throughput with concurrent clients (one server at a time), and resident memory.
 Ends with one JSON line. Usage: python bench/serving.py [--events 100000 --requests 1000]
 """
 
@@ -51,18 +52,28 @@ def rss_mb(p: subprocess.Popen) -> float:
     return sum(x.memory_info().rss for x in [proc, *proc.children(recursive=True)]) / 2**20
 
 
-def measure(url: str, bodies: list[dict], n: int, clients: int, seconds: float) -> dict:
-    with httpx.Client(base_url=url, timeout=30) as c:
-        for b in bodies[:50]:
-            c.post("/recommend", json=b).raise_for_status()
-        lat = []
+def latencies(urls: dict[str, str], bodies: list[dict], n: int) -> dict[str, np.ndarray]:
+    """Sequential request latency of every server, interleaved request by request, so that the
+    machine's drift (a shared VM) hits recops and the baseline alike."""
+    clients = {name: httpx.Client(base_url=url, timeout=30) for name, url in urls.items()}
+    try:
+        for c in clients.values():
+            for b in bodies[:50]:
+                c.post("/recommend", json=b).raise_for_status()
+        lat = {name: [] for name in clients}
         for i in range(n):
-            t = time.perf_counter()
-            r = c.post("/recommend", json=bodies[i % len(bodies)])
-            lat.append((time.perf_counter() - t) * 1000)
-            r.raise_for_status()
-    lat = np.array(lat)
+            for name, c in clients.items():
+                t = time.perf_counter()
+                r = c.post("/recommend", json=bodies[i % len(bodies)])
+                lat[name].append((time.perf_counter() - t) * 1000)
+                r.raise_for_status()
+        return {name: np.array(v) for name, v in lat.items()}
+    finally:
+        for c in clients.values():
+            c.close()
 
+
+def throughput(url: str, bodies: list[dict], clients: int, seconds: float) -> float:
     def worker(w: int) -> int:
         done = 0
         with httpx.Client(base_url=url, timeout=30) as c:
@@ -75,8 +86,7 @@ def measure(url: str, bodies: list[dict], n: int, clients: int, seconds: float) 
     t = time.perf_counter()
     with ThreadPoolExecutor(clients) as ex:
         total = sum(ex.map(worker, range(clients)))
-    return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "mean_ms": float(lat.mean()), "throughput_rps": total / (time.perf_counter() - t)}
+    return total / (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -102,16 +112,19 @@ def main() -> None:
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     servers = {"recops": ([bentoml, "serve", "recops.services.service:Recops"], Path.cwd(), 38411),
                "bare": ([bentoml, "serve", "bare_service:Bare"], HERE, 38412)}
-    res = {}
-    for name, (cmd, cwd, port) in servers.items():
-        p = start(cmd, env, cwd, port)
-        try:
-            res[name] = measure(f"http://127.0.0.1:{port}", bodies, args.requests, args.clients, args.seconds)
-            res[name]["rss_mb"] = rss_mb(p)
-            if name == "recops":
-                fb = httpx.post(f"http://127.0.0.1:{port}/recommend", json=bodies[0]).json()
-                assert not fb["fallback"], fb
-        finally:
+    procs = {name: start(cmd, env, cwd, port) for name, (cmd, cwd, port) in servers.items()}
+    urls = {name: f"http://127.0.0.1:{port}" for name, (_, _, port) in servers.items()}
+    try:
+        fb = httpx.post(f"{urls['recops']}/recommend", json=bodies[0]).json()
+        assert not fb["fallback"], fb
+        lat = latencies(urls, bodies, args.requests)
+        res = {name: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99)), "mean_ms": float(v.mean())}
+               for name, v in lat.items()}
+        for name, url in urls.items():
+            res[name]["throughput_rps"] = throughput(url, bodies, args.clients, args.seconds)
+            res[name]["rss_mb"] = rss_mb(procs[name])
+    finally:
+        for p in procs.values():
             os.killpg(p.pid, signal.SIGTERM)
             p.wait(timeout=30)
     shutil.rmtree(root, ignore_errors=True)

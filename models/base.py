@@ -23,9 +23,18 @@ class Recommender(ABC):
         """Learn from events (columns user_id, item_id, event_type, timestamp, session_id, value);
         ``items`` and ``users`` are the catalog and demographics, for generators that use them."""
 
-    @abstractmethod
-    def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (item_ids, scores) for a user with this recent ``history`` (newest first)."""
+    def score(self, history: list[str], k: int, user_id: str | None = None, **kw) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (item_ids, scores) for a user with this recent ``history`` (newest first).
+        Subclasses implement this or ``score_indices`` (positions in ``item_ids_``, the faster path)."""
+        idx, scores = self.score_indices(history, k, user_id=user_id, **kw)
+        return self.item_ids_[idx], scores
+
+    def score_indices(self, history: list[str], k: int, user_id: str | None = None, **kw) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` as positions in ``item_ids_``: what the serving path maps to its item table."""
+        if type(self).score is Recommender.score:
+            raise NotImplementedError(f"{type(self).__name__} implements neither score nor score_indices")
+        ids, scores = self.score(history, k, user_id=user_id, **kw)
+        return pd.Index(self.item_ids_).get_indexer(ids), scores
 
     def recommend(self, user_id: str | None, k: int = 10, history: list[str] | None = None,
                   exclude: set[str] | None = None) -> list[tuple[str, float]]:
@@ -46,6 +55,9 @@ class Recommender(ABC):
         if not isinstance(obj, cls):
             raise TypeError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}")
         return obj
+
+
+NONE = (np.zeros(0, dtype=np.int64), np.zeros(0))  # "nothing to propose" from score_indices
 
 
 def top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recops.config import DEFAULT_EVENT_WEIGHTS
-from recops.models.base import Recommender, top_k
+from recops.models.base import NONE, Recommender, top_k
 from recops.models.matrix import gather_rows, keep_top_csr
 
 
@@ -85,16 +85,15 @@ class CoVisitation(Recommender):
         lo, hi = self.neighbors_.indptr[i], self.neighbors_.indptr[i + 1]
         return dict(zip(self.item_ids_[self.neighbors_.indices[lo:hi]], self.neighbors_.data[lo:hi]))
 
-    def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_indices(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Sum of neighbor weights over the history, newer items counting more (1/(1+position))."""
         rows, pos = self._rows(history)
         owner, items, w = gather_rows(self.neighbors_, rows)
         if not len(items):
-            return self.item_ids_[:0], np.zeros(0)
+            return NONE
         uniq, inv = np.unique(items, return_inverse=True)
         sums = np.bincount(inv, weights=w / (1.0 + pos[owner]))
-        ids, scores = top_k(uniq, sums, k)
-        return self.item_ids_[ids], scores
+        return top_k(uniq, sums, k)
 
     def _rows(self, history: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Matrix rows of the known history items and their positions in the history."""

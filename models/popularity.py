@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recops.models.base import Recommender, top_k
+from recops.models.base import NONE, Recommender, top_k
 from recops.config import DEFAULT_EVENT_WEIGHTS
 from recops.ratings import event_scores
 
@@ -52,19 +52,20 @@ class Popularity(Recommender):
             counts[d] += counts[d - 1] * np.float32(0.5 ** (gaps[d] / self.half_life_days))
         self.days_, self.daily_ = days, counts
 
-    def score(self, history: list[str], k: int, user_id: str | None = None,
-              as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_indices(self, history: list[str], k: int, user_id: str | None = None,
+                      as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` now, or (``as_of``) as of the last full day before that time."""
         daily = getattr(self, "daily_", None)
         if as_of is None or daily is None or pd.Timestamp(as_of) > self.as_of_:
-            return self.item_ids_[:k], self.scores_[:k]
+            n = min(k, len(self.scores_))
+            return np.arange(n), self.scores_[:n]
         d = np.searchsorted(self.days_, (pd.Timestamp(as_of) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(days=1)) - 1
         if d < 0:
-            return self.item_ids_[:0], np.zeros(0)
+            return NONE
         row = daily[d].astype(float)
         ids, scores = top_k(np.arange(len(row)), row, k)
         keep = scores > 0
-        return self.item_ids_[ids[keep]], scores[keep]
+        return ids[keep], scores[keep]
 
     def similar_items(self, item_id: str, k: int = 10) -> list[tuple[str, float]]:
         # popularity has no notion of similarity: the honest answer is "what is popular"

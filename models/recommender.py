@@ -196,16 +196,16 @@ class RecopsModel:
         (offline evaluation at a past cut): time-aware generators answer as of then."""
         n = self.candidates_per_source
         idx_parts, g_parts, rank_parts, score_parts = [], [], [], []
-        for g, gen in enumerate(self.generators.values()):
+        for g, (name, gen) in enumerate(self.generators.items()):
             if as_of is not None and isinstance(gen, Popularity):
-                ids, scores = gen.score(history, n, user_id=user_id, as_of=as_of)
+                gi, scores = gen.score_indices(history, n, user_id=user_id, as_of=as_of)
             else:
-                ids, scores = gen.score(history, n, user_id=user_id)
-            ix = self.items.positions(ids)
+                gi, scores = gen.score_indices(history, n, user_id=user_id)
+            ix = self._table_positions(name, gen)[gi]
             ok = ix >= 0
             idx_parts.append(ix[ok])
             g_parts.append(np.full(int(ok.sum()), g))
-            rank_parts.append(np.arange(1, len(ids) + 1)[ok])
+            rank_parts.append(np.arange(1, len(gi) + 1)[ok])
             score_parts.append(np.asarray(scores, dtype=float)[ok])
         n_gen = len(self.generators)
         all_idx = np.concatenate(idx_parts) if idx_parts else np.zeros(0, dtype=np.int64)
@@ -217,6 +217,13 @@ class RecopsModel:
             feats[inv, 2 * g] = np.concatenate(score_parts)
             feats[inv, 2 * g + 1] = np.concatenate(rank_parts)
         return idx.astype(np.int64), feats, feats[:, 1::2] <= n
+
+    def _table_positions(self, name: str, gen) -> np.ndarray:
+        """Item-table row of each of a generator's items (-1: not in the table), computed once."""
+        cache = self.__dict__.setdefault("_positions", {})
+        if name not in cache or len(cache[name]) != len(gen.item_ids_):
+            cache[name] = self.items.positions(list(gen.item_ids_)).astype(np.int64)
+        return cache[name]
 
     # -- ranking --------------------------------------------------------------------------------
     def score_matrix(self, x: np.ndarray, segment: str = "known") -> np.ndarray:
@@ -241,7 +248,7 @@ class RecopsModel:
             return []
         keep = np.ones(len(idx), dtype=bool)
         if exclude:
-            keep &= ~np.isin(self.items.ids[idx], list(exclude))
+            keep &= ~np.isin(idx, self.items.positions(list(exclude)))
         if rules.in_stock_only:
             keep &= self.items.in_stock[idx]
         idx, gen_feats, proposed = idx[keep], gen_feats[keep], proposed[keep]
@@ -249,8 +256,7 @@ class RecopsModel:
             return []
         uvec, aff, top = user_vector(user_feats)
         n = len(idx)
-        hist = set(history)
-        in_hist = np.fromiter((i in hist for i in self.items.ids[idx]), dtype=bool, count=n)
+        in_hist = np.isin(idx, self.items.positions(history))
         x = feature_matrix(gen_feats, idx, uvec, aff, top, in_hist, self.items, now)
         scores = self.score_matrix(x, segment_of(history))
         order = rank_order(self, x, scores, idx, k, rules)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.models.base import Recommender, top_k
+from recops.models.base import NONE, Recommender, top_k
 from recops.models.covisit import session_groups
 
 
@@ -48,10 +48,10 @@ class SessionKNN(Recommender):
         self.session_weight_ = np.power(0.5, age / self.half_life_days) / np.sqrt(np.maximum(size, 1))
         return self
 
-    def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_indices(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         cur = [self.index_[i] for i in history[: self.session_len] if i in self.index_]
         if not cur:
-            return self.item_ids_[:0], np.zeros(0)
+            return NONE
         pos_w = 1.0 / (1.0 + np.arange(len(cur)))  # newer items of the current session weigh more
         sess_parts, w_parts = [], []
         for i, w in zip(cur, pos_w):
@@ -69,5 +69,4 @@ class SessionKNN(Recommender):
         scores = scores.tocsr()
         items, vals = scores.indices, scores.data
         seen = np.isin(items, cur)
-        ids, s = top_k(items[~seen], vals[~seen], k)
-        return self.item_ids_[ids], s
+        return top_k(items[~seen], vals[~seen], k)

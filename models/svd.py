@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import TruncatedSVD
 
-from recops.models.base import top_k
+from recops.models.base import NONE, top_k
 from recops.models.itemknn import ItemKNN
 from recops.models.matrix import interactions
 
@@ -38,11 +38,10 @@ class PureSVD(ItemKNN):
         self._index()
         return self
 
-    def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_indices(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         cols, w = self._user_weights(history, user_id)
         if not len(cols):
-            return self.item_ids_[:0], np.zeros(0)
+            return NONE
         z = self.factors_[:, cols] @ w.astype(np.float32)  # the user in factor space
         s = z @ self.factors_
-        ids, scores = top_k(np.arange(len(s)), s.astype(float), k)
-        return self.item_ids_[ids], scores
+        return top_k(np.arange(len(s)), s.astype(float), k)

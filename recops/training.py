@@ -166,7 +166,7 @@ def _candidates(model: RecopsModel, users: list[str], hist: dict, excl: dict,
     for u in users:
         idx, gen, _ = model.candidates(hist.get(u, []), u, as_of=cuts[u] if cuts else None)
         if excl.get(u) and len(idx):
-            keep = ~np.isin(model.items.ids[idx], list(excl[u]))
+            keep = ~np.isin(idx, model.items.positions(list(excl[u])))
             idx, gen = idx[keep], gen[keep]
         out.append((idx, gen))
     return out
