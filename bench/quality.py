@@ -133,7 +133,8 @@ def run_recops(split: EvalSplit, kind: str, holdout_days: float, ds) -> tuple[di
     train alike, with the per-segment scorer chosen on the newest window."""
     t = time.perf_counter()
     settings = load_settings()
-    inner = inner_windows(split.train, lambda e: make_split(kind, e, holdout_days), settings.ranker_windows)
+    inner = inner_windows(split.train, lambda e: make_split(kind, e, holdout_days), settings.ranker_windows,
+                          settings.ranker_max_users)
     model = train_on_split(split.train, ds.items, ds.users, settings, inner)
     fit_s = time.perf_counter() - t
     t = time.perf_counter()

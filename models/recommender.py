@@ -234,7 +234,11 @@ class RecopsModel:
         if choice == "ranker" and self.ranker is not None:
             return self.ranker.predict(x, num_threads=1)
         g = list(self.generators).index(choice) if choice in self.generators else 0
-        return -x[:, 2 * g + 1]  # the generator's rank: better rank, higher score
+        score, proposed = x[:, 2 * g], x[:, 2 * g + 1] <= self.candidates_per_source
+        if not proposed.any():
+            return np.zeros(len(x))
+        # the generator's own order (its score); items it did not propose rank below all it did
+        return np.where(proposed, score, score[proposed].min() - 1.0)
 
     def recommend(self, user_id: str | None, k: int, history: list[str], user_feats: dict | None,
                   exclude: set[str] | None = None, now: float | None = None,

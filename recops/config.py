@@ -70,6 +70,8 @@ class Settings:
     generators: list[str] = field(default_factory=lambda: ["popularity", "covisit", "itemknn", "ease", "svd"])
     ease_l2: list[float] = field(default_factory=lambda: [100.0, 250.0, 500.0, 1000.0])  # tuned on the inner split
     ranker_windows: int = 3  # labelled windows the ranker learns from, each carved out of the previous one's train
+    ranker_max_users: int = 5000  # labelled users per window at most (a fixed sample); no older windows past this
+    tuning_users: int = 2000  # users the generators' hyper-parameters are tuned on (a fixed sample)
     svd_factors: list[float] = field(default_factory=lambda: [16.0, 32.0, 64.0])  # tuned on the inner split
     itemknn_neighbors: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0])  # tuned on the inner split
     promote_tolerance: float = 0.0

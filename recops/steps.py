@@ -167,7 +167,7 @@ def build_features(settings: Settings, until: pd.Timestamp | None = None) -> dic
 @_timed
 def train(settings: Settings) -> dict:
     """Train on the event store with point-in-time features; log to MLflow; register @challenger."""
-    from recops import registry
+    from recops import registry, reporting
     from recops.featurestore import FeatureStoreClient
     from recops.training import train_model
 
@@ -184,9 +184,9 @@ def train(settings: Settings) -> dict:
     ev, split, k = rep["eval"], rep["split"], settings.k
     metrics = {f"{m}": v for m, v in ev["model"].items()}
     metrics.update({f"baseline_{m}": v for m, v in ev.get("baseline", {}).items()})
-    for kk, curve in ev["curve"].items():
+    for curve in ev["curve"].values():
         metrics.update(curve)
-    for kk, curve in ev.get("baseline_curve", {}).items():
+    for curve in ev.get("baseline_curve", {}).values():
         metrics.update({f"baseline_{m}": v for m, v in curve.items()})
     metrics.update(ev["segments"])
     metrics.update({f"baseline_{m}": v for m, v in ev.get("baseline_segments", {}).items() if not m.startswith("users_")})
@@ -198,7 +198,6 @@ def train(settings: Settings) -> dict:
               "num_features": len(model.feature_names), **{f"tuned_{k_}": v for k_, v in rep["tuned"].items()},
               **{f"scorer_{seg}": v for seg, v in model.scorer.items()}}
     params.update(model_params(model))
-    from recops import reporting
 
     figs = reporting.training_figures(model, ev, k)
     rules = {f"rule_{f}": v for f, v in vars(BusinessRules.from_settings(settings)).items()}

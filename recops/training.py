@@ -336,8 +336,9 @@ def train_on_split(train: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
     train). It must not see events a split holds out (a per-user split holds out other users' later
     items too), or training features would differ from the ones the model is evaluated with."""
     generators = generators if generators is not None else default_generators(settings)
-    windows = inner if isinstance(inner, list) else [inner]
-    generators, tuned = tune_generators(generators, windows[0], items, users, settings)
+    windows = [w.sample(settings.ranker_max_users, settings.random_state) for w in (inner if isinstance(inner, list) else [inner])]
+    tune_on = windows[0].sample(settings.tuning_users, settings.random_state)
+    generators, tuned = tune_generators(generators, tune_on, items, users, settings)
     table = ItemTable.build(pd.DataFrame({"item_id": pd.unique(train["item_id"])}), items)
     fitted = [(RecopsModel(fit_generators(generators, w.train, items, users), None, table, settings.candidates_per_source),
                w, provider or DirectFeatures(w.train, items)) for w in windows]
@@ -348,11 +349,12 @@ def train_on_split(train: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
     return model
 
 
-def inner_windows(train: pd.DataFrame, carve, n: int) -> list[EvalSplit]:
+def inner_windows(train: pd.DataFrame, carve, n: int, enough_users: int | None = None) -> list[EvalSplit]:
     """Up to ``n`` inner splits, newest first, each carved by ``carve`` out of the previous one's
-    train; stops early when the history runs out."""
+    train; stops early when the history runs out or the windows hold ``enough_users`` test users
+    (older windows only help when labelled users are scarce)."""
     out = [carve(train)]
-    while len(out) < n:
+    while len(out) < n and (enough_users is None or sum(len(w.test) for w in out) < enough_users):
         try:
             nxt = carve(out[-1].train)
         except ValueError:
@@ -426,7 +428,7 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
     """The whole training procedure on point-in-time features from Feast; returns the model to
     serve (generators refit on every event) and a report of the split, ranker and evaluation."""
     outer = pipeline_split(events, settings)
-    inner = inner_windows(outer.train, lambda e: pipeline_split(e, settings), settings.ranker_windows)
+    inner = inner_windows(outer.train, lambda e: pipeline_split(e, settings), settings.ranker_windows, settings.ranker_max_users)
     provider = FeastFeatures(fs)
     model = train_on_split(outer.train, items, users, settings, inner, default_generators(settings), provider)
     ev = evaluate_model(model, outer, items, users, settings, provider)
