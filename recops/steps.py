@@ -337,7 +337,7 @@ def recommend_users(settings: Settings, users_path: str, out_path: str, k: int |
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["user_id", "item_id", "rank", "score"]).to_csv(out, index=False)
-    return {"out": str(out), "users": len(ids), "rows": len(rows), "k": k, "version": str(version),
+    return {"out": str(out.resolve()), "users": len(ids), "rows": len(rows), "k": k, "version": str(version),
             "fallback_users": fallback}
 
 
