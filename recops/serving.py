@@ -22,7 +22,9 @@ from recops.models.recommender import Recommendation
 from recops.models.rules import BusinessRules
 from recops.online import refresh_users
 from recops.schema import normalize_events
-from recops.services.schemas import RecommendedItem, RecommendResponse, TrackEvent, TrackResponse
+from recops.ratings import implicit_ratings
+from recops.services.schemas import (ImplicitRatingResponse, RecommendedItem, RecommendResponse, TrackEvent,
+                                     TrackResponse)
 from recops.store import EventStore
 from recops.training import HISTORY_LEN
 
@@ -142,6 +144,24 @@ class Serving:
             users = []
         return TrackResponse(accepted=len(frame), stored=stored, duplicates=len(frame) - stored,
                              unknown_items=unknown, online_updated=users, warning=warning)
+
+    # -- behavioral ---------------------------------------------------------------------------------
+    def implicit_rating(self, user_id: str, item_id: str) -> ImplicitRatingResponse:
+        """The user's implicit rating of an item from their events on it, as of now (same weights,
+        decay and mapping as training: ``recops.ratings``)."""
+        mine = self.store.user_events(user_id)
+        ev = mine[mine["item_id"] == item_id]
+        score = rating = 0.0
+        if not ev.empty:
+            r = implicit_ratings(ev, self.settings.event_types, self.settings.decay_half_life_days,
+                                 as_of=pd.Timestamp.now(tz="UTC"))
+            score, rating = float(r["score"].iloc[0]), float(r["rating"].iloc[0])
+        return ImplicitRatingResponse(
+            user_id=user_id, item_id=item_id, rating=round(rating, 4), score=round(score, 4),
+            events={str(k): int(v) for k, v in ev["event_type"].value_counts().items()},
+            last_event=ev["timestamp"].max().to_pydatetime() if not ev.empty else None,
+            known_user=not mine.empty, known_item=item_id in self._known_items,
+            half_life_days=self.settings.decay_half_life_days)
 
     def close(self) -> None:
         self.store.dispose()

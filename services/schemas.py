@@ -85,3 +85,17 @@ class RecommendResponse(BaseModel):
     model_version: str | None
     fallback: bool
     fallback_reason: str | None = None
+
+
+class ImplicitRatingResponse(BaseModel):
+    """How much a user likes an item, from what they did with it: per-event-type weights with time decay."""
+
+    user_id: str
+    item_id: str
+    rating: float = Field(description="implicit rating in [0, 5]: 5 * (1 - exp(-score / 3))")
+    score: float = Field(description="summed decayed event weights")
+    events: dict[str, int] = Field(default_factory=dict, description="the user's events on the item, by type")
+    last_event: datetime | None = None
+    known_user: bool = Field(description="the user has any event")
+    known_item: bool = Field(description="the item is in the catalog")
+    half_life_days: float

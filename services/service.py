@@ -4,7 +4,8 @@
   the fallback answered (no champion, a failing model, an unknown user): never a 5xx for a valid request.
 - ``POST /track`` (one event) and ``POST /track/batch`` (a list): persisted first, then the users'
   online features are recomputed and pushed to the Feast online store.
-- ``GET /health``, ``GET /model``. Invalid input gets a 400 naming the bad field.
+- ``GET /implicit-rating?user_id=&item_id=``: the user's implicit rating of an item, as of now.
+- ``GET /health``, ``GET /model``. Invalid input gets a 4xx naming the bad field.
 
 The champion is loaded from the MLflow registry by alias and re-checked every
 ``reload_interval_seconds``: promoting a new version needs no restart.
@@ -19,11 +20,11 @@ import threading
 from typing import Annotated
 
 import bentoml
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from pydantic import Field
 
 from recops.config import load_settings
-from recops.services.schemas import RecommendResponse, TrackEvent, TrackResponse
+from recops.services.schemas import ImplicitRatingResponse, RecommendResponse, TrackEvent, TrackResponse
 
 app = FastAPI(title="recops", description="Real-time behavioral recommendations")
 
@@ -67,6 +68,15 @@ class Recops:
         if len(events) > MAX_BATCH:
             raise bentoml.exceptions.InvalidArgument(f"batch too large: {len(events)} events (max {MAX_BATCH})")
         return self.rt.track(events)
+
+    @app.get("/implicit-rating")
+    def implicit_rating(
+        self,
+        user_id: Annotated[str, Query(min_length=1, max_length=128, description="the user")],
+        item_id: Annotated[str, Query(min_length=1, max_length=128, description="the item")],
+    ) -> ImplicitRatingResponse:
+        """The user's implicit rating (0-5) of an item, from their events on it, as of now."""
+        return self.rt.implicit_rating(user_id, item_id)
 
     @app.get("/health")
     def health(self) -> dict:
