@@ -136,9 +136,6 @@ def rank_order(model: "RecopsModel", x: np.ndarray, scores: np.ndarray, idx: np.
     return apply_rules(scores, best_rank, model.items.category[idx], age, k, rules or BusinessRules())
 
 
-SEGMENTS = ("new", "known")
-
-
 def segment_of(history: list[str]) -> str:
     """The user segment scorers are chosen for: no recent items yet, or some."""
     return "known" if len(history) else "new"

@@ -192,7 +192,7 @@ class EventStore:
                    exclude_types: tuple[str, ...] = ()) -> tuple[list[str], set[str]]:
         """A user's (or session's) recent distinct items, newest first, and items to exclude.
 
-        Same semantics as ``recops.training.user_states`` (the batch version used in training).
+        Same semantics as ``EvalSplit.histories``/``excluded`` (the batch versions used in training).
         On the /recommend hot path: plain SQL through the driver (4x cheaper than a Core statement
         whose expanding IN defeats the compile cache).
         """
