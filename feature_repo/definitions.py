@@ -12,11 +12,12 @@ from pathlib import Path
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Float64, Int64, String
 
-from recops.features import ITEM_FEATURES, USER_FEATURES
+from recops.features import ITEM_FEATURES, SESSION_FEATURES, USER_FEATURES
 
 TTL = timedelta(days=3650)
-USER_VIEW, ITEM_VIEW = "user_behavior", "item_stats"
-USER_PUSH, ITEM_PUSH = "user_behavior_push", "item_stats_push"
+SESSION_TTL = timedelta(days=2)  # a session older than this is over: serve as if it were new
+USER_VIEW, ITEM_VIEW, SESSION_VIEW = "user_behavior", "item_stats", "session_state"
+USER_PUSH, ITEM_PUSH, SESSION_PUSH = "user_behavior_push", "item_stats_push", "session_state_push"
 _TYPES = {"int": Int64, "float": Float64, "str": String}
 
 
@@ -30,7 +31,10 @@ def build(feature_dir: str | Path) -> list:
     item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="a catalog item")
     user_src = FileSource(name="user_behavior_source", path=str(d / "user_features.parquet"), timestamp_field="event_timestamp")
     item_src = FileSource(name="item_stats_source", path=str(d / "item_features.parquet"), timestamp_field="event_timestamp")
+    session = Entity(name="session", join_keys=["session_id"], value_type=ValueType.STRING, description="a visit")
+    session_src = FileSource(name="session_state_source", path=str(d / "session_state.parquet"), timestamp_field="event_timestamp")
     user_push = PushSource(name=USER_PUSH, batch_source=user_src)
+    session_push = PushSource(name=SESSION_PUSH, batch_source=session_src)
     item_push = PushSource(name=ITEM_PUSH, batch_source=item_src)
     user_fv = FeatureView(
         name=USER_VIEW, entities=[user], ttl=TTL, online=True, source=user_push,
@@ -42,4 +46,10 @@ def build(feature_dir: str | Path) -> list:
         schema=[Field(name="item_id", dtype=String), *_fields(ITEM_FEATURES)],
         description="Item stats: popularity windows, trend, conversion",
     )
-    return [user, item, user_src, item_src, user_push, item_push, user_fv, item_fv]
+    session_fv = FeatureView(
+        name=SESSION_VIEW, entities=[session], ttl=SESSION_TTL, online=True, source=session_push,
+        schema=[Field(name="session_id", dtype=String), *_fields(SESSION_FEATURES)],
+        description="Live session state: recent items, categories, event mix, first/last time, intent",
+    )
+    return [user, item, session, user_src, item_src, session_src, user_push, item_push, session_push,
+            user_fv, item_fv, session_fv]

@@ -62,6 +62,17 @@ class DemographicPopularity(Recommender):
         s = s.sort_values(ascending=False, kind="stable")[: self.top_n]
         return s.index.to_numpy(dtype=object), s.to_numpy(dtype=float)
 
+    def score_profile(self, profile: dict, k: int) -> tuple[np.ndarray, np.ndarray, str | None]:
+        """Top-``k`` for someone known only by their demographics (age, gender, region; any may be
+        missing): the finest segment with enough data, and that segment's key (None: global)."""
+        keys = segment_keys(pd.DataFrame([{"user_id": "", **profile}])).iloc[0]
+        for key in (keys["k3"], keys["k2"], keys["k1"]):
+            if key in self.tables_:
+                ids, scores = self.tables_[key]
+                return ids[:k], scores[:k], key
+        ids, scores = self.global_
+        return ids[:k], scores[:k], None
+
     def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         for key in self.user_keys_.get(user_id, ()):
             if key in self.tables_:

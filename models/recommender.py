@@ -17,6 +17,8 @@ import pandas as pd
 
 from recops.features import ITEM_MODEL_FEATURES, USER_MODEL_FEATURES, derive_values
 from recops.models.base import Recommender
+from recops.models.explain import describe
+from recops.models.intent import intent_rules, intent_scores
 from recops.models.popularity import Popularity
 from recops.models.rules import BusinessRules, apply_rules
 
@@ -170,6 +172,16 @@ class Recommendation:
     score: float
     reason: str
     sources: list[str]
+    confidence: float = 0.0
+
+
+def confidence(history_len: int, n_sources: np.ndarray, n_generators: int) -> np.ndarray:
+    """How much to trust each recommendation, in [0, 1]: the evidence about the person (their
+    recent items: none 0, five ~0.63, twenty ~0.98) times the generators' agreement (an item every
+    generator proposed keeps it all, an item one of five proposed ~60%)."""
+    evidence = 1.0 - np.exp(-history_len / 5.0)
+    agree = np.asarray(n_sources, dtype=float) / max(n_generators, 1)
+    return np.round(evidence * (0.5 + 0.5 * agree), 4)
 
 
 class RecopsModel:
@@ -184,6 +196,7 @@ class RecopsModel:
         self.meta = meta or {}
         self.feature_names = feature_names(list(generators))
         self.scorer: dict[str, str] = {}  # segment -> "ranker" or a generator name (default: ranker)
+        self.calibration = None  # score gap to the user's best candidate -> P(interaction) (training.calibrate)
 
     # -- candidates -----------------------------------------------------------------------------
     def candidates(self, history: list[str], user_id: str | None = None,
@@ -239,10 +252,13 @@ class RecopsModel:
 
     def recommend(self, user_id: str | None, k: int, history: list[str], user_feats: dict | None,
                   exclude: set[str] | None = None, now: float | None = None,
-                  rules: BusinessRules | None = None) -> list[Recommendation]:
+                  rules: BusinessRules | None = None, intent: str | None = None,
+                  session_categories: dict[str, float] | None = None) -> list[Recommendation]:
         """Top-``k`` for one user. ``exclude``: items never to show (the caller derives the user's
-        from ``rules.exclude_event_types``); ``rules``: stock, category cap, fresh boost."""
-        rules = rules or BusinessRules()
+        from ``rules.exclude_event_types``); ``rules``: stock, category cap, fresh boost;
+        ``intent`` (a session's, ``recops.models.intent``) tilts the scores and picks rules, with
+        ``session_categories`` (category: share of the session's events)."""
+        rules = intent_rules(intent, rules or BusinessRules())
         now = float(now if now is not None else pd.Timestamp.now(tz="UTC").timestamp())
         idx, gen_feats, proposed = self.candidates(history, user_id)
         if len(idx) == 0:
@@ -260,23 +276,87 @@ class RecopsModel:
         in_hist = np.isin(idx, self.items.positions(history))
         x = feature_matrix(gen_feats, idx, uvec, aff, top, in_hist, self.items, now)
         scores = self.score_matrix(x, segment_of(history))
-        order = rank_order(self, x, scores, idx, k, rules)
         names = list(self.generators)
+        if intent:
+            share = np.array([(session_categories or {}).get(c, 0.0) for c in self.items.category[idx]])
+            cv = names.index("covisit") if "covisit" in names else None
+            scores = intent_scores(intent, scores, proposed[:, cv] if cv is not None else np.zeros(n, bool), share)
+        order = rank_order(self, x, scores, idx, k, rules)
         sources = [[names[g] for g in np.flatnonzero(proposed[o])] for o in order]
         cv = self.generators.get("covisit")
         because = cv.strongest_source(history[:10], [str(self.items.ids[idx[o]]) for o, src in zip(order, sources)
                                                       if "covisit" in src]) if cv is not None else {}
+        conf = confidence(len(history), proposed[order].sum(axis=1), len(names))
         return [Recommendation(item_id=str(self.items.ids[idx[o]]), score=float(scores[o]),
-                               reason=self._reason(idx[o], src, because, aff), sources=src)
-                for o, src in zip(order, sources)]
+                               reason=self._reason(idx[o], src, because, aff, intent, session_categories),
+                               sources=src, confidence=float(c))
+                for o, src, c in zip(order, sources, conf)]
 
-    def _reason(self, item_idx: int, sources: list[str], because: dict, affinity: dict) -> str:
+    # -- one item: predict and explain ------------------------------------------------------------
+    def _scored(self, user_id: str | None, history: list[str], user_feats: dict | None, now: float, item: str):
+        """One user's candidates plus ``item`` (scored even when no generator proposed it): item
+        positions, feature rows, which generators proposed each, scores, and the item's row."""
+        idx, gen_feats, proposed = self.candidates(history, user_id)
+        p = self.items.index[item]
+        row = np.flatnonzero(idx == p)
+        if not len(row):
+            unproposed = np.zeros((1, gen_feats.shape[1]))
+            unproposed[:, 1::2] = self.candidates_per_source + 1
+            idx, gen_feats = np.append(idx, p), np.vstack([gen_feats, unproposed])
+            proposed = np.vstack([proposed, np.zeros((1, proposed.shape[1]), dtype=bool)])
+            row = [len(idx) - 1]
+        uvec, aff, top = user_vector(user_feats)
+        x = feature_matrix(gen_feats, idx, uvec, aff, top, np.isin(idx, self.items.positions(history)), self.items, now)
+        return idx, x, proposed, self.score_matrix(x, segment_of(history)), int(row[0]), aff
+
+    def predict(self, user_id: str | None, item: str, history: list[str], user_feats: dict | None,
+                now: float | None = None) -> dict:
+        """The user's preference score for ``item``, its rank among the user's candidates and the
+        calibrated probability that the user interacts with it (``calibration``)."""
+        now = float(now if now is not None else pd.Timestamp.now(tz="UTC").timestamp())
+        idx, x, proposed, scores, r, _ = self._scored(user_id, history, user_feats, now, item)
+        gap = float(scores[r] - scores.max())
+        prob = float(self.calibration.predict([gap])[0]) if self.calibration is not None else None
+        return {"score": float(scores[r]), "score_gap": gap, "rank": int((scores > scores[r]).sum() + 1),
+                "candidates": int(len(idx)), "probability": prob,
+                "proposed_by": [n for n, hit in zip(self.generators, proposed[r]) if hit]}
+
+    def explain(self, user_id: str | None, item: str, history: list[str], user_feats: dict | None,
+                now: float | None = None, top: int = 5) -> dict:
+        """Why ``item`` for this user: the generators that proposed it (their rank and score), the
+        scorer in use, and the ranker's largest feature contributions (``pred_contrib``) in words."""
+        now = float(now if now is not None else pd.Timestamp.now(tz="UTC").timestamp())
+        idx, x, proposed, scores, r, aff = self._scored(user_id, history, user_feats, now, item)
+        names = list(self.generators)
+        gens = [{"generator": g, "rank": int(x[r, 2 * n + 1]), "score": float(x[r, 2 * n])}
+                for n, g in enumerate(names) if proposed[r, n]]
+        contribs = []
+        if self.ranker is not None:
+            c = self.ranker.predict(x[r:r + 1], pred_contrib=True, num_threads=1)[0]
+            cat = str(self.items.category[idx[r]])
+            for j in np.argsort(-np.abs(c[:-1]))[:top]:
+                contribs.append({"feature": self.feature_names[j], "value": float(x[r, j]), "contribution": float(c[j]),
+                                 "reason": ("raises it: " if c[j] > 0 else "lowers it: ") + describe(self.feature_names[j], float(x[r, j]), cat)})
+        cv = self.generators.get("covisit")
+        because = cv.strongest_source(history[:10], [item]) if cv is not None and "covisit" in [g["generator"] for g in gens] else {}
+        return {"scorer": getattr(self, "scorer", {}).get(segment_of(history), "ranker"), "score": float(scores[r]),
+                "rank": int((scores > scores[r]).sum() + 1), "proposed_by": gens, "contributions": contribs,
+                "reason": self._reason(idx[r], [g["generator"] for g in gens], because, aff)}
+
+    def _reason(self, item_idx: int, sources: list[str], because: dict, affinity: dict, intent: str | None = None,
+                session_categories: dict | None = None) -> str:
         item = self.items.ids[item_idx]
         cat = self.items.category[item_idx]
         if "covisit" in sources and item in because:
             h = because[item]
             title = self.items.title[self.items.index[h]] if h in self.items.index else h
+            if intent == "transactional":
+                return f"Goes well with {title or h}, from this visit"
             return f"Often viewed together with {title or h}, which you looked at recently"
+        if intent == "research" and (session_categories or {}).get(cat, 0.0) > 0:
+            return f"Another option in {cat}, which you are comparing"
+        if intent == "browsing":
+            return f"Something to explore in {cat}"
         if affinity.get(cat, 0.0) >= 0.2:
             return f"Popular in {cat}, a category you often browse"
         return f"Trending now in {cat}"

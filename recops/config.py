@@ -84,6 +84,10 @@ class Settings:
     fresh_item_days: float = 14.0
     fresh_item_boost: float = 0.0  # score boost for items younger than fresh_item_days, x the list's score spread
     # Serving.
+    new_user_items: int = 5  # a user with fewer distinct items is served session-style (their events read as a visit)
+    deal_max_discount: float = 0.5  # the most any deal takes off a list price (enforced on the server)
+    deal_floor_ratio: float = 0.6  # a deal price never goes below this share of the list price
+    deal_ttl_hours: float = 48.0  # how long a deal stays valid
     reload_interval_seconds: float = 10.0
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000

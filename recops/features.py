@@ -19,6 +19,7 @@ import pandas as pd
 COUNT_TYPES = ("view", "click", "add_to_cart", "purchase")
 WINDOWS_DAYS = (1, 7, 30)
 MAX_CATEGORIES = 32  # category-affinity vectors keep the most common categories, the rest is "other"
+RECENT_ITEMS = 20  # the recent-items list kept online for a user or a session (newest first, distinct)
 
 USER_PREFIX, ITEM_PREFIX = "u_", "i_"
 
@@ -40,6 +41,21 @@ USER_FEATURES: dict[str, str] = {
     "u_top_category": "str",
     "u_top_category_share": "float",
     "u_category_affinity": "str",
+    "u_recent_items": "str",
+}
+
+# The live state of a session (Feast view ``session_state``): pushed on every /track, read by
+# /session/recommend; intent is derived from it (``recops.sessions``).
+SESSION_FEATURES: dict[str, str] = {
+    "s_user_id": "str",
+    "s_items": "str",  # JSON list, newest first, distinct
+    "s_categories": "str",  # JSON {category: events}
+    "s_event_mix": "str",  # JSON {event_type: events}
+    "s_n_events": "int",
+    "s_n_items": "int",
+    "s_first_ts": "float",
+    "s_last_ts": "float",
+    "s_dwell_seconds": "float",  # mean time between consecutive events
 }
 
 ITEM_FEATURES: dict[str, str] = {
@@ -130,6 +146,8 @@ def entity_features(
         out["u_avg_price_paid"] = np.where(n_paid > 0, (pv[hi] - pv[lo_all]) / np.maximum(n_paid, 1), 0.0)
         out["u_first_event_ts"] = np.where(has, ev_ts[np.minimum(lo_all, max(len(ev_ts) - 1, 0))] if len(ev_ts) else 0.0, np.nan)
         _add_category_affinity(out, ev, order, hi, lo_all, item_category, categories)
+        items_sorted = ev["item_id"].astype(str).to_numpy()[order]
+        out["u_recent_items"] = [recent_items(items_sorted[max(lo, h - 5 * RECENT_ITEMS):h]) for lo, h in zip(lo_all, hi)]
     else:
         out["i_events_1d"] = c_all[hi] - c_all[lo_w[1]]
         out["i_events_7d"] = c_all[hi] - c_all[lo_w[7]]
@@ -167,6 +185,41 @@ def _add_category_affinity(out, ev, order, hi, lo, item_category, categories) ->
     out["u_category_affinity"] = [
         json.dumps({vocab[j]: round(float(s[j]), 4) for j in idx if s[j] > 0}) for idx, s in zip(top5, share)
     ]
+
+
+def recent_items(chronological: np.ndarray) -> str:
+    """The newest ``RECENT_ITEMS`` distinct items of a chronological run, as a JSON list."""
+    return json.dumps(list(dict.fromkeys(chronological[::-1].tolist()))[:RECENT_ITEMS])
+
+
+def session_states(events: pd.DataFrame, item_category: pd.Series | dict | None = None) -> pd.DataFrame:
+    """The state of every session in ``events`` after its last event (``SESSION_FEATURES``), with
+    ``session_id`` and ``event_timestamp`` (the last event's time). The same function builds the
+    offline table and the state /track pushes, so both agree."""
+    ev = events[events["session_id"].notna()].sort_values(["session_id", "timestamp"], kind="stable")
+    cols = ["session_id", "event_timestamp", *SESSION_FEATURES]
+    if ev.empty:
+        return pd.DataFrame(columns=cols)
+    cat = ev["item_id"].map(item_category).fillna("unknown") if item_category is not None else pd.Series("unknown", index=ev.index)
+    sid = ev["session_id"].astype(str).to_numpy()
+    bounds = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1], True])
+    ts = _ms(ev["timestamp"]) / 1000.0
+    items, types, cats = ev["item_id"].astype(str).to_numpy(), ev["event_type"].to_numpy(), cat.astype(str).to_numpy()
+    users = ev["user_id"].to_numpy()
+    rows = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        u = [x for x in users[a:b] if isinstance(x, str)]
+        n = b - a
+        rows.append((sid[a], ts[b - 1], u[-1] if u else "", recent_items(items[a:b]), _counts(cats[a:b]), _counts(types[a:b]),
+                     n, len(set(items[a:b].tolist())), ts[a], ts[b - 1], (ts[b - 1] - ts[a]) / (n - 1) if n > 1 else 0.0))
+    out = pd.DataFrame(rows, columns=cols)
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], unit="s", utc=True)
+    return out
+
+
+def _counts(values: np.ndarray) -> str:
+    uniq, n = np.unique(values, return_counts=True)
+    return json.dumps({str(u): int(c) for u, c in sorted(zip(uniq, n), key=lambda t: (-t[1], t[0]))})
 
 
 def snapshot_points(events: pd.DataFrame, key: str, until: pd.Timestamp | None = None) -> pd.DataFrame:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from recops.config import Settings
-from recops.features import ITEM_FEATURES, USER_FEATURES
+from recops.features import ITEM_FEATURES, SESSION_FEATURES, USER_FEATURES
 
-USER_VIEW, ITEM_VIEW = "user_behavior", "item_stats"
-USER_PUSH = "user_behavior_push"
+USER_VIEW, ITEM_VIEW, SESSION_VIEW = "user_behavior", "item_stats", "session_state"
+USER_PUSH, SESSION_PUSH = "user_behavior_push", "session_state_push"
 
 
 def _feature_repo_dir() -> Path:
@@ -54,6 +54,7 @@ class FeatureStoreClient:
         self._store = None
         self.user_refs = [f"{USER_VIEW}:{n}" for n in USER_FEATURES]
         self.item_refs = [f"{ITEM_VIEW}:{n}" for n in ITEM_FEATURES]
+        self.session_refs = [f"{SESSION_VIEW}:{n}" for n in SESSION_FEATURES]
 
     @property
     def store(self):
@@ -68,11 +69,12 @@ class FeatureStoreClient:
 
         self.store.apply(build(self.settings.feature_dir))
 
-    def write_offline(self, user_feats: pd.DataFrame, item_feats: pd.DataFrame) -> None:
+    def write_offline(self, user_feats: pd.DataFrame, item_feats: pd.DataFrame, sessions: pd.DataFrame) -> None:
         """Replace the offline parquet tables atomically (write to a temp file, then rename)."""
         d = self.settings.feature_dir
         d.mkdir(parents=True, exist_ok=True)
-        for name, df, spec in (("user_features", user_feats, USER_FEATURES), ("item_features", item_feats, ITEM_FEATURES)):
+        for name, df, spec in (("user_features", user_feats, USER_FEATURES), ("item_features", item_feats, ITEM_FEATURES),
+                               ("session_state", sessions, SESSION_FEATURES)):
             tmp = d / f".{name}.parquet.tmp"
             _coerce(df, spec).to_parquet(tmp, index=False)
             tmp.replace(d / f"{name}.parquet")
@@ -105,10 +107,23 @@ class FeatureStoreClient:
             return None
         return row
 
+    def online_session(self, session_id: str) -> dict | None:
+        """A session's live state, or None when the store has none (a new or expired session)."""
+        res = self.store.get_online_features(features=self.session_refs, entity_rows=[{"session_id": session_id}]).to_dict()
+        row = {k: v[0] for k, v in res.items()}
+        return row if row.get("s_last_ts") is not None else None
+
     def push_user(self, feats: pd.DataFrame) -> None:
+        self._push(USER_PUSH, feats, USER_FEATURES)
+
+    def push_sessions(self, states: pd.DataFrame) -> None:
+        self._push(SESSION_PUSH, states, SESSION_FEATURES)
+
+    def _push(self, source: str, df: pd.DataFrame, spec: dict[str, str]) -> None:
         from feast.data_source import PushMode
 
-        self.store.push(USER_PUSH, _coerce(feats, USER_FEATURES), to=PushMode.ONLINE)
+        if not df.empty:
+            self.store.push(source, _coerce(df, spec), to=PushMode.ONLINE)
 
     def teardown(self) -> None:
         self.store.teardown()

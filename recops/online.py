@@ -1,26 +1,36 @@
-"""The online half of the feature pipeline: recompute a user's features as of now and push them.
+"""The online half of the feature pipeline: recompute users' features and sessions' state, push them.
 
-It runs ``recops.features.user_features``, the function that builds the offline snapshots, on the
-user's events from the event store, so online and offline values agree by construction.
+It runs ``recops.features.user_features`` and ``session_states``, the functions that build the
+offline tables, on the events of the touched users and sessions from the event store (one query),
+so online and offline values agree by construction.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from recops.features import user_features
+from recops.features import session_states, user_features
 from recops.featurestore import FeatureStoreClient
 from recops.store import EventStore
 
 
-def refresh_users(store: EventStore, fs: FeatureStoreClient, user_ids: list[str], items: pd.DataFrame,
-                  as_of: pd.Timestamp | None = None) -> pd.DataFrame:
-    """Recompute and push the online features of ``user_ids`` as of ``as_of`` (default: now)."""
+def refresh(store: EventStore, fs: FeatureStoreClient, user_ids, session_ids, items: pd.DataFrame,
+            as_of: pd.Timestamp | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Recompute and push the online features of ``user_ids`` as of ``as_of`` (default: now) and
+    the state of ``session_ids``; returns both frames."""
     users = sorted({u for u in user_ids if u})
-    if not users:
-        return pd.DataFrame()
+    sessions = sorted({s for s in session_ids if s})
+    if not users and not sessions:
+        return pd.DataFrame(), pd.DataFrame()
     as_of = as_of if as_of is not None else pd.Timestamp.now(tz="UTC")
-    events = pd.concat([store.user_events(u) for u in users], ignore_index=True)
-    feats = user_features(events, pd.DataFrame({"user_id": users, "as_of": as_of}), items)
-    fs.push_user(feats)
-    return feats
+    events = store.events_of(users, sessions)
+    feats = pd.DataFrame()
+    if users:
+        feats = user_features(events[events["user_id"].isin(users)], pd.DataFrame({"user_id": users, "as_of": as_of}), items)
+        fs.push_user(feats)
+    states = pd.DataFrame()
+    if sessions:
+        cat = items.set_index("item_id")["category"] if not items.empty else None
+        states = session_states(events[events["session_id"].isin(sessions)], cat)
+        fs.push_sessions(states)
+    return feats, states

@@ -8,6 +8,7 @@ run in-process in tests and benchmarks.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -16,19 +17,39 @@ import pandas as pd
 
 from recops import registry
 from recops.config import Settings
-from recops.features import derive_user_dict
+from recops.deals import DealPolicy, demand_percentile, make_deals
+from recops.features import derive_user_dict, session_states, user_features
 from recops.featurestore import FeatureStoreClient
+from recops.models.intent import infer_intent
 from recops.models.recommender import Recommendation
 from recops.models.rules import BusinessRules
-from recops.online import refresh_users
+from recops.online import refresh
+from recops.profile import Catalog, user_profile
 from recops.schema import normalize_events
 from recops.ratings import implicit_ratings
-from recops.services.schemas import (ImplicitRatingResponse, RecommendedItem, RecommendResponse, TrackEvent,
-                                     TrackResponse)
+from recops.services.schemas import (DealsResponse, ExplainResponse, ImplicitRatingResponse, PredictResponse,
+                                     ProfileResponse, RecommendedItem, RecommendResponse, SessionRecommendResponse,
+                                     TrackEvent, TrackResponse)
 from recops.store import EventStore
 from recops.training import HISTORY_LEN
 
 log = logging.getLogger("recops.serving")
+
+
+class NoModel(RuntimeError):
+    """No champion is loaded (the service answers 503)."""
+
+
+class UnknownItem(LookupError):
+    """The item is not in the served model's catalog (the service answers 404)."""
+
+
+class UnknownUser(LookupError):
+    """Nothing is known about the user (the service answers 404)."""
+
+
+TRENDING_CONFIDENCE = 0.2  # the most a trending (non-personal) recommendation's confidence can be
+DEMOGRAPHIC_CONFIDENCE = 0.35  # ... and a demographic one's (it knows the segment, not the person)
 
 
 class Serving:
@@ -39,6 +60,7 @@ class Serving:
         self.settings = settings
         self.pinned = version
         self.rules = BusinessRules.from_settings(settings)
+        self.deal_policy = DealPolicy.from_settings(settings)
         self.store = EventStore(settings.event_store_uri)
         self.features = FeatureStoreClient(settings)
         self._lock = threading.Lock()
@@ -73,6 +95,11 @@ class Serving:
         self._in_stock = dict(zip(items["item_id"], items["in_stock"]))
         self._out_of_stock = set(items.loc[~items["in_stock"], "item_id"])
         self._popular = self.store.popular_items()
+        self._catalog = Catalog.of(items)
+        # deals: an item's demand is its percentile of recent events in the live catalog (none: 0)
+        recent = pd.Series(dict(self.store.popular_items(n=len(items) or 1)), dtype=float)
+        self._deal_info = items.set_index("item_id")[["price", "title", "category"]].assign(
+            demand=lambda d: demand_percentile(recent.reindex(d.index).fillna(0.0)))
 
     def run_reloader(self, stop: threading.Event) -> None:
         while not stop.wait(self.settings.reload_interval_seconds):
@@ -92,23 +119,52 @@ class Serving:
             return self.fallback(user_id, k, excl, None, f"no champion model: {self.load_error or 'not loaded'}")
         try:
             history, bought = self.store.user_state(user_id=user_id, n=HISTORY_LEN, exclude_types=self.rules.exclude_event_types)
+            intent, shares = None, None
             if session_id:
                 s_hist, _ = self.store.user_state(session_id=session_id, n=HISTORY_LEN)
                 history = list(dict.fromkeys(s_hist + history))[:HISTORY_LEN]
+                state = self.features.online_session(session_id)
+                intent, shares = (infer_intent(state).name, _shares(state)) if state else (None, None)
             feats = self.features.online_user(user_id)
             if not history and feats is None:
-                return self.fallback(user_id, k, excl, model, "unknown user: no events yet", version)
+                return self.cold_start(user_id, k, excl, model, version)
+            strategy = "personalized"
+            if intent is None and len(history) < self.settings.new_user_items:
+                # a new user's first events: read them as a visit, so their intent steers the list
+                state = session_states(self.store.events_of([user_id]).assign(session_id=user_id), self._category)
+                state = state.iloc[0].to_dict() if len(state) else None
+                intent, shares, strategy = infer_intent(state).name, _shares(state), "session"
             now = time.time()
             # stock changes after training: the live catalog decides, not the model's item table
             gone = self._out_of_stock if self.rules.in_stock_only else set()
             recs = model.recommend(user_id, k, history, derive_user_dict(feats, now) if feats else None,
-                                   exclude=excl | bought | gone, now=now, rules=dataclasses.replace(self.rules, in_stock_only=False))
+                                   exclude=excl | bought | gone, now=now, rules=dataclasses.replace(self.rules, in_stock_only=False),
+                                   intent=intent, session_categories=shares)
             if not recs:
                 return self.fallback(user_id, k, excl | bought, model, "the model found no candidates", version)
-            return RecommendResponse(user_id=user_id, items=_items(recs), model_version=version, fallback=False)
+            return RecommendResponse(user_id=user_id, items=_items(recs), model_version=version, fallback=False, strategy=strategy)
         except Exception as exc:
             log.exception("model failed for user %s", user_id)
             return self.fallback(user_id, k, excl, model, f"model error: {type(exc).__name__}", version)
+
+    def cold_start(self, user_id: str, k: int, exclude: set[str], model, version: str | None) -> RecommendResponse:
+        """A user with no events: their demographic segment's favourites when the users table knows
+        their age, gender or region, else trending items (the fallback)."""
+        row = self.store.user_row(user_id)
+        demo = getattr(model, "demographic", None)
+        if demo is None or not row or all(row.get(c) is None for c in ("age", "gender", "region")):
+            return self.fallback(user_id, k, exclude, model, "unknown user: no events yet", version)
+        gone = exclude | (self._out_of_stock if self.rules.in_stock_only else set())
+        ids, scores, key = demo.score_profile(row, 3 * k + len(gone))
+        who = ", ".join(str(row[c]) for c in ("region", "gender") if row.get(c)) or "your segment"
+        top = float(scores[0]) if len(scores) and scores[0] > 0 else 1.0
+        recs = [Recommendation(str(i), float(s), f"Popular with shoppers like you ({who})" if key else f"Popular now in {self._category.get(i, 'the catalog')}",
+                               ["demographic"], round(DEMOGRAPHIC_CONFIDENCE * max(float(s), 0.0) / top, 4))
+                for i, s in zip(ids, scores) if i not in gone][:k]
+        if len(recs) < k:
+            return self.fallback(user_id, k, exclude, model, "unknown user: no events yet", version)
+        return RecommendResponse(user_id=user_id, items=_items(recs), model_version=version, fallback=False,
+                                 strategy="demographic" if key else "trending")
 
     def fallback(self, user_id: str, k: int, exclude: set[str], model, why: str, version: str | None = None) -> RecommendResponse:
         """Trending items: the model's popularity list, else the event store's recent counts."""
@@ -123,7 +179,60 @@ class Serving:
         if not recs:
             recs = [Recommendation(i, float(n), f"Popular now in {self._category.get(i, 'the catalog')}", ["popularity"])
                     for i, n in self._popular if i not in exclude][:k]
-        return RecommendResponse(user_id=user_id, items=_items(recs), model_version=version, fallback=True, fallback_reason=why)
+        top = max((r.score for r in recs), default=0.0) or 1.0
+        for r in recs:  # trending knows nothing about the person: low confidence, by the item's relative popularity
+            r.confidence = round(TRENDING_CONFIDENCE * max(r.score, 0.0) / top, 4)
+        return RecommendResponse(user_id=user_id, items=_items(recs), model_version=version, fallback=True, fallback_reason=why,
+                                 strategy="trending")
+
+    def session_recommend(self, session_id: str, k: int = 10, exclude: list[str] | None = None) -> SessionRecommendResponse:
+        """Recommendations for an (anonymous) session from its live state: its items are the
+        history, its behavioral features (built from its own events, as for a user) feed the
+        ranker, and its intent tilts the ranking and writes the reasons. Items already carted or
+        bought in the session are not shown again."""
+        state = self.features.online_session(session_id)
+        intent = infer_intent(state)
+        with self._lock:
+            model, version = self.model, self.version
+        excl = set(exclude or ())
+
+        def answer(resp: RecommendResponse) -> SessionRecommendResponse:
+            return SessionRecommendResponse(session_id=session_id, intent=intent.name, intent_reason=intent.why,
+                                            signals=intent.signals, **resp.model_dump(exclude={"user_id"}))
+
+        if state is None:
+            return answer(self.fallback(session_id, k, excl, model, "new session: no events yet", version))
+        if model is None:
+            return answer(self.fallback(session_id, k, excl, None, f"no champion model: {self.load_error or 'not loaded'}"))
+        try:
+            history = json.loads(state["s_items"])
+            _, done = self.store.user_state(session_id=session_id, n=0,
+                                            exclude_types=(*self.rules.exclude_event_types, "add_to_cart"))
+            feats = self._session_features(session_id, state)
+            now = time.time()
+            gone = self._out_of_stock if self.rules.in_stock_only else set()
+            recs = model.recommend(None, k, history, feats, exclude=excl | done | gone, now=now,
+                                   rules=dataclasses.replace(self.rules, in_stock_only=False), intent=intent.name,
+                                   session_categories=_shares(state))
+            if not recs:
+                return answer(self.fallback(session_id, k, excl | done, model, "the model found no candidates", version))
+            return answer(RecommendResponse(user_id=session_id, items=_items(recs), model_version=version, fallback=False,
+                                            strategy="session"))
+        except Exception as exc:
+            log.exception("model failed for session %s", session_id)
+            return answer(self.fallback(session_id, k, excl, model, f"model error: {type(exc).__name__}", version))
+
+    def _session_features(self, session_id: str, state: dict) -> dict:
+        """The ranker's user features for a session: its user's when it has one, else the same
+        features computed from the session's own events (an anonymous visitor seen as a user)."""
+        now = time.time()
+        user = state.get("s_user_id")
+        feats = self.features.online_user(user) if user else None
+        if feats is None:
+            ev = self.store.events_of([], [session_id]).assign(user_id=session_id)
+            row = user_features(ev, pd.DataFrame({"user_id": [session_id], "as_of": pd.Timestamp.now(tz="UTC")}), self._items)
+            feats = row.iloc[0].to_dict()
+        return derive_user_dict(feats, now)
 
     # -- track ----------------------------------------------------------------------------------
     def track(self, evs: list[TrackEvent]) -> TrackResponse:
@@ -135,15 +244,16 @@ class Serving:
         stored = self.store.add_events(frame)
         unknown = sorted(set(frame["item_id"]) - self._known_items) if self._known_items else []
         users = sorted(set(frame["user_id"].dropna()))
+        sessions = sorted(set(frame["session_id"].dropna()))
         warning = None
         try:
-            refresh_users(self.store, self.features, users, self._items, as_of=now)
+            refresh(self.store, self.features, users, sessions, self._items, as_of=now)
         except Exception as exc:  # stored already; the next features run will catch up
             log.exception("online feature update failed")
             warning = f"events stored, but the online feature update failed: {type(exc).__name__}: {exc}"
-            users = []
+            users, sessions = [], []
         return TrackResponse(accepted=len(frame), stored=stored, duplicates=len(frame) - stored,
-                             unknown_items=unknown, online_updated=users, warning=warning)
+                             unknown_items=unknown, online_updated=users, sessions_updated=sessions, warning=warning)
 
     # -- behavioral ---------------------------------------------------------------------------------
     def implicit_rating(self, user_id: str, item_id: str) -> ImplicitRatingResponse:
@@ -163,6 +273,64 @@ class Serving:
             known_user=not mine.empty, known_item=item_id in self._known_items,
             half_life_days=self.settings.decay_half_life_days)
 
+    def _context(self, user_id: str):
+        """The served model and what it needs about a user: recent items, stored features."""
+        with self._lock:
+            model, version = self.model, self.version
+        if model is None:
+            raise NoModel(f"no champion model: {self.load_error or 'not loaded'}")
+        history, _ = self.store.user_state(user_id=user_id, n=HISTORY_LEN)
+        feats = self.features.online_user(user_id)
+        return model, version, history, derive_user_dict(feats, time.time()) if feats else None
+
+    def _check_item(self, model, item_id: str) -> None:
+        if item_id not in model.items.index:
+            raise UnknownItem(f"item {item_id!r} is not in the served model's catalog")
+
+    def predict(self, user_id: str, item_id: str) -> PredictResponse:
+        """The user's preference score for an item and the probability they interact with it."""
+        model, version, history, feats = self._context(user_id)
+        self._check_item(model, item_id)
+        p = model.predict(user_id, item_id, history, feats)
+        return PredictResponse(user_id=user_id, item_id=item_id, model_version=version, known_user=feats is not None or bool(history), **p)
+
+    def explain(self, user_id: str, item_id: str) -> ExplainResponse:
+        """Why an item for a user: generators that proposed it and the ranker's top contributions."""
+        model, version, history, feats = self._context(user_id)
+        self._check_item(model, item_id)
+        return ExplainResponse(user_id=user_id, item_id=item_id, model_version=version, **model.explain(user_id, item_id, history, feats))
+
+    def profile(self, user_id: str) -> ProfileResponse:
+        """Static attributes, preferences and behavioral features of a user, as of now: the profile
+        features (``recops.profile``, the offline code on the user's events), the stored online
+        features (Feast) with their request-time derivations, and the recent items."""
+        now = pd.Timestamp.now(tz="UTC")
+        ev, row = self.store.user_events(user_id), self.store.user_row(user_id)
+        if ev.empty and row is None:
+            raise UnknownUser(f"user {user_id!r} has no events and no row in the users table")
+        prof = user_profile(ev, self._catalog, row, as_of=now, user_id=user_id)
+        online = self.features.online_user(user_id)
+        stored = derive_user_dict(online, now.timestamp()) if online else {}
+        recent = json.loads(stored.pop("u_recent_items", None) or "[]")
+        affinity = json.loads(stored.pop("u_category_affinity", None) or "{}")
+        return ProfileResponse(user_id=user_id, as_of=now.to_pydatetime(), events=len(ev), static=prof["static"],
+                               preferences={**prof["preferences"], "category_affinity": affinity},
+                               features=prof["features"], online_features=stored, recent_items=recent)
+
+    def deals(self, user_id: str, k: int) -> DealsResponse:
+        """Personalised deals on items the user is likely to want (their recommendations). The
+        discount follows their price sensitivity, the item's demand, the season and their region,
+        within the server's policy (``recops.deals``): capped, floored, expiring."""
+        recs = self.recommend(user_id, min(3 * k, 100))
+        ev, row = self.store.user_events(user_id), self.store.user_row(user_id) or {}
+        sensitivity = user_profile(ev, self._catalog, row, user_id=user_id)["features"]["p_price_sensitivity"]
+        now = pd.Timestamp.now(tz="UTC")
+        deals = make_deals([(it.item_id, it.score) for it in recs.items], self._deal_info, sensitivity, row.get("region"),
+                           now, self.deal_policy, k)
+        return DealsResponse(user_id=user_id, deals=deals, price_sensitivity=sensitivity,
+                             max_discount=self.deal_policy.max_discount, floor_ratio=self.deal_policy.floor_ratio,
+                             model_version=recs.model_version, fallback=recs.fallback)
+
     def close(self) -> None:
         self.store.dispose()
 
@@ -180,4 +348,12 @@ class Serving:
 
 
 def _items(recs: list[Recommendation]) -> list[RecommendedItem]:
-    return [RecommendedItem(item_id=r.item_id, rank=n + 1, score=round(r.score, 6), reason=r.reason) for n, r in enumerate(recs)]
+    return [RecommendedItem(item_id=r.item_id, rank=n + 1, score=round(r.score, 6), reason=r.reason,
+                            confidence=r.confidence, sources=r.sources) for n, r in enumerate(recs)]
+
+
+def _shares(state: dict | None) -> dict[str, float]:
+    """Each category's share of a session's events."""
+    cats = json.loads(state["s_categories"]) if state and state.get("s_categories") else {}
+    total = sum(cats.values()) or 1
+    return {c: n / total for c, n in cats.items()}

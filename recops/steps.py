@@ -135,7 +135,7 @@ def validate(settings: Settings, batch_id: str, now: pd.Timestamp | None = None)
 @_timed
 def build_features(settings: Settings, until: pd.Timestamp | None = None) -> dict:
     """Compute the offline feature tables, validate them, write parquet, materialize online."""
-    from recops.features import item_features, snapshot_points, user_features
+    from recops.features import item_features, session_states, snapshot_points, user_features
     from recops.featurestore import FeatureStoreClient
     from recops.validation import run_suite, write_report
 
@@ -156,7 +156,9 @@ def build_features(settings: Settings, until: pd.Timestamp | None = None) -> dic
         raise StepFailed("feature tables failed validation (" + ", ".join(f"{o.suite}: {dict(o.reasons.value_counts())}" for o in failed)
                          + f"); the previous features keep serving. Report: {report}")
     fs = FeatureStoreClient(settings)
-    fs.write_offline(uf, itf)
+    # sessions still open for serving: those active in the last day of the data (the view's TTL is 2 days)
+    recent = events[events["timestamp"] > until - pd.Timedelta(days=1)]
+    fs.write_offline(uf, itf, session_states(recent, items.set_index("item_id")["category"] if not items.empty else None))
     fs.apply()
     fs.materialize(until)
     return {"user_rows": int(len(uf)), "item_rows": int(len(itf)), "until": str(until), "report": str(report),

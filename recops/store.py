@@ -188,6 +188,20 @@ class EventStore:
             rows = conn.execute(q.order_by(events.c.timestamp)).all()
         return _from_epoch(pd.DataFrame(rows, columns=EVENT_COLUMNS))
 
+    def events_of(self, user_ids: list[str], session_ids: list[str] = ()) -> pd.DataFrame:
+        """Every event of these users and of these sessions, in one query (the /track refresh)."""
+        conds = []
+        if user_ids:
+            conds.append(events.c.user_id.in_(list(user_ids)))
+        if session_ids:
+            conds.append(events.c.session_id.in_(list(session_ids)))
+        if not conds:
+            return _from_epoch(pd.DataFrame(columns=EVENT_COLUMNS))
+        q = sa.select(*[events.c[c] for c in EVENT_COLUMNS]).where(sa.or_(*conds)).order_by(events.c.timestamp)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return _from_epoch(pd.DataFrame(rows, columns=EVENT_COLUMNS))
+
     def user_state(self, user_id: str | None = None, session_id: str | None = None, n: int = 20,
                    exclude_types: tuple[str, ...] = ()) -> tuple[list[str], set[str]]:
         """A user's (or session's) recent distinct items, newest first, and items to exclude.
@@ -224,6 +238,12 @@ class EventStore:
         df["created_at"] = pd.to_datetime(df["created_at"], unit="s", utc=True)
         df["in_stock"] = df["in_stock"].astype("boolean").fillna(True).astype(bool)
         return df
+
+    def user_row(self, user_id: str) -> dict | None:
+        """One user's demographics (age, gender, region), or None when the users table has no row."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(users).where(users.c.user_id == user_id)).mappings().first()
+        return dict(row) if row else None
 
     def users(self) -> pd.DataFrame:
         with self.engine.connect() as conn:

@@ -21,6 +21,7 @@ import copy
 
 import numpy as np
 import pandas as pd
+from sklearn.isotonic import IsotonicRegression
 
 from recops.config import Settings
 from recops.evaluation import SEGMENTS, EvalSplit, generator_recommender, global_split, recommend_all
@@ -286,7 +287,22 @@ def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: S
     booster = train_ranker(xa, ya, ga, model.feature_names, params={"num_boost_round": max(int(np.median(rounds)), 1)}, **params)
     stats = {"ranker_windows": len(windows), "ranker_train_groups": int(len(ga)), "ranker_train_rows": int(len(ya)),
              "ranker_best_iteration": int(np.median(rounds)), **scores}
-    return booster, scorer, stats
+    return booster, scorer, stats, calibrate(folds)
+
+
+def calibrate(folds: list) -> IsotonicRegression:
+    """P(the user interacts with the item in the holdout | its ranker score's gap to the user's best
+    candidate), fitted on the out-of-fold candidate lists. LambdaRank scores only order one user's
+    list; the gap to that list's top is comparable across users (and across refits), the raw score
+    is not. Monotone (isotonic): a smaller gap never gets a lower probability."""
+    gaps, hits = [], []
+    for fit, x, users, labels, _ in folds:
+        for u, (a, b), _ in users:
+            s = fit.predict(x[a:b], num_threads=1)
+            gaps.append(s - s.max())
+            hits.append(labels[u] > 0)
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+    return iso.fit(np.concatenate(gaps), np.concatenate(hits).astype(float))
 
 
 def choose_scorers(generators: list[str], folds: list, k: int) -> tuple[dict[str, str], dict[str, float]]:
@@ -342,10 +358,10 @@ def train_on_split(train: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
     table = ItemTable.build(pd.DataFrame({"item_id": pd.unique(train["item_id"])}), items)
     fitted = [(RecopsModel(fit_generators(generators, w.train, items, users), None, table, settings.candidates_per_source),
                w, provider or DirectFeatures(w.train, items)) for w in windows]
-    ranker, scorer, stats = fit_ranker(fitted, settings)
+    ranker, scorer, stats, calibration = fit_ranker(fitted, settings)
     model = RecopsModel(fit_generators(generators, train, items, users), ranker, table, settings.candidates_per_source,
                         meta={"ranker": stats, "tuned": tuned, "scorer": scorer})
-    model.scorer = scorer
+    model.scorer, model.calibration = scorer, calibration
     return model
 
 
@@ -438,5 +454,7 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
     final = RecopsModel(fit_generators(model.generators, events, items, users), model.ranker,
                         item_table_at(fs, items, events, end), settings.candidates_per_source,
                         meta={"split": split, "trained_on_events": int(len(events)), **model.meta})
-    final.scorer = dict(model.scorer)
+    final.scorer, final.calibration = dict(model.scorer), model.calibration
+    # cold start: users with demographics and no events yet get their segment's favourites
+    final.demographic = make_generator("demographic", settings).fit(events, items, users)
     return final, {"split": split, "ranker": model.meta["ranker"], "tuned": model.meta["tuned"], "eval": ev}

@@ -27,11 +27,11 @@ class TrackEvent(BaseModel):
     # (no model-level "examples": BentoML 1.4's OpenAPI generator rejects that key with a 500)
     model_config = ConfigDict(extra="forbid")
 
-    event_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    user_id: Id | None = None
-    session_id: Id | None = None
-    item_id: Id
-    event_type: Annotated[str, Field(min_length=1, max_length=64)]
+    event_id: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(None, examples=["web-81f2c0"])
+    user_id: Id | None = Field(None, examples=["u17"])
+    session_id: Id | None = Field(None, examples=["s-7f3a"])
+    item_id: Id = Field(examples=["i42"])
+    event_type: Annotated[str, Field(min_length=1, max_length=64)] = Field(examples=["add_to_cart"])
     timestamp: datetime | None = Field(default=None, description="ISO 8601; default: now. Naive times are UTC.")
     value: Annotated[float, Field(ge=0, le=1_000_000)] | None = Field(default=None, description="price, quantity or rating")
     context: dict[str, Any] | None = None
@@ -62,29 +62,46 @@ class TrackEvent(BaseModel):
 
 
 class TrackResponse(BaseModel):
-    accepted: int
+    accepted: int = Field(examples=[1])
     stored: int = Field(description="new events (a repeated event_id is stored once)")
     duplicates: int
     unknown_items: list[str] = Field(default_factory=list, description="item ids not in the catalog (accepted, flagged)")
     online_updated: list[str] = Field(default_factory=list, description="users whose online features were refreshed")
+    sessions_updated: list[str] = Field(default_factory=list, description="sessions whose live state was refreshed")
     warning: str | None = None
 
 
 class RecommendedItem(BaseModel):
-    item_id: str
-    rank: int
-    score: float
-    reason: str
+    item_id: str = Field(examples=["i42"])
+    rank: int = Field(examples=[1])
+    score: float = Field(description="the ranker's score (or the answering generator's); comparable within one list")
+    reason: str = Field(examples=["Often viewed together with Trail Shoe 12, which you looked at recently"])
+    confidence: float = Field(0.0, ge=0, le=1, description="how much to trust it: evidence about the person x agreement of the generators")
+    sources: list[str] = Field(default_factory=list, description="the candidate generators that proposed it", examples=[["covisit", "ease"]])
 
 
-class RecommendResponse(BaseModel):
+class RankedList(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
-    user_id: str
     items: list[RecommendedItem]
-    model_version: str | None
-    fallback: bool
-    fallback_reason: str | None = None
+    model_version: str | None = Field(description="the registered model version that answered", examples=["3"])
+    fallback: bool = Field(description="true when trending items answered instead of the model")
+    fallback_reason: str | None = Field(None, examples=["unknown user: no events yet"])
+    strategy: str = Field("personalized", description="personalized (the ranker on the person's history), session (a "
+                          "new user's first events, read as a session with an intent), demographic (no events yet; "
+                          "what shoppers of the same age band, gender and region take), trending (nothing known)",
+                          examples=["personalized"])
+
+
+class RecommendResponse(RankedList):
+    user_id: str
+
+
+class SessionRecommendResponse(RankedList):
+    session_id: str
+    intent: str = Field(description="browsing, research or transactional", examples=["research"])
+    intent_reason: str = Field(examples=["comparing items in Outdoor"])
+    signals: dict[str, float] = Field(default_factory=dict, description="what the intent was read from")
 
 
 class ImplicitRatingResponse(BaseModel):
@@ -92,10 +109,102 @@ class ImplicitRatingResponse(BaseModel):
 
     user_id: str
     item_id: str
-    rating: float = Field(description="implicit rating in [0, 5]: 5 * (1 - exp(-score / 3))")
+    rating: float = Field(description="implicit rating in [0, 5]: 5 * (1 - exp(-score / 3))", examples=[3.68])
     score: float = Field(description="summed decayed event weights")
     events: dict[str, int] = Field(default_factory=dict, description="the user's events on the item, by type")
     last_event: datetime | None = None
     known_user: bool = Field(description="the user has any event")
     known_item: bool = Field(description="the item is in the catalog")
     half_life_days: float
+
+
+class PredictResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    user_id: str
+    item_id: str
+    score: float = Field(description="preference score (the ranker's, or the answering generator's)")
+    score_gap: float = Field(description="score minus the user's best candidate's score (0: the top item)")
+    rank: int = Field(description="the item's rank among the user's candidates (before business rules)", examples=[3])
+    candidates: int = Field(description="how many candidates the user's list was ranked from")
+    probability: float | None = Field(description="calibrated P(the user interacts with the item soon), from held-out data",
+                                      examples=[0.12])
+    proposed_by: list[str] = Field(description="the candidate generators that proposed it", examples=[["covisit"]])
+    known_user: bool
+    model_version: str | None
+
+
+class GeneratorVote(BaseModel):
+    generator: str = Field(examples=["covisit"])
+    rank: int = Field(examples=[4])
+    score: float
+
+
+class Contribution(BaseModel):
+    feature: str = Field(examples=["x_category_affinity"])
+    value: float
+    contribution: float = Field(description="the feature's share of the ranker score (LightGBM pred_contrib)")
+    reason: str = Field(examples=["raises it: beauty is 45% of your activity"])
+
+
+class ExplainResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    user_id: str
+    item_id: str
+    model_version: str | None
+    scorer: str = Field(description="what ranked this user's list: the ranker, or a generator chosen for the user's segment")
+    score: float
+    rank: int
+    proposed_by: list[GeneratorVote]
+    contributions: list[Contribution] = Field(description="the ranker's largest feature contributions, largest first")
+    reason: str
+
+
+class ProfileResponse(BaseModel):
+    user_id: str
+    as_of: datetime = Field(description="the time the profile was computed for")
+    events: int = Field(description="the user's stored events")
+    static: dict[str, Any] = Field(description="age, gender, region (null when unknown)",
+                                   examples=[{"age": 31, "gender": "f", "region": "north"}])
+    preferences: dict[str, Any] = Field(description="top categories, price range, favourite action, active hours, "
+                                        "category affinity")
+    features: dict[str, float | int | None] = Field(description="behavioral profile features (recops.profile."
+                                                    "PROFILE_FEATURES): activity, engagement, conversion, peak hours "
+                                                    "and days, recency score, diversity, exploration, price sensitivity",
+                                                    examples=[{"p_view_to_purchase": 0.08, "p_peak_hour": 20}])
+    online_features: dict[str, Any] = Field(description="the stored online features (Feast user_behavior), plus "
+                                            "recency and tenure derived at request time")
+    recent_items: list[str] = Field(description="recent distinct items, newest first", examples=[["i42", "i7"]])
+
+
+class DealsRequest(BaseModel):
+    """Only who and how many: prices and discounts are the server's to decide."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Id = Field(examples=["u17"])
+    k: int = Field(5, ge=1, le=50, description="how many deals at most")
+
+
+class Deal(BaseModel):
+    item_id: str = Field(examples=["i42"])
+    title: str
+    list_price: float = Field(examples=[40.0])
+    deal_price: float = Field(description="never below the floor price, never above the list price", examples=[34.0])
+    discount: float = Field(ge=0, le=1, description="share off the list price, at most the policy's cap", examples=[0.15])
+    expires_at: datetime
+    reason: str = Field(examples=["15% off this kitchen item: you often choose lower-priced items"])
+    score: float
+
+
+class DealsResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    user_id: str
+    deals: list[Deal]
+    price_sensitivity: float = Field(description="0.5 neutral; towards 1 the user buys below category medians")
+    max_discount: float = Field(description="the server's cap on any discount")
+    floor_ratio: float = Field(description="a deal price never goes below this share of the list price")
+    model_version: str | None
+    fallback: bool = Field(description="the deals were picked from trending items, not the model's recommendations")

@@ -3,8 +3,14 @@
 - ``POST /recommend``: items, scores, a reason per item, the model version, and whether (and why)
   the fallback answered (no champion, a failing model, an unknown user): never a 5xx for a valid request.
 - ``POST /track`` (one event) and ``POST /track/batch`` (a list): persisted first, then the users'
-  online features are recomputed and pushed to the Feast online store.
+  online features, their sessions' state and recent items are recomputed and pushed to the Feast
+  online store before the 2xx.
+- ``POST /session/recommend``: the same for a session (anonymous shoppers), steered by its intent.
 - ``GET /implicit-rating?user_id=&item_id=``: the user's implicit rating of an item, as of now.
+- ``POST /predict`` (preference score, calibrated probability), ``GET /explain`` (generators and the
+  ranker's feature contributions in words).
+- ``GET /users/{id}/profile``: static attributes, preferences, 20+ behavioral features.
+- ``POST /deals``: personalised deals, capped and floored by the server's policy.
 - ``GET /health``, ``GET /model``. Invalid input gets a 4xx naming the bad field.
 
 The champion is loaded from the MLflow registry by alias and re-checked every
@@ -20,11 +26,13 @@ import threading
 from typing import Annotated
 
 import bentoml
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, HTTPException, Path, Query
 from pydantic import Field
 
 from recops.config import load_settings
-from recops.services.schemas import ImplicitRatingResponse, RecommendResponse, TrackEvent, TrackResponse
+from recops.services.schemas import (DealsRequest, DealsResponse, ExplainResponse, ImplicitRatingResponse,
+                                     PredictResponse, ProfileResponse, RecommendResponse, SessionRecommendResponse,
+                                     TrackEvent, TrackResponse)
 
 app = FastAPI(title="recops", description="Real-time behavioral recommendations")
 
@@ -55,6 +63,18 @@ class Recops:
         saves the thread-pool hand-off, which cost more than the work itself (bench/serving.py)."""
         return self.rt.recommend(user_id, k, session_id, exclude)
 
+    @bentoml.api(route="/session/recommend")
+    def session_recommend(
+        self,
+        session_id: Annotated[str, Field(min_length=1, max_length=128, description="the session (anonymous or not)",
+                                         examples=["s-7f3a"])],
+        k: Annotated[int, Field(ge=1, le=100, description="how many items")] = 10,
+        exclude: Annotated[list[str], Field(max_length=1000)] | None = None,
+    ) -> SessionRecommendResponse:
+        """Top-k for a session from its live state, steered by its intent (browsing, research,
+        transactional), with the intent, the signals it was read from and a reason per item."""
+        return self.rt.session_recommend(session_id, k, exclude)
+
     @bentoml.api(route="/track")
     def track(self, event: TrackEvent, /) -> TrackResponse:
         """Store one event (idempotent on event_id), then refresh the user's online features."""
@@ -78,6 +98,36 @@ class Recops:
         """The user's implicit rating (0-5) of an item, from their events on it, as of now."""
         return self.rt.implicit_rating(user_id, item_id)
 
+    @bentoml.api(route="/predict")
+    def predict(
+        self,
+        user_id: Annotated[str, Field(min_length=1, max_length=128, examples=["u17"])],
+        item_id: Annotated[str, Field(min_length=1, max_length=128, examples=["i42"])],
+    ) -> PredictResponse:
+        """The user's preference score for an item and the calibrated probability of an interaction."""
+        return _answer(self.rt.predict, user_id, item_id, api=True)
+
+    @app.get("/explain")
+    def explain(
+        self,
+        user_id: Annotated[str, Query(min_length=1, max_length=128, description="the user")],
+        item_id: Annotated[str, Query(min_length=1, max_length=128, description="the item")],
+    ) -> ExplainResponse:
+        """Why this item for this user: the generators that proposed it and the ranker's top feature
+        contributions (LightGBM ``pred_contrib``) as readable reasons."""
+        return _answer(self.rt.explain, user_id, item_id)
+
+    @app.get("/users/{user_id}/profile")
+    def profile(self, user_id: Annotated[str, Path(min_length=1, max_length=128)]) -> ProfileResponse:
+        """Static attributes, preferences and 20+ behavioral features of a user, as of now."""
+        return _answer(self.rt.profile, user_id)
+
+    @bentoml.api(route="/deals")
+    def deals(self, request: DealsRequest, /) -> DealsResponse:
+        """Personalised deals on items the user is likely to want: discounts from their price
+        sensitivity, the item's demand, season and region, capped and floored by the server."""
+        return self.rt.deals(request.user_id, request.k)
+
     @app.get("/health")
     def health(self) -> dict:
         """Liveness plus what is being served."""
@@ -87,3 +137,16 @@ class Recops:
     def model_info(self) -> dict:
         """The served champion: registry name, version, when it was loaded, its features."""
         return self.rt.model_info()
+
+
+def _answer(fn, *args, api: bool = False):
+    """Map the domain errors of ``Serving`` to HTTP: an unknown item is a 404, no model a 503
+    (as BentoML exceptions in ``bentoml.api`` methods, as FastAPI's in the FastAPI routes)."""
+    from recops.serving import NoModel, UnknownItem, UnknownUser
+
+    try:
+        return fn(*args)
+    except (UnknownItem, UnknownUser) as exc:
+        raise (bentoml.exceptions.NotFound(str(exc)) if api else HTTPException(404, str(exc))) from None
+    except NoModel as exc:
+        raise (bentoml.exceptions.ServiceUnavailable(str(exc)) if api else HTTPException(503, str(exc))) from None

@@ -1,5 +1,6 @@
 """End to end: the real pipeline flow (Prefect) in a temp dir, then the real BentoML server over HTTP."""
 
+import json
 import time
 
 import pandas as pd
@@ -110,6 +111,7 @@ def test_recommendations_follow_tracked_events(client, trained):
     cat_of = items.set_index("item_id")["category"]
     share = lambda body: sum(cat_of.get(it["item_id"]) == cat for it in body["items"]) / len(body["items"])  # noqa: E731
     assert share(after) > share(before), (share(before), share(after))
+    assert all(0 < it["confidence"] <= 1 for it in after["items"]) and after["items"][0]["sources"]
 
 
 def test_track_is_idempotent_and_durable(client, trained):
@@ -133,3 +135,30 @@ def test_health_and_model(client, trained):
     assert m["version"] == trained[1]["train"]["version"] and "u_view_7d" in m["features"]
     spec = client.get("/docs.json").json()
     assert {"/recommend", "/track", "/track/batch", "/health", "/model", "/implicit-rating"} <= set(spec["paths"])
+
+
+ENDPOINTS = {"/recommend": "post", "/session/recommend": "post", "/track": "post", "/track/batch": "post",
+             "/predict": "post", "/deals": "post", "/explain": "get", "/implicit-rating": "get",
+             "/users/{user_id}/profile": "get"}
+
+
+def test_openapi_documents_every_endpoint_with_models_and_examples(client):
+    spec = client.get("/docs.json").json()
+
+    def resolve(node, depth=0):
+        """The node with $refs to components expanded (a few levels: enough to reach the fields)."""
+        if isinstance(node, dict):
+            if "$ref" in node and depth < 4:
+                return resolve(spec["components"]["schemas"][node["$ref"].rsplit("/", 1)[-1]], depth + 1)
+            return {k: resolve(v, depth) for k, v in node.items()}
+        return [resolve(v, depth) for v in node] if isinstance(node, list) else node
+
+    for path, method in ENDPOINTS.items():
+        assert path in spec["paths"] and method in spec["paths"][path], path
+        op = resolve(spec["paths"][path][method])
+        assert op.get("description") or op.get("summary"), path
+        ok = op["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok.get("properties") or ok.get("items"), (path, ok)  # a response model, not "any"
+        request = op["requestBody"]["content"]["application/json"]["schema"] if method == "post" else op["parameters"]
+        assert request, path
+        assert '"examples"' in json.dumps(op) or '"example"' in json.dumps(op), path  # examples shown in the docs

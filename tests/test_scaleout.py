@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from recops import registry, steps
 from recops.config import load_settings
 from recops.featurestore import FeatureStoreClient
-from recops.online import refresh_users
+from recops.online import refresh
 from recops.store import EventStore
 from tests.conftest import END
 
@@ -72,7 +72,7 @@ def test_scaleout_pipeline_on_postgres_and_redis(scaleout):
     ev = pd.DataFrame({"event_id": [f"so-{uuid.uuid4().hex}"], "user_id": [user], "item_id": ["i1"], "event_type": ["purchase"],
                        "timestamp": [now], "session_id": ["so"], "value": [12.5], "context": [None]})
     assert store.add_events(ev) == 1
-    refresh_users(store, fs, [user], store.items(), as_of=now)
+    refresh(store, fs, [user], [], store.items(), as_of=now)
     after = fs.online_user(user)
     assert after["u_purchase_1d"] >= 1 and after["u_last_event_ts"] > before["u_last_event_ts"]
     # the /recommend hot query (driver-level SQL, pyformat on psycopg2) on PostgreSQL

@@ -6,7 +6,7 @@ import pytest
 
 from recops.features import USER_FEATURES, derive_user, derive_user_dict
 from recops.featurestore import FeatureStoreClient
-from recops.online import refresh_users
+from recops.online import refresh
 from recops.store import EventStore
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +22,7 @@ def test_offline_point_in_time_equals_online_push(trained):
     t = (until - pd.Timedelta(days=3)).floor("D")  # a snapshot midnight inside it
     offline = fs.historical(pd.DataFrame({"user_id": users, "event_timestamp": t}), "user").set_index("user_id")
     try:
-        refresh_users(store, fs, users, items, as_of=t)  # the /track code path, as of the same time
+        refresh(store, fs, users, [], items, as_of=t)  # the /track code path, as of the same time
         for u in users:
             online = fs.online_user(u)
             assert online is not None
@@ -40,5 +40,5 @@ def test_offline_point_in_time_equals_online_push(trained):
         raw = events[(events["user_id"] == u) & (events["timestamp"] <= t) & (events["timestamp"] > t - pd.Timedelta(days=7))]
         assert offline.loc[u, "u_view_7d"] == (raw["event_type"] == "view").sum()
     finally:
-        refresh_users(store, fs, users, items)  # back to the current state for the other tests
+        refresh(store, fs, users, [], items)  # back to the current state for the other tests
         store.dispose()

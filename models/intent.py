@@ -1,0 +1,83 @@
+"""Session intent: what a visit is for, read off its live state, and how ranking follows it.
+
+- **transactional**: something went into the cart or was bought: show what goes with it
+  (co-visitation complements), not more of the same.
+- **research**: a narrow look at one category (or at two, with dwell, repeat views or clicks):
+  show close alternatives in those categories.
+- **browsing**: a quick wander: show a diverse list (at most two items per category).
+
+The ranker scores candidates from the session's own behavioral features (event mix, cart activity,
+category affinity: the signals intent is read from); the intent then tilts those scores by at most
+one spread of the list and picks the business rules, and the reasons say why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from recops.models.rules import BusinessRules
+
+INTENTS = ("browsing", "research", "transactional")
+RESEARCH_DWELL_SECONDS = 30.0
+RESEARCH_FOCUS = 0.6  # share of the session's events in its top category
+RESEARCH_FOCUS_ENGAGED = 0.4  # ... enough when the visitor also dwells, re-views or clicks
+
+
+@dataclass(frozen=True)
+class Intent:
+    name: str
+    signals: dict
+    why: str
+
+
+def _loads(raw) -> dict:
+    try:
+        v = json.loads(raw) if isinstance(raw, str) and raw else {}
+    except ValueError:
+        return {}
+    return v if isinstance(v, dict) else {}
+
+
+def infer_intent(state: dict | None) -> Intent:
+    """The intent of a session from its state (``recops.features.SESSION_FEATURES``)."""
+    if not state:
+        return Intent("browsing", {}, "a new visit")
+    mix, cats = _loads(state.get("s_event_mix")), _loads(state.get("s_categories"))
+    n = int(state.get("s_n_events") or 0)
+    n_items = int(state.get("s_n_items") or 0)
+    dwell = float(state.get("s_dwell_seconds") or 0.0)
+    carts, buys = int(mix.get("add_to_cart", 0)), int(mix.get("purchase", 0))
+    views, clicks = int(mix.get("view", 0)), int(mix.get("click", 0))
+    focus = max(cats.values()) / max(sum(cats.values()), 1) if cats else 0.0
+    signals = {"events": n, "items": n_items, "carts": carts, "purchases": buys, "dwell_seconds": round(dwell, 1),
+               "category_focus": round(focus, 3), "click_rate": round(clicks / max(views, 1), 3)}
+    if carts or buys:
+        return Intent("transactional", signals, f"{carts} item(s) added to the cart" + (f", {buys} bought" if buys else ""))
+    engaged = dwell >= RESEARCH_DWELL_SECONDS or n > n_items or clicks >= max(1, views // 2)
+    if n >= 3 and (focus >= RESEARCH_FOCUS or (engaged and focus >= RESEARCH_FOCUS_ENGAGED)):
+        top = max(cats, key=cats.get)
+        return Intent("research", signals, f"comparing items in {top}")
+    return Intent("browsing", signals, f"{len(cats)} categories looked at, no cart activity")
+
+
+def intent_rules(intent: str | None, rules: BusinessRules) -> BusinessRules:
+    """Browsing gets a diverse list: at most two items per category (unless a stricter cap is set)."""
+    if intent == "browsing" and not 0 < rules.max_per_category <= 2:
+        return dataclasses.replace(rules, max_per_category=2)
+    return rules
+
+
+def intent_scores(intent: str | None, scores: np.ndarray, complements: np.ndarray, category_share: np.ndarray) -> np.ndarray:
+    """Tilt one list's scores toward what the intent wants, by at most one spread of the list:
+    complements (proposed by co-visitation) for transactional sessions, items of the session's own
+    categories (``category_share``: the category's share of the session's events) for research."""
+    spread = float(scores.std()) or 1.0
+    if intent == "transactional":
+        return scores + spread * complements.astype(float)
+    if intent == "research":
+        return scores + spread * category_share
+    return scores
