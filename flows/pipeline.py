@@ -85,6 +85,16 @@ def recommend_flow(users_path: str, out_path: str, k: int | None = None, version
     return _log(res, "batch-recommend")
 
 
+@flow(name="batch-next-items")
+def next_items_flow(sessions_path: str, out_path: str, k: int = 20, version: str | None = None,
+                    alias: str | None = None) -> dict:
+    """Offline next-item evaluation: the served model's top-k after every prefix of every session."""
+    res = steps.next_items_batch(load_settings(), sessions_path, out_path, k=k, version=version, alias=alias)
+    create_markdown_artifact(f"Next items for {res['sessions']} sessions with version {res['version']} → `{res['out']}` "
+                             f"({res['rows']} rows)", key="batch-next-items", description="batch next items")
+    return _log(res, "batch-next-items")
+
+
 @flow(name="evaluate")
 def evaluate_flow() -> dict:
     """@challenger vs @champion on the same holdout."""

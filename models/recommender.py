@@ -22,6 +22,7 @@ from recops.models.intent import intent_rules, intent_scores
 from recops.models.popularity import Popularity
 from recops.models.rules import BusinessRules, apply_rules
 
+SESSION_LIFT = 2.0  # the most the live session's next-item signal lifts a score, in spreads of the user's list
 CROSS_FEATURES = ["x_category_affinity", "x_is_top_category", "x_price_ratio", "x_in_history"]
 # item features that come from the feature store (the rest, price and age, come from the catalog)
 STORED_ITEM_FEATURES = [c for c in ITEM_MODEL_FEATURES if c not in ("i_price", "i_age_days")]
@@ -253,14 +254,17 @@ class RecopsModel:
     def recommend(self, user_id: str | None, k: int, history: list[str], user_feats: dict | None,
                   exclude: set[str] | None = None, now: float | None = None,
                   rules: BusinessRules | None = None, intent: str | None = None,
-                  session_categories: dict[str, float] | None = None) -> list[Recommendation]:
+                  session_categories: dict[str, float] | None = None,
+                  session_items: list[str] | None = None) -> list[Recommendation]:
         """Top-``k`` for one user. ``exclude``: items never to show (the caller derives the user's
         from ``rules.exclude_event_types``); ``rules``: stock, category cap, fresh boost;
         ``intent`` (a session's, ``recops.models.intent``) tilts the scores and picks rules, with
-        ``session_categories`` (category: share of the session's events)."""
+        ``session_categories`` (category: share of the session's events); ``session_items`` (the
+        live session, newest first) adds and lifts what usually comes next after them."""
         rules = intent_rules(intent, rules or BusinessRules())
         now = float(now if now is not None else pd.Timestamp.now(tz="UTC").timestamp())
         idx, gen_feats, proposed = self.candidates(history, user_id)
+        idx, gen_feats, proposed, nxt = self._with_next(idx, gen_feats, proposed, session_items)
         if len(idx) == 0:
             return []
         keep = np.ones(len(idx), dtype=bool)
@@ -268,7 +272,7 @@ class RecopsModel:
             keep &= ~np.isin(idx, self.items.positions(list(exclude)))
         if rules.in_stock_only:
             keep &= self.items.in_stock[idx]
-        idx, gen_feats, proposed = idx[keep], gen_feats[keep], proposed[keep]
+        idx, gen_feats, proposed, nxt = idx[keep], gen_feats[keep], proposed[keep], nxt[keep]
         if len(idx) == 0:
             return []
         uvec, aff, top = user_vector(user_feats)
@@ -277,20 +281,72 @@ class RecopsModel:
         x = feature_matrix(gen_feats, idx, uvec, aff, top, in_hist, self.items, now)
         scores = self.score_matrix(x, segment_of(history))
         names = list(self.generators)
+        if nxt.any():  # the live session: what comes next after its items, by up to SESSION_LIFT spreads
+            scores = scores + SESSION_LIFT * (float(scores.std()) or 1.0) * nxt
         if intent:
             share = np.array([(session_categories or {}).get(c, 0.0) for c in self.items.category[idx]])
             cv = names.index("covisit") if "covisit" in names else None
             scores = intent_scores(intent, scores, proposed[:, cv] if cv is not None else np.zeros(n, bool), share)
         order = rank_order(self, x, scores, idx, k, rules)
-        sources = [[names[g] for g in np.flatnonzero(proposed[o])] for o in order]
+        sources = [[names[g] for g in np.flatnonzero(proposed[o])] + (["next_item"] if nxt[o] > 0 else []) for o in order]
         cv = self.generators.get("covisit")
         because = cv.strongest_source(history[:10], [str(self.items.ids[idx[o]]) for o, src in zip(order, sources)
                                                       if "covisit" in src]) if cv is not None else {}
-        conf = confidence(len(history), proposed[order].sum(axis=1), len(names))
+        ni = getattr(self, "next_item", None)
+        after = {}  # a strong next-item signal explains an item best: the session item it follows
+        for o in order:
+            if nxt[o] >= 0.5:
+                item = str(self.items.ids[idx[o]])
+                after[item] = ni.strongest_rule(session_items, item)
+        conf = confidence(len(history), np.array([len(src) for src in sources]), len(names) + (ni is not None))
         return [Recommendation(item_id=str(self.items.ids[idx[o]]), score=float(scores[o]),
-                               reason=self._reason(idx[o], src, because, aff, intent, session_categories),
+                               reason=self._reason(idx[o], src, because, aff, intent, session_categories, after),
                                sources=src, confidence=float(c))
                 for o, src, c in zip(order, sources, conf)]
+
+    def _with_next(self, idx, gen_feats, proposed, session_items):
+        """The candidates plus the next-item model's top proposals after ``session_items`` (rows
+        no generator proposed get "not proposed" features), and each row's next-item score
+        relative to the best one (0: not proposed by it)."""
+        ni = getattr(self, "next_item", None)
+        nxt = np.zeros(len(idx))
+        if not session_items or ni is None:
+            return idx, gen_feats, proposed, nxt
+        gi, s = ni.score_indices(list(session_items), self.candidates_per_source)
+        pos = self._table_positions("next_item", ni)[gi]
+        ok = (pos >= 0) & (s > 0)
+        pos, s = pos[ok], s[ok]
+        if not len(pos):
+            return idx, gen_feats, proposed, nxt
+        new = np.setdiff1d(pos, idx)
+        if len(new):
+            unproposed = np.zeros((len(new), gen_feats.shape[1]))
+            unproposed[:, 1::2] = self.candidates_per_source + 1
+            idx, gen_feats = np.concatenate([idx, new]), np.vstack([gen_feats, unproposed])
+            proposed = np.vstack([proposed, np.zeros((len(new), proposed.shape[1]), dtype=bool)])
+            nxt = np.zeros(len(idx))
+        where = {p: n for n, p in enumerate(idx)}
+        nxt[[where[p] for p in pos]] = s / s.max()
+        return idx, gen_feats, proposed, nxt
+
+    def next_items(self, recent: list[str], k: int, exclude: set[str] | None = None) -> list[Recommendation]:
+        """The likeliest next items after ``recent`` (newest first), with the recent item that
+        leads to each; popularity fills in when the session says nothing yet."""
+        ni = getattr(self, "next_item", None)
+        if ni is None:
+            return []
+        out = []
+        for item, score in ni.predict(recent, k, exclude=tuple(exclude or ())):
+            src = ni.strongest_rule(recent, item) if score > 0 else None
+            p = self.items.index.get(item)
+            cat = self.items.category[p] if p is not None else "the catalog"
+            reason = f"Often chosen next after {self._title(src)}" if src else f"Popular now in {cat}"
+            out.append(Recommendation(item, float(score), reason, ["next_item"] if src else ["popularity"]))
+        return out
+
+    def _title(self, item: str | None) -> str:
+        p = self.items.index.get(item) if item else None
+        return (self.items.title[p] or item) if p is not None else str(item)
 
     # -- one item: predict and explain ------------------------------------------------------------
     def _scored(self, user_id: str | None, history: list[str], user_feats: dict | None, now: float, item: str):
@@ -344,9 +400,11 @@ class RecopsModel:
                 "reason": self._reason(idx[r], [g["generator"] for g in gens], because, aff)}
 
     def _reason(self, item_idx: int, sources: list[str], because: dict, affinity: dict, intent: str | None = None,
-                session_categories: dict | None = None) -> str:
+                session_categories: dict | None = None, after: dict | None = None) -> str:
         item = self.items.ids[item_idx]
         cat = self.items.category[item_idx]
+        if (after or {}).get(item):
+            return f"Often chosen next after {self._title(after[item])}, which you just looked at"
         if "covisit" in sources and item in because:
             h = because[item]
             title = self.items.title[self.items.index[h]] if h in self.items.index else h

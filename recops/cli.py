@@ -188,6 +188,25 @@ def recommend(
     _print(_run("recommend", recommend_flow, users_path=str(users), out_path=str(out), k=k, version=version, alias=alias))
 
 
+@app.command("next-items")
+def next_items(
+    sessions: Path = typer.Option(..., "--sessions", help="CSV with session_id, item_id, timestamp"),
+    out: Path = typer.Option(..., "--out", help="CSV to write: session_id, step, item_id, rank"),
+    k: int = typer.Option(20, "--k", min=1, max=1000, help="items per prefix"),
+    version: Optional[str] = typer.Option(None, "--version", help="a registered version (default: the newest)"),
+    alias: Optional[str] = typer.Option(None, "--alias", help="or the version an alias points at, e.g. champion"),
+) -> None:
+    """Next-item predictions for every prefix of every session (step t: given the first t items,
+    predict item t+1), for offline evaluation."""
+    settings()
+    if version and alias:
+        raise typer.BadParameter("give --version or --alias, not both")
+    from recops.flows.pipeline import next_items_flow
+
+    _print(_run("next-items", next_items_flow, sessions_path=str(sessions), out_path=str(out), k=k, version=version,
+                alias=alias))
+
+
 @app.command()
 def evaluate() -> None:
     """Compare @challenger with @champion on the same holdout."""

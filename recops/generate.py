@@ -292,3 +292,43 @@ def _corrupt(events: pd.DataFrame, share: float, rng: np.random.Generator, end_t
     out["timestamp"] = pd.to_datetime(out["timestamp"], utc=True)
     out["value"] = pd.to_numeric(out["value"])
     return out.drop(columns="bad_kind")
+
+
+def plant_sequences(events: pd.DataFrame, items: pd.DataFrame, sequence: list[str] | None = None,
+                    n_sessions: int = 200, seed: int = 0, noise: float = 0.1, user_share: float = 0.0,
+                    gap_seconds: float = 40.0) -> pd.DataFrame:
+    """``events`` plus ``n_sessions`` view sessions that walk ``sequence`` (default: 4 random catalog
+    items) in order, each step preceded with probability ``noise`` by a random other catalog item,
+    so a test can check that a next-item model recovers the chain. A ``user_share`` of the sessions
+    belong to random users of ``events``; the rest are anonymous (no user_id), as OTTO's are."""
+    rng = np.random.default_rng(seed)
+    catalog = items["item_id"].to_numpy(dtype=object)
+    chain = np.asarray(sequence if sequence is not None else rng.choice(catalog, 4, replace=False), dtype=object)
+    others = catalog[~np.isin(catalog, chain)]
+    # slot 2j: a noise item (present with probability ``noise``), slot 2j + 1: chain[j]
+    grid = np.empty((n_sessions, 2 * len(chain)), dtype=object)
+    grid[:, 0::2] = rng.choice(others, grid[:, 0::2].shape)
+    grid[:, 1::2] = chain
+    present = np.ones(grid.shape, dtype=bool)
+    present[:, 0::2] = rng.random(grid[:, 0::2].shape) < noise
+    sess = np.broadcast_to(np.arange(n_sessions)[:, None], grid.shape)[present]
+    step = (np.cumsum(present, axis=1) - 1)[present]
+    span = len(chain) * 2 * gap_seconds
+    t0, t1 = events["timestamp"].min().value / 1e9, events["timestamp"].max().value / 1e9 - span
+    start = rng.uniform(t0, max(t0, t1), n_sessions)
+    users = pd.unique(events["user_id"].dropna())
+    owner = np.full(n_sessions, None, dtype=object)
+    if len(users):
+        mine = rng.random(n_sessions) < user_share
+        owner[mine] = rng.choice(users, int(mine.sum()))
+    planted = pd.DataFrame({
+        "event_id": [f"planted-{seed}-{i}" for i in range(len(sess))],
+        "user_id": owner[sess],
+        "item_id": grid[present],
+        "event_type": "view",
+        "timestamp": pd.to_datetime(start[sess] + step * gap_seconds, unit="s", utc=True),
+        "session_id": [f"planted-{seed}-{s}" for s in sess],
+        "value": np.nan,
+        "context": None,
+    })
+    return pd.concat([events, planted], ignore_index=True)

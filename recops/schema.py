@@ -77,3 +77,12 @@ def normalize_users(df: pd.DataFrame) -> pd.DataFrame:
     for col in ("gender", "region"):
         out[col] = df[col].astype(object).where(df[col].notna(), None) if col in df else None
     return out[USER_COLUMNS].drop_duplicates("user_id", keep="last").reset_index(drop=True)
+
+
+def with_actors(events: pd.DataFrame) -> pd.DataFrame:
+    """Session-only data (no event names a user: anonymous shoppers, OTTO-style) trains with each
+    session as the actor, so features, generators and the ranker have someone to learn about. Data
+    with users is returned as is (its anonymous events still count for co-visitation and items)."""
+    if events.empty or events["user_id"].notna().any():
+        return events
+    return events.assign(user_id=events["session_id"])

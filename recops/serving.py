@@ -27,9 +27,9 @@ from recops.online import refresh
 from recops.profile import Catalog, user_profile
 from recops.schema import normalize_events
 from recops.ratings import implicit_ratings
-from recops.services.schemas import (DealsResponse, ExplainResponse, ImplicitRatingResponse, PredictResponse,
-                                     ProfileResponse, RecommendedItem, RecommendResponse, SessionRecommendResponse,
-                                     TrackEvent, TrackResponse)
+from recops.services.schemas import (DealsResponse, ExplainResponse, ImplicitRatingResponse, NextItemsResponse,
+                                     PredictResponse, ProfileResponse, RecommendedItem, RecommendResponse,
+                                     SessionRecommendResponse, TrackEvent, TrackResponse)
 from recops.store import EventStore
 from recops.training import HISTORY_LEN
 
@@ -49,6 +49,7 @@ class UnknownUser(LookupError):
 
 
 TRENDING_CONFIDENCE = 0.2  # the most a trending (non-personal) recommendation's confidence can be
+SESSION_GAP_SECONDS = 30 * 60  # events closer than this to now are the user's live session
 DEMOGRAPHIC_CONFIDENCE = 0.35  # ... and a demographic one's (it knows the segment, not the person)
 
 
@@ -118,11 +119,13 @@ class Serving:
         if model is None:
             return self.fallback(user_id, k, excl, None, f"no champion model: {self.load_error or 'not loaded'}")
         try:
-            history, bought = self.store.user_state(user_id=user_id, n=HISTORY_LEN, exclude_types=self.rules.exclude_event_types)
+            history, bought, seen = self.store.user_state(user_id=user_id, n=HISTORY_LEN, exclude_types=self.rules.exclude_event_types)
             intent, shares = None, None
+            # the live session: the named one, else what the user touched in the last SESSION_GAP
+            live = [h for h, t in zip(history, seen) if t >= time.time() - SESSION_GAP_SECONDS]
             if session_id:
-                s_hist, _ = self.store.user_state(session_id=session_id, n=HISTORY_LEN)
-                history = list(dict.fromkeys(s_hist + history))[:HISTORY_LEN]
+                live = self.store.user_state(session_id=session_id, n=HISTORY_LEN).history
+                history = list(dict.fromkeys(live + history))[:HISTORY_LEN]
                 state = self.features.online_session(session_id)
                 intent, shares = (infer_intent(state).name, _shares(state)) if state else (None, None)
             feats = self.features.online_user(user_id)
@@ -139,7 +142,7 @@ class Serving:
             gone = self._out_of_stock if self.rules.in_stock_only else set()
             recs = model.recommend(user_id, k, history, derive_user_dict(feats, now) if feats else None,
                                    exclude=excl | bought | gone, now=now, rules=dataclasses.replace(self.rules, in_stock_only=False),
-                                   intent=intent, session_categories=shares)
+                                   intent=intent, session_categories=shares, session_items=live)
             if not recs:
                 return self.fallback(user_id, k, excl | bought, model, "the model found no candidates", version)
             return RecommendResponse(user_id=user_id, items=_items(recs), model_version=version, fallback=False, strategy=strategy)
@@ -206,14 +209,14 @@ class Serving:
             return answer(self.fallback(session_id, k, excl, None, f"no champion model: {self.load_error or 'not loaded'}"))
         try:
             history = json.loads(state["s_items"])
-            _, done = self.store.user_state(session_id=session_id, n=0,
-                                            exclude_types=(*self.rules.exclude_event_types, "add_to_cart"))
+            done = self.store.user_state(session_id=session_id, n=0,
+                                         exclude_types=(*self.rules.exclude_event_types, "add_to_cart")).excluded
             feats = self._session_features(session_id, state)
             now = time.time()
             gone = self._out_of_stock if self.rules.in_stock_only else set()
             recs = model.recommend(None, k, history, feats, exclude=excl | done | gone, now=now,
                                    rules=dataclasses.replace(self.rules, in_stock_only=False), intent=intent.name,
-                                   session_categories=_shares(state))
+                                   session_categories=_shares(state), session_items=history)
             if not recs:
                 return answer(self.fallback(session_id, k, excl | done, model, "the model found no candidates", version))
             return answer(RecommendResponse(user_id=session_id, items=_items(recs), model_version=version, fallback=False,
@@ -279,7 +282,7 @@ class Serving:
             model, version = self.model, self.version
         if model is None:
             raise NoModel(f"no champion model: {self.load_error or 'not loaded'}")
-        history, _ = self.store.user_state(user_id=user_id, n=HISTORY_LEN)
+        history = self.store.user_state(user_id=user_id, n=HISTORY_LEN).history
         feats = self.features.online_user(user_id)
         return model, version, history, derive_user_dict(feats, time.time()) if feats else None
 
@@ -299,6 +302,18 @@ class Serving:
         model, version, history, feats = self._context(user_id)
         self._check_item(model, item_id)
         return ExplainResponse(user_id=user_id, item_id=item_id, model_version=version, **model.explain(user_id, item_id, history, feats))
+
+    def next_items(self, recent: list[str], k: int, exclude: list[str] | None = None) -> NextItemsResponse:
+        """The likeliest next items after a session's recent items (newest first): directional
+        sequential rules of the served model, popularity when the items say nothing yet."""
+        with self._lock:
+            model, version = self.model, self.version
+        if model is None or getattr(model, "next_item", None) is None:
+            raise NoModel(f"no champion model with a next-item model: {self.load_error or 'retrain to add one'}")
+        gone = set(exclude or ()) | (self._out_of_stock if self.rules.in_stock_only else set())
+        recs = model.next_items(recent, k, gone)
+        unknown = [i for i in recent if i not in model.next_item.index_]
+        return NextItemsResponse(items=_items(recs), model_version=version, unknown_items=unknown)
 
     def profile(self, user_id: str) -> ProfileResponse:
         """Static attributes, preferences and behavioral features of a user, as of now: the profile

@@ -17,6 +17,7 @@ import pandas as pd
 
 from recops.config import Settings
 from recops.models.rules import BusinessRules
+from recops.schema import with_actors
 from recops.store import EventStore
 
 
@@ -140,7 +141,7 @@ def build_features(settings: Settings, until: pd.Timestamp | None = None) -> dic
     from recops.validation import run_suite, write_report
 
     store = EventStore(settings.event_store_uri)
-    events = store.events()
+    events = with_actors(store.events())
     items = store.items()
     store.dispose()
     if events.empty:
@@ -174,7 +175,7 @@ def train(settings: Settings) -> dict:
     from recops.training import train_model
 
     store = EventStore(settings.event_store_uri)
-    events, items, users = store.events(), store.items(), store.users()
+    events, items, users = with_actors(store.events()), store.items(), store.users()
     store.dispose()
     if events.empty:
         raise StepFailed("the event store is empty: nothing to train on")
@@ -238,7 +239,7 @@ def evaluate(settings: Settings) -> dict:
         raise StepFailed("no @challenger version to evaluate: run train first")
     champion = registry.alias_version(settings, registry.CHAMPION)
     store = EventStore(settings.event_store_uri)
-    events, items, users = store.events(), store.items(), store.users()
+    events, items, users = with_actors(store.events()), store.items(), store.users()
     store.dispose()
     try:
         split = pipeline_split(events, settings)
@@ -315,21 +316,9 @@ def recommend_users(settings: Settings, users_path: str, out_path: str, k: int |
     one just trained). Scoring runs the HTTP service's own code (``recops.serving.Serving``) on the
     same event store and online features, so a user gets the list the service would answer.
     """
-    from recops import registry
-    from recops.serving import Serving
-
     k = k or settings.k
     ids = read_user_ids(users_path)
-    if version is None:
-        version = registry.alias_version(settings, alias) if alias else registry.latest_version(settings)
-        if version is None:
-            raise StepFailed(f"no model {'with alias @' + alias if alias else 'is registered'}: run train first")
-    try:
-        serving = Serving(settings, version=str(version))
-    except Exception as exc:
-        raise StepFailed(f"cannot load version {version} of model {settings.model_name!r}: {exc}") from exc
-    if serving.model is None:
-        raise StepFailed(f"cannot load version {version} of model {settings.model_name!r}: {serving.load_error}")
+    serving, version = _batch_serving(settings, version, alias)
     rows, fallback = [], 0
     for u in ids:
         r = serving.recommend(u, k)
@@ -341,6 +330,57 @@ def recommend_users(settings: Settings, users_path: str, out_path: str, k: int |
     pd.DataFrame(rows, columns=["user_id", "item_id", "rank", "score"]).to_csv(out, index=False)
     return {"out": str(out.resolve()), "users": len(ids), "rows": len(rows), "k": k, "version": str(version),
             "fallback_users": fallback}
+
+
+def _batch_serving(settings: Settings, version: str | None, alias: str | None):
+    """The HTTP service's own code pinned to a version: a named one, an alias's, else the newest."""
+    from recops import registry
+    from recops.serving import Serving
+
+    if version is None:
+        version = registry.alias_version(settings, alias) if alias else registry.latest_version(settings)
+        if version is None:
+            raise StepFailed(f"no model {'with alias @' + alias if alias else 'is registered'}: run train first")
+    try:
+        serving = Serving(settings, version=str(version))
+    except Exception as exc:
+        raise StepFailed(f"cannot load version {version} of model {settings.model_name!r}: {exc}") from exc
+    if serving.model is None:
+        raise StepFailed(f"cannot load version {version} of model {settings.model_name!r}: {serving.load_error}")
+    return serving, str(version)
+
+
+@_timed
+def next_items_batch(settings: Settings, sessions_path: str, out_path: str, k: int = 20,
+                     version: str | None = None, alias: str | None = None) -> dict:
+    """Offline next-item evaluation input: for every prefix of every session in a CSV (session_id,
+    item_id, timestamp), the served model's top-``k`` next items, written as CSV (session_id, step,
+    item_id, rank); step t means "given the first t items, predict item t+1"."""
+    from recops.nextitem import prefix_predictions
+
+    p = Path(sessions_path)
+    if not p.exists():
+        raise StepFailed(f"sessions file {sessions_path} does not exist")
+    sessions = pd.read_csv(p, dtype={"session_id": str, "item_id": str})
+    missing = {"session_id", "item_id", "timestamp"} - set(sessions.columns)
+    if missing:
+        raise StepFailed(f"{sessions_path} needs the columns session_id, item_id, timestamp; missing {sorted(missing)}")
+    sessions["timestamp"] = pd.to_datetime(sessions["timestamp"], utc=True, errors="coerce")
+    bad = sessions[["session_id", "item_id", "timestamp"]].isna().any(axis=1)
+    if bad.any():
+        raise StepFailed(f"{sessions_path}: {int(bad.sum())} rows without a session_id, item_id or valid timestamp "
+                         f"(first at line {int(bad.to_numpy().argmax()) + 2})")
+    serving, version = _batch_serving(settings, version, alias)
+    model = serving.model
+    serving.close()
+    if getattr(model, "next_item", None) is None:
+        raise StepFailed(f"version {version} has no next-item model: retrain it")
+    out = prefix_predictions(model.next_item, sessions.assign(user_id=None), k=k)
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(path, index=False)
+    return {"out": str(path.resolve()), "sessions": int(sessions["session_id"].nunique()), "rows": int(len(out)),
+            "k": k, "version": version}
 
 
 def read_user_ids(path: str) -> list[str]:

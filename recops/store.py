@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,12 @@ quarantine = sa.Table(
 )
 
 _CHUNK = 20_000
+
+
+class UserState(NamedTuple):
+    history: list[str]  # recent distinct items, newest first
+    excluded: set[str]  # items never to recommend again (by event type)
+    last_seen: list[float]  # when each history item was last touched (epoch seconds)
 
 
 def _to_epoch(s: pd.Series) -> pd.Series:
@@ -203,8 +210,9 @@ class EventStore:
         return _from_epoch(pd.DataFrame(rows, columns=EVENT_COLUMNS))
 
     def user_state(self, user_id: str | None = None, session_id: str | None = None, n: int = 20,
-                   exclude_types: tuple[str, ...] = ()) -> tuple[list[str], set[str]]:
-        """A user's (or session's) recent distinct items, newest first, and items to exclude.
+                   exclude_types: tuple[str, ...] = ()) -> UserState:
+        """A user's (or session's) recent distinct items, newest first, items to exclude, and when
+        each recent item was last touched (epoch seconds).
 
         Same semantics as ``EvalSplit.histories``/``excluded`` (the batch versions used in training).
         On the /recommend hot path: plain SQL through the driver (4x cheaper than a Core statement
@@ -219,7 +227,7 @@ class EventStore:
         with self.engine.connect() as conn:
             rows = conn.exec_driver_sql(sql, (*types, key)).all()
         rows.sort(key=lambda r: (-r[1], r[0]))
-        return [r[0] for r in rows[:n]], {r[0] for r in rows if r[2]}
+        return UserState([r[0] for r in rows[:n]], {r[0] for r in rows if r[2]}, [float(r[1]) for r in rows[:n]])
 
     def popular_items(self, days: float = 30.0, n: int = 100) -> list[tuple[str, int]]:
         """Most interacted-with items of the last ``days`` days of data (the model-free fallback)."""

@@ -32,6 +32,7 @@ from recops.models.popularity import Popularity
 from recops.models.recommender import (ItemTable, RecopsModel, feature_matrix, rank_order, segment_of,
                                        stored_item_matrix, train_ranker, user_vector)
 from recops.models.rules import BusinessRules
+from recops.models.sequential import NextItem
 
 HISTORY_LEN = 20
 
@@ -457,4 +458,6 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
     final.scorer, final.calibration = dict(model.scorer), model.calibration
     # cold start: users with demographics and no events yet get their segment's favourites
     final.demographic = make_generator("demographic", settings).fit(events, items, users)
+    # the live session: what tends to come next after its items (directional, /next-items)
+    final.next_item = NextItem().fit(events)
     return final, {"split": split, "ranker": model.meta["ranker"], "tuned": model.meta["tuned"], "eval": ev}

@@ -208,3 +208,11 @@ class DealsResponse(BaseModel):
     floor_ratio: float = Field(description="a deal price never goes below this share of the list price")
     model_version: str | None
     fallback: bool = Field(description="the deals were picked from trending items, not the model's recommendations")
+
+
+class NextItemsResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    items: list[RecommendedItem]
+    model_version: str | None
+    unknown_items: list[str] = Field(default_factory=list, description="recent items the model has never seen (ignored)")

@@ -7,6 +7,7 @@
   online store before the 2xx.
 - ``POST /session/recommend``: the same for a session (anonymous shoppers), steered by its intent.
 - ``GET /implicit-rating?user_id=&item_id=``: the user's implicit rating of an item, as of now.
+- ``POST /next-items``: what usually comes next after a session's recent items.
 - ``POST /predict`` (preference score, calibrated probability), ``GET /explain`` (generators and the
   ranker's feature contributions in words).
 - ``GET /users/{id}/profile``: static attributes, preferences, 20+ behavioral features.
@@ -31,8 +32,8 @@ from pydantic import Field
 
 from recops.config import load_settings
 from recops.services.schemas import (DealsRequest, DealsResponse, ExplainResponse, ImplicitRatingResponse,
-                                     PredictResponse, ProfileResponse, RecommendResponse, SessionRecommendResponse,
-                                     TrackEvent, TrackResponse)
+                                     NextItemsResponse, PredictResponse, ProfileResponse, RecommendResponse,
+                                     SessionRecommendResponse, TrackEvent, TrackResponse)
 
 app = FastAPI(title="recops", description="Real-time behavioral recommendations")
 
@@ -74,6 +75,19 @@ class Recops:
         """Top-k for a session from its live state, steered by its intent (browsing, research,
         transactional), with the intent, the signals it was read from and a reason per item."""
         return self.rt.session_recommend(session_id, k, exclude)
+
+    @bentoml.api(route="/next-items")
+    def next_items(
+        self,
+        recent_item_ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]],
+                                   Field(min_length=1, max_length=50, description="the session's items, newest first",
+                                         examples=[["i42", "i7"]])],
+        k: Annotated[int, Field(ge=1, le=100, description="how many items")] = 10,
+        exclude: Annotated[list[str], Field(max_length=1000)] | None = None,
+    ) -> NextItemsResponse:
+        """What usually comes next after these items (directional sequential rules), with the
+        recent item that leads to each; popularity when the items say nothing yet."""
+        return _answer(self.rt.next_items, recent_item_ids, k, exclude, api=True)
 
     @bentoml.api(route="/track")
     def track(self, event: TrackEvent, /) -> TrackResponse:

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from recops.cli import app
+from recops.generate import plant_sequences
 from recops.store import EventStore
 
 pytestmark = pytest.mark.e2e
@@ -77,3 +78,34 @@ def test_batch_scoring_gives_the_served_top_k(client, trained, tmp_path, monkeyp
     assert res["version"] == httpx.get(f"{client.base_url}/model").json()["version"]
     assert all(len(served[u]) == 10 for u in users)
     assert batch == served
+
+
+def test_session_only_training_and_next_items_recover_a_planted_sequence(prefect_harness, synthetic, tmp_path, clean_env):
+    """Anonymous shoppers only (a session_id, no user_id): `recops train --events` trains on them, and
+    `recops next-items` recovers the chain A -> B -> C -> D planted in the data, step by step."""
+    items = synthetic.items["item_id"]
+    chain = items.iloc[[5, 17, 29, 41]].tolist()
+    ev = plant_sequences(synthetic.events.dropna(subset=["item_id", "event_type", "timestamp", "session_id"]),
+                         synthetic.items, chain, n_sessions=150, seed=3)
+    ev = ev[ev["event_type"].isin(["view", "click", "add_to_cart", "purchase"])]
+    ev[["session_id", "item_id", "event_type", "timestamp"]].to_csv(tmp_path / "sessions.csv", index=False)
+    home = str(tmp_path / "home")
+    runner = CliRunner()
+    r = runner.invoke(app, ["--home", home, "train", "--events", str(tmp_path / "sessions.csv")])
+    assert r.exit_code == 0, r.output
+
+    walk = pd.DataFrame({"session_id": ["new"] * 4, "item_id": chain,
+                         "timestamp": pd.date_range("2026-11-02", periods=4, freq="min", tz="UTC")})
+    walk.to_csv(tmp_path / "walk.csv", index=False)
+    r = runner.invoke(app, ["--home", home, "next-items", "--sessions", str(tmp_path / "walk.csv"), "--k", "5",
+                            "--out", str(tmp_path / "next.csv")])
+    assert r.exit_code == 0, r.output
+    out = pd.read_csv(tmp_path / "next.csv", dtype={"session_id": str, "item_id": str})
+    assert list(out.columns) == ["session_id", "step", "item_id", "rank"]
+    assert sorted(out["step"].unique()) == [1, 2, 3, 4] and (out.groupby("step").size() == 5).all()
+    top = out[out["rank"] == 1].set_index("step")["item_id"]
+    assert [top[1], top[2], top[3]] == chain[1:]  # step t: given the first t items, item t+1 ranks first
+
+    pd.DataFrame({"session_id": ["s"], "item_id": ["i1"]}).to_csv(tmp_path / "bad.csv", index=False)
+    r = runner.invoke(app, ["--home", home, "next-items", "--sessions", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "no.csv")])
+    assert r.exit_code == 1 and "timestamp" in r.output and not (tmp_path / "no.csv").exists()

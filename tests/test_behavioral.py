@@ -11,9 +11,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from recops.features import USER_FEATURES, user_features
+from recops.generate import generate
 from recops.profile import PROFILE_FEATURES, profile_features
 from recops.ratings import implicit_ratings
 from recops.store import EventStore
+from tests.conftest import END
 
 pytestmark = pytest.mark.e2e
 
@@ -187,3 +189,26 @@ def test_deals_never_exceed_the_cap_or_fall_below_the_floor(client, trained, dat
     extra = data.draw(st.sampled_from(["discount", "max_discount", "deal_price", "floor_ratio"]))
     bad = client.post("/deals", json={"user_id": user, "k": k, extra: 0.99})
     assert bad.status_code == 400 and extra in bad.text
+
+
+def test_next_items_follow_the_planted_sequences(client, trained):
+    """The synthetic generator plants "after item A, often complement[A]": /next-items recovers it."""
+    truth = generate(n_events=30_000, seed=11, bad_share=0.01, end=END).truth["complement"]
+    store = EventStore(trained[0].event_store_uri)
+    busy = store.events()["item_id"].value_counts().index[:30].tolist()
+    store.dispose()
+    ranks = []
+    for a in busy:
+        r = client.post("/next-items", json={"recent_item_ids": [a], "k": 10})
+        assert r.status_code == 200, r.text
+        ids = [it["item_id"] for it in r.json()["items"]]
+        assert len(ids) == 10 and a not in ids[:1]
+        ranks.append(ids.index(truth[a]) + 1 if truth[a] in ids else None)
+    found = [x for x in ranks if x is not None]
+    assert len(found) >= 0.8 * len(busy) and np.median(found) <= 3, ranks
+    body = client.post("/next-items", json={"recent_item_ids": [busy[0]], "k": 3}).json()
+    assert body["items"][0]["reason"].startswith("Often chosen next after")
+    cold = client.post("/next-items", json={"recent_item_ids": ["never-seen-item"], "k": 4}).json()
+    assert cold["unknown_items"] == ["never-seen-item"] and len(cold["items"]) == 4  # popularity fills in
+    assert client.post("/next-items", json={"recent_item_ids": [], "k": 4}).status_code == 400
+    assert client.post("/next-items", json={"recent_item_ids": ["i1"], "k": 0}).status_code == 400

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from recops import registry
+from recops.generate import generate
 from recops.store import EventStore
+from tests.conftest import END
 
 pytestmark = pytest.mark.e2e
 
@@ -111,6 +113,12 @@ def test_recommendations_follow_tracked_events(client, trained):
     cat_of = items.set_index("item_id")["category"]
     share = lambda body: sum(cat_of.get(it["item_id"]) == cat for it in body["items"]) / len(body["items"])  # noqa: E731
     assert share(after) > share(before), (share(before), share(after))
+    # ... and toward the complements the generator planted for the viewed items (what is bought next)
+    truth = generate(n_events=30_000, seed=11, bad_share=0.01, end=END).truth["complement"]
+    comps = {truth[i] for i in chosen} - set(chosen)
+    hits = lambda body: sum(it["item_id"] in comps for it in body["items"])  # noqa: E731
+    assert hits(after) > hits(before), (hits(before), hits(after), comps)
+    assert after["strategy"] == "session" and all(0 < it["confidence"] <= 1 for it in after["items"])
     assert all(0 < it["confidence"] <= 1 for it in after["items"]) and after["items"][0]["sources"]
 
 
@@ -138,7 +146,7 @@ def test_health_and_model(client, trained):
 
 
 ENDPOINTS = {"/recommend": "post", "/session/recommend": "post", "/track": "post", "/track/batch": "post",
-             "/predict": "post", "/deals": "post", "/explain": "get", "/implicit-rating": "get",
+             "/predict": "post", "/deals": "post", "/next-items": "post", "/explain": "get", "/implicit-rating": "get",
              "/users/{user_id}/profile": "get"}
 
 

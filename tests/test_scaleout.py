@@ -76,6 +76,6 @@ def test_scaleout_pipeline_on_postgres_and_redis(scaleout):
     after = fs.online_user(user)
     assert after["u_purchase_1d"] >= 1 and after["u_last_event_ts"] > before["u_last_event_ts"]
     # the /recommend hot query (driver-level SQL, pyformat on psycopg2) on PostgreSQL
-    hist, bought = store.user_state(user_id=user, n=5, exclude_types=("purchase", "rate"))
+    hist, bought, _ = store.user_state(user_id=user, n=5, exclude_types=("purchase", "rate"))
     assert hist[0] == "i1" and len(hist) == 5 and "i1" in bought
     store.dispose()

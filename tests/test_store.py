@@ -47,7 +47,7 @@ def test_user_state_orders_newest_first_and_flags_purchases(store):
     ev = _events(5)
     ev.loc[1, "event_type"] = "purchase"
     store.add_events(ev)
-    hist, excl = store.user_state(user_id="u1", n=2, exclude_types=("purchase",))
+    hist, excl, _ = store.user_state(user_id="u1", n=2, exclude_types=("purchase",))
     assert hist == ["i1", "i0"]  # i1 at minute 4, i0 at minute 3
     assert excl == {"i1"}
 
