@@ -1,5 +1,8 @@
 """Bad input gets a 4xx that names what is wrong, and nothing is stored."""
 
+import time
+
+import pandas as pd
 import pytest
 
 from recops.store import EventStore
@@ -42,3 +45,57 @@ def test_track_rejects_bad_events_and_stores_nothing(client, trained, event, nee
     assert 400 <= r.status_code < 500 and needle in r.text
     assert store.count_events() == n0  # the good event in a rejected batch is not half-stored
     store.dispose()
+
+
+def test_nothing_accepted_is_lost_across_good_bad_and_repeated_requests(client, trained):
+    """A mix of requests: every 2xx's new events are in the store, every 4xx stored nothing, and
+    the store's count moves by exactly the events the responses say were stored."""
+    store = EventStore(trained[0].event_store_uri)
+    n0 = store.count_events()
+    tag = f"acc-{time.time_ns()}"
+    good = [{"event_id": f"{tag}-{n}", "user_id": f"{tag}-u{n % 3}", "item_id": f"i{n}", "event_type": "view"} for n in range(30)]
+    requests = [
+        ("/track", good[0]), ("/track", good[0]),  # a retry: stored once
+        ("/track/batch", good[1:20]), ("/track/batch", good[10:30]),  # overlapping batches
+        ("/track", {**good[0], "event_id": None, "event_type": "teleport"}),  # bad type
+        ("/track/batch", [good[5], {"item_id": "i1", "event_type": "view"}]),  # no actor: the whole batch is refused
+        ("/track", {"user_id": "x", "item_id": "i1", "event_type": "view", "timestamp": "2999-01-01T00:00:00Z"}),
+        ("/track", {"user_id": "x", "item_id": "i1", "event_type": "view", "price": 3}),  # unknown field
+        ("/track/batch", []),
+        ("/track", {"session_id": f"{tag}-anon", "item_id": "not-in-catalog", "event_type": "click"}),  # accepted, flagged
+    ]
+    stored = accepted = 0
+    for path, body in requests:
+        r = client.post(path, json=body)
+        assert r.status_code in (200, 400), (path, r.status_code, r.text)
+        if r.status_code == 200:
+            stored += r.json()["stored"]
+            accepted += r.json()["accepted"]
+        else:
+            assert len(r.text) > 20, r.text  # a message, not a bare status
+    assert store.count_events() - n0 == stored == 31 and accepted == 1 + 1 + 19 + 20 + 1
+    ids = set(store.events(since=time.time() - 600)["event_id"])
+    assert {e["event_id"] for e in good} <= ids
+    store.dispose()
+
+
+def test_new_user_with_demographics_gets_their_segment_then_session_recommendations(client, trained):
+    """No events yet: the user's demographic segment's favourites (with a confidence); after the
+    first events: session-based; the fallback only answers when nothing at all is known."""
+    settings, _ = trained
+    store = EventStore(settings.event_store_uri)
+    users = store.users()
+    ref = users.iloc[0]
+    new = f"newbie-{time.time_ns()}"
+    store.upsert_users(pd.DataFrame([{"user_id": new, "age": ref["age"], "gender": ref["gender"], "region": ref["region"]}]))
+    items = store.items()
+    store.dispose()
+    body = client.post("/recommend", json={"user_id": new, "k": 6}).json()
+    assert body["strategy"] == "demographic" and not body["fallback"] and len(body["items"]) == 6
+    assert all(0 < it["confidence"] <= 0.35 for it in body["items"]) and ref["region"] in body["items"][0]["reason"]
+    item = items["item_id"].iloc[3]
+    client.post("/track", json={"user_id": new, "item_id": item, "event_type": "view"})
+    after = client.post("/recommend", json={"user_id": new, "k": 6}).json()
+    assert after["strategy"] == "session" and len(after["items"]) == 6
+    nobody = client.post("/recommend", json={"user_id": f"ghost-{time.time_ns()}", "k": 3}).json()
+    assert nobody["strategy"] == "trending" and nobody["fallback"] and all(it["confidence"] <= 0.2 for it in nobody["items"])
