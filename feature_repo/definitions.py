@@ -12,12 +12,12 @@ from pathlib import Path
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Float64, Int64, String
 
-from recops.features import ITEM_FEATURES, SESSION_FEATURES, USER_FEATURES
+from recops.features import ITEM_FEATURES, RECENT_FEATURES, SESSION_FEATURES, USER_FEATURES
 
 TTL = timedelta(days=3650)
 SESSION_TTL = timedelta(days=2)  # a session older than this is over: serve as if it were new
-USER_VIEW, ITEM_VIEW, SESSION_VIEW = "user_behavior", "item_stats", "session_state"
-USER_PUSH, ITEM_PUSH, SESSION_PUSH = "user_behavior_push", "item_stats_push", "session_state_push"
+USER_VIEW, ITEM_VIEW, SESSION_VIEW, RECENT_VIEW = "user_behavior", "item_stats", "session_state", "user_recent"
+USER_PUSH, ITEM_PUSH, SESSION_PUSH, RECENT_PUSH = "user_behavior_push", "item_stats_push", "session_state_push", "user_recent_push"
 _TYPES = {"int": Int64, "float": Float64, "str": String}
 
 
@@ -33,7 +33,9 @@ def build(feature_dir: str | Path) -> list:
     item_src = FileSource(name="item_stats_source", path=str(d / "item_features.parquet"), timestamp_field="event_timestamp")
     session = Entity(name="session", join_keys=["session_id"], value_type=ValueType.STRING, description="a visit")
     session_src = FileSource(name="session_state_source", path=str(d / "session_state.parquet"), timestamp_field="event_timestamp")
+    recent_src = FileSource(name="user_recent_source", path=str(d / "user_recent.parquet"), timestamp_field="event_timestamp")
     user_push = PushSource(name=USER_PUSH, batch_source=user_src)
+    recent_push = PushSource(name=RECENT_PUSH, batch_source=recent_src)
     session_push = PushSource(name=SESSION_PUSH, batch_source=session_src)
     item_push = PushSource(name=ITEM_PUSH, batch_source=item_src)
     user_fv = FeatureView(
@@ -51,5 +53,10 @@ def build(feature_dir: str | Path) -> list:
         schema=[Field(name="session_id", dtype=String), *_fields(SESSION_FEATURES)],
         description="Live session state: recent items, categories, event mix, first/last time, intent",
     )
-    return [user, item, session, user_src, item_src, session_src, user_push, item_push, session_push,
-            user_fv, item_fv, session_fv]
+    recent_fv = FeatureView(
+        name=RECENT_VIEW, entities=[user], ttl=TTL, online=True, source=recent_push,
+        schema=[Field(name="user_id", dtype=String), *_fields(RECENT_FEATURES)],
+        description="A user's recent items and their implicit ratings (online state: latest row only offline)",
+    )
+    return [user, item, session, user_src, item_src, session_src, recent_src, user_push, item_push, session_push,
+            recent_push, user_fv, item_fv, session_fv, recent_fv]

@@ -16,6 +16,9 @@ import json
 import numpy as np
 import pandas as pd
 
+from recops.config import DEFAULT_EVENT_WEIGHTS
+from recops.ratings import to_rating
+
 COUNT_TYPES = ("view", "click", "add_to_cart", "purchase")
 WINDOWS_DAYS = (1, 7, 30)
 MAX_CATEGORIES = 32  # category-affinity vectors keep the most common categories, the rest is "other"
@@ -41,7 +44,13 @@ USER_FEATURES: dict[str, str] = {
     "u_top_category": "str",
     "u_top_category_share": "float",
     "u_category_affinity": "str",
-    "u_recent_items": "str",
+}
+
+# The user's recent items and their implicit ratings (Feast view ``user_recent``): online state,
+# like a session's, so the offline table holds only each user's latest row (``user_recent``).
+RECENT_FEATURES: dict[str, str] = {
+    "u_recent_items": "str",  # JSON list, newest first, distinct
+    "u_recent_ratings": "str",  # JSON {item: implicit rating 0-5} of the recent items, from all their events
 }
 
 # The live state of a session (Feast view ``session_state``): pushed on every /track, read by
@@ -146,8 +155,6 @@ def entity_features(
         out["u_avg_price_paid"] = np.where(n_paid > 0, (pv[hi] - pv[lo_all]) / np.maximum(n_paid, 1), 0.0)
         out["u_first_event_ts"] = np.where(has, ev_ts[np.minimum(lo_all, max(len(ev_ts) - 1, 0))] if len(ev_ts) else 0.0, np.nan)
         _add_category_affinity(out, ev, order, hi, lo_all, item_category, categories)
-        items_sorted = ev["item_id"].astype(str).to_numpy()[order]
-        out["u_recent_items"] = [recent_items(items_sorted[max(lo, h - 5 * RECENT_ITEMS):h]) for lo, h in zip(lo_all, hi)]
     else:
         out["i_events_1d"] = c_all[hi] - c_all[lo_w[1]]
         out["i_events_7d"] = c_all[hi] - c_all[lo_w[7]]
@@ -190,6 +197,48 @@ def _add_category_affinity(out, ev, order, hi, lo, item_category, categories) ->
 def recent_items(chronological: np.ndarray) -> str:
     """The newest ``RECENT_ITEMS`` distinct items of a chronological run, as a JSON list."""
     return json.dumps(list(dict.fromkeys(chronological[::-1].tolist()))[:RECENT_ITEMS])
+
+
+def user_recent(events: pd.DataFrame, points: pd.DataFrame,
+                ratings: tuple[dict[str, float], float] | None = None) -> pd.DataFrame:
+    """``RECENT_FEATURES`` of the users at the ``(user_id, as_of)`` rows of ``points``: the newest
+    ``RECENT_ITEMS`` distinct items and their implicit ratings (``ratings``: event-type weights and
+    half-life in days, default the built-in ones; ``recops.ratings`` semantics) as of then."""
+    ev = events[events["user_id"].notna()]
+    weights, half_life = ratings or (DEFAULT_EVENT_WEIGHTS, 30.0)
+    ev = ev.assign(_ts=_ms(ev["timestamp"]) / 1000.0).sort_values(["user_id", "_ts"], kind="stable")
+    codes, names = pd.factorize(ev["item_id"].astype(str))
+    w = ev["event_type"].map(weights).fillna(0.0).to_numpy(dtype=float)
+    is_rate = (ev["event_type"] == "rate").to_numpy()
+    w[is_rate] = np.nan_to_num(ev["value"].to_numpy(dtype=float)[is_rate])
+    ts, users = ev["_ts"].to_numpy(), ev["user_id"].astype(str).to_numpy()
+    as_of = _ms(points["as_of"]) / 1000.0
+    lo_all = np.searchsorted(users, points["user_id"].astype(str).to_numpy(), side="left")
+    hi_user = np.searchsorted(users, points["user_id"].astype(str).to_numpy(), side="right")
+    recent, rated = [], []
+    for lo, top, t in zip(lo_all, hi_user, as_of):
+        h = lo + int(np.searchsorted(ts[lo:top], t, side="right"))
+        mine = np.asarray(list(dict.fromkeys(codes[max(lo, h - 5 * RECENT_ITEMS):h][::-1].tolist()))[:RECENT_ITEMS], dtype=np.int64)
+        recent.append(json.dumps(names[mine].tolist()))
+        rated.append(recent_ratings(mine, names, codes[lo:h], w[lo:h], ts[lo:h], t, half_life))
+    return pd.DataFrame({"user_id": points["user_id"].astype(str).to_numpy(),
+                         "event_timestamp": pd.to_datetime(points["as_of"], utc=True).to_numpy(),
+                         "u_recent_items": recent, "u_recent_ratings": rated})
+
+
+def recent_ratings(recent: np.ndarray, names: np.ndarray, codes: np.ndarray, weights: np.ndarray, ts: np.ndarray,
+                   as_of: float, half_life_days: float) -> str:
+    """The implicit ratings (``recops.ratings``: decayed weights summed per item, mapped to 0-5) of
+    the ``recent`` item codes from all of the user's events (``codes``) on them, as a JSON object."""
+    if not len(recent):
+        return "{}"
+    order = np.argsort(recent)
+    pos = np.minimum(np.searchsorted(recent[order], codes), len(recent) - 1)
+    hit = recent[order][pos] == codes
+    decay = np.power(0.5, np.clip(as_of - ts[hit], 0, None) / 86400.0 / half_life_days)
+    score = np.zeros(len(recent))
+    score[order] = np.bincount(pos[hit], weights=weights[hit] * decay, minlength=len(recent))
+    return json.dumps({str(names[c]): round(float(r), 4) for c, r in zip(recent, to_rating(score))})
 
 
 def session_states(events: pd.DataFrame, item_category: pd.Series | dict | None = None) -> pd.DataFrame:

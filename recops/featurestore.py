@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from recops.config import Settings
-from recops.features import ITEM_FEATURES, SESSION_FEATURES, USER_FEATURES
+from recops.features import ITEM_FEATURES, RECENT_FEATURES, SESSION_FEATURES, USER_FEATURES
 
-USER_VIEW, ITEM_VIEW, SESSION_VIEW = "user_behavior", "item_stats", "session_state"
-USER_PUSH, SESSION_PUSH = "user_behavior_push", "session_state_push"
+USER_VIEW, ITEM_VIEW, SESSION_VIEW, RECENT_VIEW = "user_behavior", "item_stats", "session_state", "user_recent"
+USER_PUSH, SESSION_PUSH, RECENT_PUSH = "user_behavior_push", "session_state_push", "user_recent_push"
 
 
 def _feature_repo_dir() -> Path:
@@ -55,6 +55,7 @@ class FeatureStoreClient:
         self.user_refs = [f"{USER_VIEW}:{n}" for n in USER_FEATURES]
         self.item_refs = [f"{ITEM_VIEW}:{n}" for n in ITEM_FEATURES]
         self.session_refs = [f"{SESSION_VIEW}:{n}" for n in SESSION_FEATURES]
+        self.recent_refs = [f"{RECENT_VIEW}:{n}" for n in RECENT_FEATURES]
 
     @property
     def store(self):
@@ -69,12 +70,13 @@ class FeatureStoreClient:
 
         self.store.apply(build(self.settings.feature_dir))
 
-    def write_offline(self, user_feats: pd.DataFrame, item_feats: pd.DataFrame, sessions: pd.DataFrame) -> None:
+    def write_offline(self, user_feats: pd.DataFrame, item_feats: pd.DataFrame, sessions: pd.DataFrame,
+                      recent: pd.DataFrame) -> None:
         """Replace the offline parquet tables atomically (write to a temp file, then rename)."""
         d = self.settings.feature_dir
         d.mkdir(parents=True, exist_ok=True)
         for name, df, spec in (("user_features", user_feats, USER_FEATURES), ("item_features", item_feats, ITEM_FEATURES),
-                               ("session_state", sessions, SESSION_FEATURES)):
+                               ("session_state", sessions, SESSION_FEATURES), ("user_recent", recent, RECENT_FEATURES)):
             tmp = d / f".{name}.parquet.tmp"
             _coerce(df, spec).to_parquet(tmp, index=False)
             tmp.replace(d / f"{name}.parquet")
@@ -100,8 +102,9 @@ class FeatureStoreClient:
         return ents.merge(got, on=[key, "event_timestamp"], how="left")
 
     def online_user(self, user_id: str) -> dict | None:
-        """The user's online features, or None when the store knows nothing about them."""
-        res = self.store.get_online_features(features=self.user_refs, entity_rows=[{"user_id": user_id}]).to_dict()
+        """The user's online features (with their recent items), or None when the store knows
+        nothing about them."""
+        res = self.store.get_online_features(features=self.user_refs + self.recent_refs, entity_rows=[{"user_id": user_id}]).to_dict()
         row = {k: v[0] for k, v in res.items()}
         if row.get("u_last_event_ts") is None:
             return None
@@ -115,6 +118,9 @@ class FeatureStoreClient:
 
     def push_user(self, feats: pd.DataFrame) -> None:
         self._push(USER_PUSH, feats, USER_FEATURES)
+
+    def push_recent(self, recent: pd.DataFrame) -> None:
+        self._push(RECENT_PUSH, recent, RECENT_FEATURES)
 
     def push_sessions(self, states: pd.DataFrame) -> None:
         self._push(SESSION_PUSH, states, SESSION_FEATURES)

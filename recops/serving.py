@@ -327,10 +327,12 @@ class Serving:
         online = self.features.online_user(user_id)
         stored = derive_user_dict(online, now.timestamp()) if online else {}
         recent = json.loads(stored.pop("u_recent_items", None) or "[]")
+        ratings = json.loads(stored.pop("u_recent_ratings", None) or "{}")
         affinity = json.loads(stored.pop("u_category_affinity", None) or "{}")
         return ProfileResponse(user_id=user_id, as_of=now.to_pydatetime(), events=len(ev), static=prof["static"],
                                preferences={**prof["preferences"], "category_affinity": affinity},
-                               features=prof["features"], online_features=stored, recent_items=recent)
+                               features=prof["features"], online_features=stored, recent_items=recent,
+                               recent_ratings=ratings)
 
     def deals(self, user_id: str, k: int) -> DealsResponse:
         """Personalised deals on items the user is likely to want (their recommendations). The

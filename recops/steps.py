@@ -136,7 +136,7 @@ def validate(settings: Settings, batch_id: str, now: pd.Timestamp | None = None)
 @_timed
 def build_features(settings: Settings, until: pd.Timestamp | None = None) -> dict:
     """Compute the offline feature tables, validate them, write parquet, materialize online."""
-    from recops.features import item_features, session_states, snapshot_points, user_features
+    from recops.features import item_features, session_states, snapshot_points, user_features, user_recent
     from recops.featurestore import FeatureStoreClient
     from recops.validation import run_suite, write_report
 
@@ -159,7 +159,9 @@ def build_features(settings: Settings, until: pd.Timestamp | None = None) -> dic
     fs = FeatureStoreClient(settings)
     # sessions still open for serving: those active in the last day of the data (the view's TTL is 2 days)
     recent = events[events["timestamp"] > until - pd.Timedelta(days=1)]
-    fs.write_offline(uf, itf, session_states(recent, items.set_index("item_id")["category"] if not items.empty else None))
+    latest = pd.DataFrame({"user_id": pd.unique(users_ev["user_id"].astype(str)), "as_of": until})
+    fs.write_offline(uf, itf, session_states(recent, items.set_index("item_id")["category"] if not items.empty else None),
+                     user_recent(users_ev, latest, (settings.event_types, settings.decay_half_life_days)))
     fs.apply()
     fs.materialize(until)
     return {"user_rows": int(len(uf)), "item_rows": int(len(itf)), "until": str(until), "report": str(report),

@@ -176,6 +176,8 @@ class ProfileResponse(BaseModel):
     online_features: dict[str, Any] = Field(description="the stored online features (Feast user_behavior), plus "
                                             "recency and tenure derived at request time")
     recent_items: list[str] = Field(description="recent distinct items, newest first", examples=[["i42", "i7"]])
+    recent_ratings: dict[str, float] = Field(default_factory=dict, description="implicit ratings (0-5) of the recent "
+                                             "items, as of the last online update", examples=[{"i42": 3.68}])
 
 
 class DealsRequest(BaseModel):

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from recops.features import USER_FEATURES, user_features
+from recops.features import USER_FEATURES, user_features, user_recent
 from recops.generate import generate
 from recops.profile import PROFILE_FEATURES, profile_features
 from recops.ratings import implicit_ratings
@@ -153,7 +153,14 @@ def test_profile_features_equal_the_offline_computation(client, trained):
     for name, kind in USER_FEATURES.items():
         if kind != "str":
             assert np.isclose(float(online[name]), float(uf[name]), equal_nan=True), name
-    assert body["recent_items"] == json.loads(uf["u_recent_items"]) and body["events"] == (events["user_id"] == user).sum()
+    recent = user_recent(events, pd.DataFrame({"user_id": [user], "as_of": [until]}),
+                         (settings.event_types, settings.decay_half_life_days)).iloc[0]
+    assert body["recent_items"] == json.loads(recent["u_recent_items"]) and body["events"] == (events["user_id"] == user).sum()
+    rated = implicit_ratings(events[events["user_id"] == user], settings.event_types, settings.decay_half_life_days,
+                             as_of=until).set_index("item_id")["rating"]
+    assert set(body["recent_ratings"]) == set(body["recent_items"])
+    for item, r in body["recent_ratings"].items():
+        assert r == pytest.approx(rated[item], abs=1e-3), item
     numeric = [v for v in {**body["features"], **online}.values() if isinstance(v, (int, float))]
     assert len(numeric) >= 20 and body["static"]["region"] and body["preferences"]["top_categories"]
     assert client.get("/users/nobody-at-all/profile").status_code == 404
