@@ -33,6 +33,8 @@ test-fast: setup  ## unit tests only
 bench: setup  ## benchmarks (print figures and a final JSON line each)
 	$(VENV)/bin/python bench/pipeline.py
 	$(VENV)/bin/python bench/serving.py
+	$(VENV)/bin/python bench/realtime.py
+	$(VENV)/bin/python bench/sessions.py
 
 bench-quality: setup  ## recommendation quality vs popularity, implicit ALS / item-kNN and EASE
 	$(UV) sync --frozen --extra dev --extra bench --python 3.11

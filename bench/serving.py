@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,13 @@ from recops.config import load_settings  # noqa: E402
 from recops.store import EventStore  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    """A port nobody listens on now (the machine is shared: fixed ports collide)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def start(cmd: list[str], env: dict, cwd: Path, port: int) -> subprocess.Popen:
@@ -89,6 +97,17 @@ def throughput(url: str, bodies: list[dict], clients: int, seconds: float) -> fl
     return total / (time.perf_counter() - t)
 
 
+def trained_home(root: Path, n_events: int):
+    """Settings of a fresh home under ``root`` with a champion trained on synthetic events."""
+    s = load_settings(home=root / "home")
+    b = steps.ingest(s, n_events=n_events, seed=2, bad_share=0.0)
+    steps.validate(s, b["batch_id"])
+    steps.build_features(s)
+    steps.train(s)
+    steps.promote(s)
+    return s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=100_000)
@@ -97,12 +116,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="recops-bench-serving-"))
-    s = load_settings(home=root / "home")
-    b = steps.ingest(s, n_events=args.events, seed=2, bad_share=0.0)
-    steps.validate(s, b["batch_id"])
-    steps.build_features(s)
-    steps.train(s)
-    steps.promote(s)
+    s = trained_home(root, args.events)
     store = EventStore(s.event_store_uri)
     users = store.events()["user_id"].dropna().unique()
     store.dispose()
@@ -110,8 +124,8 @@ def main() -> None:
     bodies = [{"user_id": str(u), "k": 10} for u in rng.choice(users, 500)]
     env = {**os.environ, **s.to_env(), "BENTOML_HOME": str(root / "bentoml")}
     bentoml = str(Path(sys.executable).with_name("bentoml"))
-    servers = {"recops": ([bentoml, "serve", "recops.services.service:Recops"], Path.cwd(), 38411),
-               "bare": ([bentoml, "serve", "bare_service:Bare"], HERE, 38412)}
+    servers = {"recops": ([bentoml, "serve", "recops.services.service:Recops"], Path.cwd(), free_port()),
+               "bare": ([bentoml, "serve", "bare_service:Bare"], HERE, free_port())}
     procs = {name: start(cmd, env, cwd, port) for name, (cmd, cwd, port) in servers.items()}
     urls = {name: f"http://127.0.0.1:{port}" for name, (_, _, port) in servers.items()}
     try:

@@ -7,11 +7,21 @@ so online and offline values agree by construction.
 
 from __future__ import annotations
 
+import logging
+import multiprocessing as mp
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
 import pandas as pd
 
 from recops.features import session_states, user_features, user_recent
 from recops.featurestore import FeatureStoreClient
 from recops.store import EventStore
+
+log = logging.getLogger("recops.online")
 
 
 def refresh(store: EventStore, fs: FeatureStoreClient, user_ids, session_ids, items: pd.DataFrame,
@@ -36,3 +46,111 @@ def refresh(store: EventStore, fs: FeatureStoreClient, user_ids, session_ids, it
         states = session_states(events[events["session_id"].isin(sessions)], cat)
         fs.push_sessions(states)
     return feats, states
+
+
+class Refresher:
+    """The online half of /track, off the request path and out of the server's process: a child
+    process recomputes and writes the online state of the users and sessions that /track touched.
+
+    /track stores its events (durable) and hands the ids here, so its latency is the insert's; in
+    its own process the refresh's pandas work does not hold the server's GIL. Ids queued while a
+    refresh runs are merged into the next one, so under load one refresh covers many requests. A
+    read that needs a user's or session's online state (``wait``) blocks until every refresh queued
+    for it before the read has landed: the next request reflects the event. The child is the only
+    writer of the online store. It starts on the first submit (batch scoring never needs it).
+    """
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._ctx = mp.get_context("spawn")  # the server has threads: never fork it
+        self._lock = threading.Lock()
+        self._queued: dict[tuple[str, str], int] = {}  # ("u"|"s", id) -> sequence number it was queued at
+        self._seq = 0
+        self._proc = None
+
+    def _start(self) -> None:
+        ctx = self._ctx
+        self._q = ctx.Queue()
+        self._done, self._count = ctx.Value("q", 0), ctx.Value("q", 0)
+        self._error = ctx.Array("c", 500)
+        self._cond = ctx.Condition()
+        self._proc = ctx.Process(target=_refresh_loop, name="recops-online-refresher", daemon=True,
+                                 args=(self.settings, self._q, self._done, self._count, self._error, self._cond))
+        self._proc.start()
+
+    def submit(self, users, sessions) -> None:
+        with self._lock:
+            if self._proc is None or not self._proc.is_alive():
+                self._start()
+            self._seq += 1
+            for kind, ids in (("u", users), ("s", sessions)):
+                for i in ids:
+                    self._queued[(kind, i)] = self._seq
+            self._q.put((self._seq, list(users), list(sessions)))
+            if len(self._queued) > 100_000:  # forget what has landed
+                done = self._done.value
+                self._queued = {k: v for k, v in self._queued.items() if v > done}
+
+    def wait(self, user: str | None = None, session: str | None = None, timeout: float = 10.0) -> bool:
+        """Block until the refreshes queued for ``user``/``session`` have landed (False: timed out)."""
+        with self._lock:
+            target = max(self._queued.get(("u", user), 0), self._queued.get(("s", session), 0))
+        if not target or self._done.value >= target:
+            return True
+        with self._cond:
+            return self._cond.wait_for(lambda: self._done.value >= target, timeout)
+
+    def pending(self) -> int:
+        return 0 if self._proc is None else self._seq - self._done.value
+
+    @property
+    def refreshes(self) -> int:
+        return 0 if self._proc is None else self._count.value
+
+    @property
+    def last_error(self) -> str | None:
+        return (self._error.value.decode(errors="replace") or None) if self._proc is not None else None
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            self._q.put(None)
+            self._proc.join(timeout=10)
+            if self._proc.is_alive():
+                self._proc.terminate()
+
+
+def _refresh_loop(settings, q, done, count, error, cond) -> None:
+    """The refresher process: drain the queue, refresh every id in it at once, report, repeat."""
+    store, fs = EventStore(settings.event_store_uri), FeatureStoreClient(settings)
+    items, items_at = store.items(), time.monotonic()
+    online_db = Path(settings.home).resolve() / "feast" / "online.db"
+    if settings.online_store == "sqlite" and online_db.exists():
+        with sqlite3.connect(online_db) as conn:  # WAL: the server's reads do not wait for these writes
+            conn.execute("PRAGMA journal_mode=WAL")
+    while True:
+        batch = [q.get()]
+        while True:
+            try:
+                batch.append(q.get_nowait())
+            except queue.Empty:
+                break
+        stop = any(b is None for b in batch)
+        work = [b for b in batch if b is not None]
+        if work:
+            if time.monotonic() - items_at > settings.reload_interval_seconds:
+                items, items_at = store.items(), time.monotonic()
+            users = sorted({u for _, us, _ in work for u in us})
+            sessions = sorted({s for _, _, ss in work for s in ss})
+            try:
+                refresh(store, fs, users, sessions, items)
+                error.value = b""
+            except Exception as exc:  # the events are stored; the next refresh of these ids catches up
+                log.exception("online refresh failed")
+                error.value = f"{type(exc).__name__}: {exc}".encode()[:499]
+            with cond:
+                done.value = max(seq for seq, _, _ in work)
+                count.value += 1
+                cond.notify_all()
+        if stop:
+            store.dispose()
+            return

@@ -132,10 +132,18 @@ class EventStore:
         frame = df[EVENT_COLUMNS].copy()
         frame["timestamp"] = _to_epoch(frame["timestamp"])
         frame["ingested_at"] = time.time()
-        frame = frame.drop_duplicates("event_id")
-        before = self.count_events()
-        self._write(events, _records(frame))
-        return self.count_events() - before
+        return len(self.insert_events(_records(frame)))
+
+    def insert_events(self, rows: list[dict]) -> list[str]:
+        """Insert rows in the table's own shape (epoch timestamps, JSON context); returns the ids
+        that were new. A repeated event_id, in the table or in ``rows``, is stored once; the count
+        comes from the insert itself (RETURNING), so concurrent writers cannot skew it."""
+        stmt = self._insert(events).on_conflict_do_nothing(index_elements=["event_id"]).returning(events.c.event_id)
+        new: list[str] = []
+        with self.engine.begin() as conn:
+            for start in range(0, len(rows), _CHUNK):
+                new += conn.execute(stmt, rows[start : start + _CHUNK]).scalars().all()
+        return new
 
     def upsert_items(self, df: pd.DataFrame) -> None:
         if df.empty:

@@ -66,8 +66,9 @@ class TrackResponse(BaseModel):
     stored: int = Field(description="new events (a repeated event_id is stored once)")
     duplicates: int
     unknown_items: list[str] = Field(default_factory=list, description="item ids not in the catalog (accepted, flagged)")
-    online_updated: list[str] = Field(default_factory=list, description="users whose online features were refreshed")
-    sessions_updated: list[str] = Field(default_factory=list, description="sessions whose live state was refreshed")
+    online_updated: list[str] = Field(default_factory=list, description="users whose online features are being "
+                                      "refreshed (in the background, in milliseconds; reads of them wait for it)")
+    sessions_updated: list[str] = Field(default_factory=list, description="sessions whose live state is being refreshed")
     warning: str | None = None
 
 
