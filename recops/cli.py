@@ -323,6 +323,7 @@ def demo(
             changed = len(set(after) - set(before))
             in_cat = lambda ids: sum(items.loc[i, "category"] == target_cat for i in ids if i in items.index)  # noqa: E731
             console.print(f"  → {changed} of 5 recommendations changed; {target_cat} items: {in_cat(before)} → {in_cat(after)}")
+            _behavioral_tour(c, known, viewed, items)
             console.print(f"  /model: version {c.get('/model').json()['version']}; /health: {c.get('/health').json()['status']}")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -336,6 +337,25 @@ def demo(
     console.print(f"  Reports:    {s.reports_dir}")
     console.print(f"  Serve it:   RECOPS_HOME={Path(s.home).resolve()} recops serve")
     console.print("[green]demo finished; the server is stopped.")
+
+
+def _behavioral_tour(c, user: str, viewed: list[str], items) -> None:
+    """The behavioral endpoints, once each: an anonymous session, next items, why, deals."""
+    sid = f"demo-session-{int(time.time())}"
+    c.post("/track/batch", json=[{"session_id": sid, "item_id": i, "event_type": "view"} for i in viewed[:3]])
+    r = c.post("/session/recommend", json={"session_id": sid, "k": 3}).json()
+    console.print(f"[bold]an anonymous session[/] viewed {viewed[:3]}: intent {r['intent']} ({r['intent_reason']})")
+    for it in r["items"]:
+        console.print(f"   {it['rank']}. {it['item_id']:<7} {items.loc[it['item_id'], 'category'] if it['item_id'] in items.index else '?':<12} {it['reason']}")
+    nxt = c.post("/next-items", json={"recent_item_ids": viewed[:1], "k": 3}).json()["items"]
+    console.print(f"[bold]next after {viewed[0]}[/]: " + "; ".join(f"{it['item_id']} ({it['reason']})" for it in nxt))
+    top = c.post("/recommend", json={"user_id": user, "k": 1}).json()["items"][0]["item_id"]
+    why = c.get("/explain", params={"user_id": user, "item_id": top}).json()
+    console.print(f"[bold]why {top} for {user}[/] (scorer: {why['scorer']}): " + "; ".join(x["reason"] for x in why["contributions"][:3]))
+    deals = c.post("/deals", json={"user_id": user, "k": 3}).json()
+    console.print(f"[bold]deals for {user}[/] (price sensitivity {deals['price_sensitivity']:.2f}, cap {deals['max_discount']:.0%}):")
+    for d in deals["deals"]:
+        console.print(f"   {d['item_id']:<7} {d['list_price']:>8.2f} → {d['deal_price']:>8.2f}  {d['reason']}")
 
 
 def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 90) -> None:

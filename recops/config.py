@@ -88,6 +88,9 @@ class Settings:
     deal_max_discount: float = 0.5  # the most any deal takes off a list price (enforced on the server)
     deal_floor_ratio: float = 0.6  # a deal price never goes below this share of the list price
     deal_ttl_hours: float = 48.0  # how long a deal stays valid
+    # month (1-12) -> discount factor (January and summer sales, Black Friday, the holidays); region -> factor
+    deal_season_boost: dict[str, float] = field(default_factory=lambda: {"1": 1.2, "7": 1.1, "11": 1.25, "12": 1.1})
+    deal_region_factor: dict[str, float] = field(default_factory=dict)
     reload_interval_seconds: float = 10.0
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000

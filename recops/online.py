@@ -100,6 +100,12 @@ class Refresher:
         with self._cond:
             return self._cond.wait_for(lambda: self._done.value >= target, timeout)
 
+    def is_pending(self, user: str | None = None, session: str | None = None) -> bool:
+        """Whether a refresh queued for ``user``/``session`` has not landed yet."""
+        with self._lock:
+            target = max(self._queued.get(("u", user), 0), self._queued.get(("s", session), 0))
+        return bool(target) and self._done.value < target
+
     def pending(self) -> int:
         return 0 if self._proc is None else self._seq - self._done.value
 

@@ -129,7 +129,7 @@ class Serving:
                 history = list(dict.fromkeys(live + history))[:HISTORY_LEN]
                 state = self.features.online_session(session_id)
                 intent, shares = (infer_intent(state).name, _shares(state)) if state else (None, None)
-            feats = self.features.online_user(user_id)
+            feats = self._user_features(user_id)
             if not history and feats is None:
                 return self.cold_start(user_id, k, excl, model, version)
             strategy = "personalized"
@@ -150,6 +150,16 @@ class Serving:
         except Exception as exc:
             log.exception("model failed for user %s", user_id)
             return self.fallback(user_id, k, excl, model, f"model error: {type(exc).__name__}", version)
+
+    def _user_features(self, user_id: str) -> dict | None:
+        """The user's online features; right after /track, while their refresh is still queued,
+        computed here from the event store by the same function (read your own writes at once)."""
+        if not self.refresher.is_pending(user=user_id):
+            return self.features.online_user(user_id)
+        ev = self.store.events_of([user_id])
+        if ev.empty:
+            return None
+        return user_features(ev, pd.DataFrame({"user_id": [user_id], "as_of": pd.Timestamp.now(tz="UTC")}), self._items).iloc[0].to_dict()
 
     def cold_start(self, user_id: str, k: int, exclude: set[str], model, version: str | None) -> RecommendResponse:
         """A user with no events: their demographic segment's favourites when the users table knows
@@ -281,8 +291,7 @@ class Serving:
         if model is None:
             raise NoModel(f"no champion model: {self.load_error or 'not loaded'}")
         history = self.store.user_state(user_id=user_id, n=HISTORY_LEN).history
-        self.refresher.wait(user=user_id)
-        feats = self.features.online_user(user_id)
+        feats = self._user_features(user_id)
         return model, version, history, derive_user_dict(feats, time.time()) if feats else None
 
     def _check_item(self, model, item_id: str) -> None:

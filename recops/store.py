@@ -292,8 +292,10 @@ def _jsonable(v):
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets the server write /track events while a flow reads; the timeout absorbs short locks.
+    # synchronous=FULL: a commit is on disk before /track answers (an OS crash loses nothing
+    # acknowledged); it costs ~0.2 ms a commit here, against ~0.02 ms for NORMAL.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
