@@ -2,7 +2,7 @@
 
 ``profile_features(events, items, as_of)`` computes one row per user for all users at once (grouped
 numpy/pandas, the offline path). ``user_profile`` answers for one user online by running the very same
-function on that user's events, so the profile a user sees and the features a model learned from
+function on that user's events, so the profile a user sees online and the offline table
 cannot disagree. Only events at or before ``as_of`` count; every ratio is bounded to [0, 1] and is 0
 when its denominator is empty, so a sparse user gets defined values instead of NaNs.
 """

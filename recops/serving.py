@@ -96,10 +96,11 @@ class Serving:
         self._category = dict(zip(items["item_id"], items["category"]))
         self._in_stock = dict(zip(items["item_id"], items["in_stock"]))
         self._out_of_stock = set(items.loc[~items["in_stock"], "item_id"])
-        self._popular = self.store.popular_items()
+        counts = self.store.popular_items(n=max(len(items), 100))  # one query: the fallback and deal demand
+        self._popular = counts[:100]
         self._catalog = Catalog.of(items)
         # deals: an item's demand is its percentile of recent events in the live catalog (none: 0)
-        recent = pd.Series(dict(self.store.popular_items(n=len(items) or 1)), dtype=float)
+        recent = pd.Series(dict(counts), dtype=float)
         self._deal_info = items.set_index("item_id")[["price", "title", "category"]].assign(
             demand=lambda d: demand_percentile(recent.reindex(d.index).fillna(0.0)))
 
