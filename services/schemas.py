@@ -219,3 +219,31 @@ class NextItemsResponse(BaseModel):
     items: list[RecommendedItem]
     model_version: str | None
     unknown_items: list[str] = Field(default_factory=list, description="recent items the model has never seen (ignored)")
+
+
+class OnlineRefresh(BaseModel):
+    pending: int = Field(description="/track requests whose online refresh has not landed yet", examples=[0])
+    done: int = Field(description="online refreshes done since the server started")
+    last_error: str | None = None
+
+
+class HealthResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    status: str = Field(examples=["ok"])
+    model_version: str | None = Field(examples=["3"])
+    model_loaded: bool
+    load_error: str | None = None
+    events: int = Field(description="events in the event store")
+    online_refresh: OnlineRefresh
+
+
+class ModelInfoResponse(BaseModel):
+    name: str = Field(examples=["recops"])
+    alias: str = Field(examples=["champion"])
+    version: str | None = Field(examples=["3"])
+    loaded_at: float | None = Field(description="epoch seconds")
+    load_error: str | None = None
+    generators: list[str] = Field(examples=[["popularity", "covisit", "itemknn", "ease", "svd"]])
+    features: list[str] = Field(description="the ranker's features, in order")
+    meta: dict[str, Any] = Field(description="training split, ranker statistics, tuned hyper-parameters, scorers")

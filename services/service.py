@@ -31,9 +31,10 @@ from fastapi import FastAPI, HTTPException, Path, Query
 from pydantic import Field
 
 from recops.config import load_settings
-from recops.services.schemas import (DealsRequest, DealsResponse, ExplainResponse, ImplicitRatingResponse,
-                                     NextItemsResponse, PredictResponse, ProfileResponse, RecommendResponse,
-                                     SessionRecommendResponse, TrackEvent, TrackResponse)
+from recops.services.schemas import (DealsRequest, DealsResponse, ExplainResponse, HealthResponse,
+                                     ImplicitRatingResponse, ModelInfoResponse, NextItemsResponse, PredictResponse,
+                                     ProfileResponse, RecommendResponse, SessionRecommendResponse, TrackEvent,
+                                     TrackResponse)
 
 app = FastAPI(title="recops", description="Real-time behavioral recommendations")
 
@@ -146,12 +147,12 @@ class Recops:
         return self.rt.deals(request.user_id, request.k)
 
     @app.get("/health")
-    def health(self) -> dict:
+    def health(self) -> HealthResponse:
         """Liveness plus what is being served."""
         return self.rt.health()
 
     @app.get("/model")
-    def model_info(self) -> dict:
+    def model_info(self) -> ModelInfoResponse:
         """The served champion: registry name, version, when it was loaded, its features."""
         return self.rt.model_info()
 
