@@ -69,14 +69,20 @@ class Refresher:
         self._proc = None
 
     def _start(self) -> None:
+        """Start the child; after a crash, a new one picks up where the dead one stopped and is
+        handed again every id queued since its last finished refresh."""
         ctx = self._ctx
+        done = self._done.value if self._proc is not None else 0
+        lost = [k for k, v in self._queued.items() if v > done]
         self._q = ctx.Queue()
-        self._done, self._count = ctx.Value("q", 0), ctx.Value("q", 0)
+        self._done, self._count = ctx.Value("q", done), ctx.Value("q", 0)
         self._error = ctx.Array("c", 500)
         self._cond = ctx.Condition()
         self._proc = ctx.Process(target=_refresh_loop, name="recops-online-refresher", daemon=True,
                                  args=(self.settings, self._q, self._done, self._count, self._error, self._cond))
         self._proc.start()
+        if lost:
+            self._q.put((self._seq, [i for kind, i in lost if kind == "u"], [i for kind, i in lost if kind == "s"]))
 
     def submit(self, users, sessions) -> None:
         with self._lock:
