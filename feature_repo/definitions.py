@@ -29,34 +29,23 @@ def build(feature_dir: str | Path) -> list:
     d = Path(feature_dir).resolve()
     user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="a shopper")
     item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="a catalog item")
-    user_src = FileSource(name="user_behavior_source", path=str(d / "user_features.parquet"), timestamp_field="event_timestamp")
-    item_src = FileSource(name="item_stats_source", path=str(d / "item_features.parquet"), timestamp_field="event_timestamp")
     session = Entity(name="session", join_keys=["session_id"], value_type=ValueType.STRING, description="a visit")
-    session_src = FileSource(name="session_state_source", path=str(d / "session_state.parquet"), timestamp_field="event_timestamp")
-    recent_src = FileSource(name="user_recent_source", path=str(d / "user_recent.parquet"), timestamp_field="event_timestamp")
-    user_push = PushSource(name=USER_PUSH, batch_source=user_src)
-    recent_push = PushSource(name=RECENT_PUSH, batch_source=recent_src)
-    session_push = PushSource(name=SESSION_PUSH, batch_source=session_src)
-    item_push = PushSource(name=ITEM_PUSH, batch_source=item_src)
-    user_fv = FeatureView(
-        name=USER_VIEW, entities=[user], ttl=TTL, online=True, source=user_push,
-        schema=[Field(name="user_id", dtype=String), *_fields(USER_FEATURES)],
-        description="Behavioral user features: windowed counts, conversion rates, recency, category affinity",
-    )
-    item_fv = FeatureView(
-        name=ITEM_VIEW, entities=[item], ttl=TTL, online=True, source=item_push,
-        schema=[Field(name="item_id", dtype=String), *_fields(ITEM_FEATURES)],
-        description="Item stats: popularity windows, trend, conversion",
-    )
-    session_fv = FeatureView(
-        name=SESSION_VIEW, entities=[session], ttl=SESSION_TTL, online=True, source=session_push,
-        schema=[Field(name="session_id", dtype=String), *_fields(SESSION_FEATURES)],
-        description="Live session state: recent items, categories, event mix, first/last time, intent",
-    )
-    recent_fv = FeatureView(
-        name=RECENT_VIEW, entities=[user], ttl=TTL, online=True, source=recent_push,
-        schema=[Field(name="user_id", dtype=String), *_fields(RECENT_FEATURES)],
-        description="A user's recent items and their implicit ratings (online state: latest row only offline)",
-    )
-    return [user, item, session, user_src, item_src, session_src, recent_src, user_push, item_push, session_push,
-            recent_push, user_fv, item_fv, session_fv, recent_fv]
+
+    def view(name: str, push: str, table: str, entity: Entity, spec: dict[str, str], ttl: timedelta, description: str) -> list:
+        """A feature view fed by a push source whose batch source is the offline parquet ``table``."""
+        src = FileSource(name=f"{name}_source", path=str(d / f"{table}.parquet"), timestamp_field="event_timestamp")
+        pushed = PushSource(name=push, batch_source=src)
+        key = entity.join_key
+        fv = FeatureView(name=name, entities=[entity], ttl=ttl, online=True, source=pushed, description=description,
+                         schema=[Field(name=key, dtype=String), *_fields(spec)])
+        return [src, pushed, fv]
+
+    return [user, item, session,
+            *view(USER_VIEW, USER_PUSH, "user_features", user, USER_FEATURES, TTL,
+                  "Behavioral user features: windowed counts, conversion rates, recency, category affinity"),
+            *view(ITEM_VIEW, ITEM_PUSH, "item_features", item, ITEM_FEATURES, TTL,
+                  "Item stats: popularity windows, trend, conversion"),
+            *view(SESSION_VIEW, SESSION_PUSH, "session_state", session, SESSION_FEATURES, SESSION_TTL,
+                  "Live session state: recent items, categories, event mix, first/last time, dwell"),
+            *view(RECENT_VIEW, RECENT_PUSH, "user_recent", user, RECENT_FEATURES, TTL,
+                  "A user's recent items and their implicit ratings (online state: latest row only offline)")]
