@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from recops.config import DEFAULT_EVENT_WEIGHTS
-from recops.ratings import to_rating
+from recops.ratings import decay, event_weights, to_rating
 
 COUNT_TYPES = ("view", "click", "add_to_cart", "purchase")
 WINDOWS_DAYS = (1, 7, 30)
@@ -208,9 +208,7 @@ def user_recent(events: pd.DataFrame, points: pd.DataFrame,
     weights, half_life = ratings or (DEFAULT_EVENT_WEIGHTS, 30.0)
     ev = ev.assign(_ts=_ms(ev["timestamp"]) / 1000.0).sort_values(["user_id", "_ts"], kind="stable")
     codes, names = pd.factorize(ev["item_id"].astype(str))
-    w = ev["event_type"].map(weights).fillna(0.0).to_numpy(dtype=float)
-    is_rate = (ev["event_type"] == "rate").to_numpy()
-    w[is_rate] = np.nan_to_num(ev["value"].to_numpy(dtype=float)[is_rate])
+    w = event_weights(ev, weights)
     ts, users = ev["_ts"].to_numpy(), ev["user_id"].astype(str).to_numpy()
     as_of = _ms(points["as_of"]) / 1000.0
     lo_all = np.searchsorted(users, points["user_id"].astype(str).to_numpy(), side="left")
@@ -235,9 +233,9 @@ def recent_ratings(recent: np.ndarray, names: np.ndarray, codes: np.ndarray, wei
     order = np.argsort(recent)
     pos = np.minimum(np.searchsorted(recent[order], codes), len(recent) - 1)
     hit = recent[order][pos] == codes
-    decay = np.power(0.5, np.clip(as_of - ts[hit], 0, None) / 86400.0 / half_life_days)
     score = np.zeros(len(recent))
-    score[order] = np.bincount(pos[hit], weights=weights[hit] * decay, minlength=len(recent))
+    score[order] = np.bincount(pos[hit], weights=weights[hit] * decay((as_of - ts[hit]) / 86400.0, half_life_days),
+                               minlength=len(recent))
     return json.dumps({str(names[c]): round(float(r), 4) for c, r in zip(recent, to_rating(score))})
 
 

@@ -9,15 +9,24 @@ import pandas as pd
 SCALE = 3.0
 
 
-def event_scores(events: pd.DataFrame, weights: dict[str, float], half_life_days: float, as_of: pd.Timestamp) -> np.ndarray:
-    """Each event's decayed contribution. ``rate`` events contribute their own value (1-5)."""
+def event_weights(events: pd.DataFrame, weights: dict[str, float]) -> np.ndarray:
+    """Each event's undecayed weight. ``rate`` events contribute their own value (1-5)."""
     w = events["event_type"].map(weights).fillna(0.0).to_numpy(dtype=float)
     is_rate = (events["event_type"] == "rate").to_numpy()
     if is_rate.any():
         w[is_rate] = events["value"].to_numpy(dtype=float)[is_rate]
+    return np.nan_to_num(w)
+
+
+def decay(age_days: np.ndarray, half_life_days: float) -> np.ndarray:
+    """Exponential time decay; events from the future (clock skew) count as now."""
+    return np.power(0.5, np.clip(age_days, 0, None) / half_life_days)
+
+
+def event_scores(events: pd.DataFrame, weights: dict[str, float], half_life_days: float, as_of: pd.Timestamp) -> np.ndarray:
+    """Each event's decayed contribution."""
     age_days = (as_of - events["timestamp"]).dt.total_seconds().to_numpy() / 86400.0
-    decay = np.power(0.5, np.clip(age_days, 0, None) / half_life_days)
-    return np.nan_to_num(w) * decay
+    return event_weights(events, weights) * decay(age_days, half_life_days)
 
 
 def to_rating(score: np.ndarray | float) -> np.ndarray:
