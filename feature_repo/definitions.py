@@ -13,11 +13,10 @@ from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Float64, Int64, String
 
 from recops.features import ITEM_FEATURES, RECENT_FEATURES, SESSION_FEATURES, USER_FEATURES
+from recops.vocabulary import ITEM_VIEW, OFFLINE_TABLES, PUSH_SOURCES, RECENT_VIEW, SESSION_VIEW, USER_VIEW
 
 TTL = timedelta(days=3650)
 SESSION_TTL = timedelta(days=2)  # a session older than this is over: serve as if it were new
-USER_VIEW, ITEM_VIEW, SESSION_VIEW, RECENT_VIEW = "user_behavior", "item_stats", "session_state", "user_recent"
-USER_PUSH, ITEM_PUSH, SESSION_PUSH, RECENT_PUSH = "user_behavior_push", "item_stats_push", "session_state_push", "user_recent_push"
 _TYPES = {"int": Int64, "float": Float64, "str": String}
 
 
@@ -31,21 +30,22 @@ def build(feature_dir: str | Path) -> list:
     item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="a catalog item")
     session = Entity(name="session", join_keys=["session_id"], value_type=ValueType.STRING, description="a visit")
 
-    def view(name: str, push: str, table: str, entity: Entity, spec: dict[str, str], ttl: timedelta, description: str) -> list:
-        """A feature view fed by a push source whose batch source is the offline parquet ``table``."""
-        src = FileSource(name=f"{name}_source", path=str(d / f"{table}.parquet"), timestamp_field="event_timestamp")
-        pushed = PushSource(name=push, batch_source=src)
+    def view(name: str, entity: Entity, spec: dict[str, str], ttl: timedelta, description: str) -> list:
+        """A feature view fed by its push source, whose batch source is the view's offline parquet table."""
+        src = FileSource(name=f"{name}_source", path=str(d / f"{OFFLINE_TABLES[name]}.parquet"),
+                         timestamp_field="event_timestamp")
+        pushed = PushSource(name=PUSH_SOURCES[name], batch_source=src)
         key = entity.join_key
         fv = FeatureView(name=name, entities=[entity], ttl=ttl, online=True, source=pushed, description=description,
                          schema=[Field(name=key, dtype=String), *_fields(spec)])
         return [src, pushed, fv]
 
     return [user, item, session,
-            *view(USER_VIEW, USER_PUSH, "user_features", user, USER_FEATURES, TTL,
+            *view(USER_VIEW, user, USER_FEATURES, TTL,
                   "Behavioral user features: windowed counts, conversion rates, recency, category affinity"),
-            *view(ITEM_VIEW, ITEM_PUSH, "item_features", item, ITEM_FEATURES, TTL,
+            *view(ITEM_VIEW, item, ITEM_FEATURES, TTL,
                   "Item stats: popularity windows, trend, conversion"),
-            *view(SESSION_VIEW, SESSION_PUSH, "session_state", session, SESSION_FEATURES, SESSION_TTL,
+            *view(SESSION_VIEW, session, SESSION_FEATURES, SESSION_TTL,
                   "Live session state: recent items, categories, event mix, first/last time, dwell"),
-            *view(RECENT_VIEW, RECENT_PUSH, "user_recent", user, RECENT_FEATURES, TTL,
+            *view(RECENT_VIEW, user, RECENT_FEATURES, TTL,
                   "A user's recent items and their implicit ratings (online state: latest row only offline)")]

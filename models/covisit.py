@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.config import DEFAULT_EVENT_WEIGHTS
+from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, RATE
 from recops.models.base import NONE, Recommender, top_k
 from recops.models.matrix import gather_rows, keep_top_csr
 
@@ -38,7 +38,7 @@ class CoVisitation(Recommender):
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> "CoVisitation":
         ev = events[["user_id", "session_id", "item_id", "event_type", "timestamp"]].copy()
         ev["group"] = session_groups(ev)
-        w = ev["event_type"].map({**self.weights, "rate": 1.0}).fillna(0.0).clip(lower=0.0)
+        w = ev["event_type"].map({**self.weights, RATE: 1.0}).fillna(0.0).clip(lower=0.0)
         as_of = ev["timestamp"].max()
         age = (as_of - ev["timestamp"]).dt.total_seconds() / 86400.0
         ev["w"] = (w + 0.5) * np.power(0.5, age / self.half_life_days)  # +0.5: any touch co-occurs

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recops.config import DEFAULT_EVENT_WEIGHTS
+from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, RATE
 from recops.models.base import Recommender
 from recops.ratings import event_scores
 
@@ -41,7 +41,7 @@ class DemographicPopularity(Recommender):
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
             users: pd.DataFrame | None = None) -> "DemographicPopularity":
         ev = events[events["user_id"].notna()]
-        ev = ev.assign(value=np.where(ev["event_type"] == "rate", 1.0, ev["value"]))
+        ev = ev.assign(value=np.where(ev["event_type"] == RATE, 1.0, ev["value"]))
         w = np.clip(event_scores(ev, self.weights, self.half_life_days, ev["timestamp"].max()), 0, None)
         scored = pd.DataFrame({"user_id": ev["user_id"].astype(str).to_numpy(), "item_id": ev["item_id"].to_numpy(), "w": w})
         self.global_ = self._top(scored.groupby("item_id")["w"].sum())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from recops.vocabulary import FUNNEL, VERBS
+
 GENERATOR_TEXT = {
     "popularity": "popular with shoppers right now",
     "covisit": "often viewed together with items you looked at recently",
@@ -14,8 +16,8 @@ GENERATOR_TEXT = {
     "content": "its description matches what you looked at",
     "demographic": "popular with shoppers like you",
 }
-_WINDOW = re.compile(r"^([ui])_(view|click|add_to_cart|purchase|events)_(\d+)d$")
-_VERB = {"view": "viewed", "click": "clicked", "add_to_cart": "added to carts", "purchase": "bought", "events": "interacted with"}
+_VERB = {**{t: VERBS[t] for t in FUNNEL}, "events": "interacted with"}
+_WINDOW = re.compile(rf"^([ui])_({'|'.join(_VERB)})_(\d+)d$")
 
 
 def describe(feature: str, value: float, category: str) -> str:

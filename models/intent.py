@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recops.models.rules import BusinessRules
+from recops.vocabulary import CART, CLICK, PURCHASE, VIEW
 
 INTENTS = ("browsing", "research", "transactional")
 RESEARCH_DWELL_SECONDS = 30.0
@@ -50,8 +51,8 @@ def infer_intent(state: dict | None) -> Intent:
     n = int(state.get("s_n_events") or 0)
     n_items = int(state.get("s_n_items") or 0)
     dwell = float(state.get("s_dwell_seconds") or 0.0)
-    carts, buys = int(mix.get("add_to_cart", 0)), int(mix.get("purchase", 0))
-    views, clicks = int(mix.get("view", 0)), int(mix.get("click", 0))
+    carts, buys = int(mix.get(CART, 0)), int(mix.get(PURCHASE, 0))
+    views, clicks = int(mix.get(VIEW, 0)), int(mix.get(CLICK, 0))
     focus = max(cats.values()) / max(sum(cats.values()), 1) if cats else 0.0
     signals = {"events": n, "items": n_items, "carts": carts, "purchases": buys, "dwell_seconds": round(dwell, 1),
                "category_focus": round(focus, 3), "click_rate": round(clicks / max(views, 1), 3)}

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.config import DEFAULT_EVENT_WEIGHTS
+from recops.vocabulary import DEFAULT_EVENT_WEIGHTS
 from recops.models.base import NONE, Recommender, top_k
 from recops.models.matrix import gather_rows, interactions, keep_top_csr
 

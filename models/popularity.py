@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from recops.models.base import NONE, Recommender, top_k
-from recops.config import DEFAULT_EVENT_WEIGHTS
+from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, POPULARITY_HALF_LIFE_DAYS, RATE
 from recops.ratings import event_scores
 
 
@@ -15,7 +15,7 @@ class Popularity(Recommender):
 
     name = "popularity"
 
-    def __init__(self, half_life_days: float = 7.0, weights: dict[str, float] | None = None, segment_column: str | None = None):
+    def __init__(self, half_life_days: float = POPULARITY_HALF_LIFE_DAYS, weights: dict[str, float] | None = None, segment_column: str | None = None):
         self.half_life_days = half_life_days
         self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
         self.segment_column = segment_column
@@ -23,7 +23,7 @@ class Popularity(Recommender):
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> "Popularity":
         as_of = events["timestamp"].max()
         # an explicit rating counts as one interaction, whatever its value
-        ev = events.assign(value=np.where(events["event_type"] == "rate", 1.0, events["value"]))
+        ev = events.assign(value=np.where(events["event_type"] == RATE, 1.0, events["value"]))
         w = event_scores(ev, self.weights, self.half_life_days, as_of)
         s = pd.Series(np.clip(w, 0, None), index=events["item_id"].to_numpy()).groupby(level=0).sum()
         s = s.sort_values(ascending=False, kind="stable")

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recops.vocabulary import DEFAULT_EXCLUDE_TYPES
+
 
 @dataclass(frozen=True)
 class BusinessRules:
     # items the user did one of these to are never recommended again (empty: repeats allowed)
-    exclude_event_types: tuple[str, ...] = ("purchase", "rate")
+    exclude_event_types: tuple[str, ...] = DEFAULT_EXCLUDE_TYPES
     in_stock_only: bool = True
     # at most this many items of one category in a list (0: no cap)
     max_per_category: int = 0

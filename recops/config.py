@@ -20,15 +20,7 @@ from typing import Any
 
 import yaml
 
-DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
-    "view": 1.0,
-    "click": 2.0,
-    "wishlist": 3.0,
-    "add_to_cart": 4.0,
-    "remove_from_cart": -2.0,
-    "purchase": 5.0,
-    "rate": 0.0,  # a rate event carries its own value (1-5)
-}
+from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, DEFAULT_EXCLUDE_TYPES, RATING_HALF_LIFE_DAYS
 
 PROFILES = ("local", "scaleout")
 
@@ -55,7 +47,7 @@ class Settings:
     # Event semantics.
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     custom_event_types: dict[str, float] = field(default_factory=dict)
-    decay_half_life_days: float = 30.0
+    decay_half_life_days: float = RATING_HALF_LIFE_DAYS
     # Validation.
     max_bad_share: float = 0.05
     max_event_age_days: float = 365.0 * 30
@@ -78,7 +70,7 @@ class Settings:
     random_state: int = 42
     num_threads: int = 1
     # Business rules, applied after ranking at request time (recops.models.rules).
-    exclude_event_types: list[str] = field(default_factory=lambda: ["purchase", "rate"])  # never recommend again
+    exclude_event_types: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE_TYPES))  # never recommend again
     in_stock_only: bool = True
     max_per_category: int = 0  # at most this many items of one category per list; 0: no cap
     fresh_item_days: float = 14.0

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from recops.models.metrics import bootstrap_ci, per_user_metrics
+from recops.vocabulary import HISTORY_LEN
 
 SEGMENTS = (("new", 0, 5), ("light", 6, 20), ("heavy", 21, 10**9))  # by distinct training items
 
@@ -55,7 +56,7 @@ class EvalSplit:
     def excluded(self) -> dict[str, set[str]]:
         return self.seen() if self.exclude is None else self.exclude
 
-    def histories(self, n: int = 20) -> dict[str, list[str]]:
+    def histories(self, n: int = HISTORY_LEN) -> dict[str, list[str]]:
         """Each test user's recent distinct training items, newest first."""
         tr = self.train[self.train["user_id"].isin(set(self.test))]
         last = tr.groupby(["user_id", "item_id"], sort=False)["timestamp"].max().reset_index()

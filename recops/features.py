@@ -16,19 +16,18 @@ import json
 import numpy as np
 import pandas as pd
 
-from recops.config import DEFAULT_EVENT_WEIGHTS
 from recops.ratings import decay, event_weights, to_rating
+from recops.vocabulary import (BROWSE, CART, CLICK, DEFAULT_EVENT_WEIGHTS, FUNNEL, HISTORY_LEN, NEGATIVE, PURCHASE,
+                               RATING_HALF_LIFE_DAYS, VIEW)
 
-COUNT_TYPES = ("view", "click", "add_to_cart", "purchase")
 WINDOWS_DAYS = (1, 7, 30)
 MAX_CATEGORIES = 32  # category-affinity vectors keep the most common categories, the rest is "other"
-RECENT_ITEMS = 20  # the recent-items list kept online for a user or a session (newest first, distinct)
 
 USER_PREFIX, ITEM_PREFIX = "u_", "i_"
 
 
 def _count_names(prefix: str) -> list[str]:
-    return [f"{prefix}{t}_{w}d" for t in COUNT_TYPES for w in WINDOWS_DAYS]
+    return [f"{prefix}{t}_{w}d" for t in FUNNEL for w in WINDOWS_DAYS]
 
 
 USER_FEATURES: dict[str, str] = {
@@ -54,7 +53,7 @@ RECENT_FEATURES: dict[str, str] = {
 }
 
 # The live state of a session (Feast view ``session_state``): pushed on every /track, read by
-# /session/recommend; intent is derived from it (``recops.sessions``).
+# /session/recommend; intent is derived from it (``recops.models.intent``).
 SESSION_FEATURES: dict[str, str] = {
     "s_user_id": "str",
     "s_items": "str",  # JSON list, newest first, distinct
@@ -132,7 +131,7 @@ def entity_features(
         return np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
 
     counts: dict[tuple[str, int], np.ndarray] = {}
-    for t in COUNT_TYPES:
+    for t in FUNNEL:
         c = cum(etype == t)
         for w in WINDOWS_DAYS:
             counts[(t, w)] = c[hi] - c[lo_w[w]]
@@ -143,11 +142,11 @@ def entity_features(
 
     if prefix == USER_PREFIX:
         out["u_events_30d"] = c_all[hi] - c_all[lo_w[30]]
-        v, cl, ca, pu = (counts[(t, 30)] for t in COUNT_TYPES)
+        v, cl, ca, pu = (counts[(t, 30)] for t in (VIEW, CLICK, CART, PURCHASE))
         out["u_view_to_click_30d"] = _safe_ratio(cl, v)
         out["u_view_to_cart_30d"] = _safe_ratio(ca, v)
         out["u_cart_to_purchase_30d"] = _safe_ratio(pu, ca)
-        is_p = etype == "purchase"
+        is_p = etype == PURCHASE
         vals = np.nan_to_num(ev["value"].to_numpy(dtype=float)[order]) * is_p
         pv = np.concatenate([[0.0], np.cumsum(vals)])
         pc = cum(is_p & (vals > 0))
@@ -160,9 +159,9 @@ def entity_features(
         out["i_events_7d"] = c_all[hi] - c_all[lo_w[7]]
         out["i_events_30d"] = c_all[hi] - c_all[lo_w[30]]
         out["i_events_total"] = c_all[hi] - c_all[lo_all]
-        act = lambda w: sum(counts[(t, w)] for t in ("view", "click"))  # noqa: E731
+        act = lambda w: sum(counts[(t, w)] for t in BROWSE)  # noqa: E731
         out["i_trend"] = (act(1) * 7.0 + 1.0) / (act(7) + 1.0)
-        out["i_conversion_30d"] = _safe_ratio(counts[("purchase", 30)], counts[("view", 30)])
+        out["i_conversion_30d"] = _safe_ratio(counts[(PURCHASE, 30)], counts[(VIEW, 30)])
     return out
 
 
@@ -175,7 +174,7 @@ def _add_category_affinity(out, ev, order, hi, lo, item_category, categories) ->
         return
     vocab = list(categories)[: MAX_CATEGORIES - 1] + ["other"]
     cat = ev["item_id"].map(item_category).fillna("other").to_numpy()[order]
-    positive = ~np.isin(ev["event_type"].to_numpy()[order], ["remove_from_cart"])
+    positive = ~np.isin(ev["event_type"].to_numpy()[order], list(NEGATIVE))
     code = pd.Index(vocab).get_indexer(cat)
     code[code < 0] = len(vocab) - 1
     onehot = np.zeros((len(cat) + 1, len(vocab)), dtype=np.int32)
@@ -195,17 +194,17 @@ def _add_category_affinity(out, ev, order, hi, lo, item_category, categories) ->
 
 
 def recent_items(chronological: np.ndarray) -> str:
-    """The newest ``RECENT_ITEMS`` distinct items of a chronological run, as a JSON list."""
-    return json.dumps(list(dict.fromkeys(chronological[::-1].tolist()))[:RECENT_ITEMS])
+    """The newest ``HISTORY_LEN`` distinct items of a chronological run, as a JSON list."""
+    return json.dumps(list(dict.fromkeys(chronological[::-1].tolist()))[:HISTORY_LEN])
 
 
 def user_recent(events: pd.DataFrame, points: pd.DataFrame,
                 ratings: tuple[dict[str, float], float] | None = None) -> pd.DataFrame:
     """``RECENT_FEATURES`` of the users at the ``(user_id, as_of)`` rows of ``points``: the newest
-    ``RECENT_ITEMS`` distinct items and their implicit ratings (``ratings``: event-type weights and
+    ``HISTORY_LEN`` distinct items and their implicit ratings (``ratings``: event-type weights and
     half-life in days, default the built-in ones; ``recops.ratings`` semantics) as of then."""
     ev = events[events["user_id"].notna()]
-    weights, half_life = ratings or (DEFAULT_EVENT_WEIGHTS, 30.0)
+    weights, half_life = ratings or (DEFAULT_EVENT_WEIGHTS, RATING_HALF_LIFE_DAYS)
     ev = ev.assign(_ts=_ms(ev["timestamp"]) / 1000.0).sort_values(["user_id", "_ts"], kind="stable")
     codes, names = pd.factorize(ev["item_id"].astype(str))
     w = event_weights(ev, weights)
@@ -216,7 +215,7 @@ def user_recent(events: pd.DataFrame, points: pd.DataFrame,
     recent, rated = [], []
     for lo, top, t in zip(lo_all, hi_user, as_of):
         h = lo + int(np.searchsorted(ts[lo:top], t, side="right"))
-        mine = np.asarray(list(dict.fromkeys(codes[max(lo, h - 5 * RECENT_ITEMS):h][::-1].tolist()))[:RECENT_ITEMS], dtype=np.int64)
+        mine = np.asarray(list(dict.fromkeys(codes[max(lo, h - 5 * HISTORY_LEN):h][::-1].tolist()))[:HISTORY_LEN], dtype=np.int64)
         recent.append(json.dumps(names[mine].tolist()))
         rated.append(recent_ratings(mine, names, codes[lo:h], w[lo:h], ts[lo:h], t, half_life))
     return pd.DataFrame({"user_id": points["user_id"].astype(str).to_numpy(),

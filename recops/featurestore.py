@@ -12,8 +12,8 @@ import pandas as pd
 
 from recops.config import Settings
 from recops.features import ITEM_FEATURES, RECENT_FEATURES, SESSION_FEATURES, USER_FEATURES
+from recops.vocabulary import ITEM_VIEW, OFFLINE_TABLES, RECENT_VIEW, SESSION_VIEW, USER_VIEW
 
-USER_VIEW, ITEM_VIEW, SESSION_VIEW, RECENT_VIEW = "user_behavior", "item_stats", "session_state", "user_recent"
 _LOCAL = threading.Lock()  # Feast's SQLite online store shares one connection: one thread at a time
 
 
@@ -75,8 +75,9 @@ class FeatureStoreClient:
         """Replace the offline parquet tables atomically (write to a temp file, then rename)."""
         d = self.settings.feature_dir
         d.mkdir(parents=True, exist_ok=True)
-        for name, df, spec in (("user_features", user_feats, USER_FEATURES), ("item_features", item_feats, ITEM_FEATURES),
-                               ("session_state", sessions, SESSION_FEATURES), ("user_recent", recent, RECENT_FEATURES)):
+        for view, df, spec in ((USER_VIEW, user_feats, USER_FEATURES), (ITEM_VIEW, item_feats, ITEM_FEATURES),
+                               (SESSION_VIEW, sessions, SESSION_FEATURES), (RECENT_VIEW, recent, RECENT_FEATURES)):
+            name = OFFLINE_TABLES[view]
             tmp = d / f".{name}.parquet.tmp"
             _coerce(df, spec).to_parquet(tmp, index=False)
             tmp.replace(d / f"{name}.parquet")
@@ -102,22 +103,45 @@ class FeatureStoreClient:
         return ents.merge(got, on=[key, "event_timestamp"], how="left")
 
     def online_user(self, user_id: str) -> dict | None:
-        """The user's online features (with their recent items), or None when the store knows
-        nothing about them."""
-        with _LOCAL:
-            res = self.store.get_online_features(features=self.user_refs + self.recent_refs,
-                                                 entity_rows=[{"user_id": user_id}]).to_dict()
-        row = {k: v[0] for k, v in res.items()}
-        if row.get("u_last_event_ts") is None:
-            return None
-        return row
+        """The user's stored behavioral features (view ``user_behavior``).
+
+        Args:
+            user_id: the user.
+
+        Returns:
+            Feature name -> value, or None when the store knows nothing about the user.
+        """
+        return self._online(self.user_refs, "user_id", user_id, "u_last_event_ts")
+
+    def online_recent(self, user_id: str) -> dict | None:
+        """The user's recent items and their implicit ratings as the refresher last pushed them (view
+        ``user_recent``; the profile shows them, the request path reads recent items from the event store).
+
+        Args:
+            user_id: the user.
+
+        Returns:
+            ``u_recent_items`` and ``u_recent_ratings`` (JSON strings), or None when nothing is stored.
+        """
+        return self._online(self.recent_refs, "user_id", user_id, "u_recent_items")
 
     def online_session(self, session_id: str) -> dict | None:
-        """A session's live state, or None when the store has none (a new or expired session)."""
+        """A session's live state (view ``session_state``).
+
+        Args:
+            session_id: the session.
+
+        Returns:
+            ``SESSION_FEATURES`` name -> value, or None when the store has none (a new or expired session).
+        """
+        return self._online(self.session_refs, "session_id", session_id, "s_last_ts")
+
+    def _online(self, refs: list[str], key: str, value: str, present: str) -> dict | None:
+        """One entity's online row; None when its ``present`` field is missing (nothing stored)."""
         with _LOCAL:
-            res = self.store.get_online_features(features=self.session_refs, entity_rows=[{"session_id": session_id}]).to_dict()
+            res = self.store.get_online_features(features=refs, entity_rows=[{key: value}]).to_dict()
         row = {k: v[0] for k, v in res.items()}
-        return row if row.get("s_last_ts") is not None else None
+        return row if row.get(present) is not None else None
 
     # Writes go straight to each view's online table (what a push does for every view its push source
     # feeds, without the registry lookup that cost ~8 ms per call).

@@ -17,11 +17,11 @@ import pandas as pd
 
 from recops.features import _safe_ratio
 from recops.models.covisit import session_groups
+from recops.vocabulary import CART, CART_ACTIVITY, CLICK, PURCHASE, VIEW
 
 WINDOW_DAYS = 30  # "recent": the window (as_of - 30d, as_of], like the 30-day USER_FEATURES
 RECENCY_SCALE_DAYS = 7.0  # recency_score = exp(-days since the last event / 7)
 PEAK_RADIUS_HOURS = 2  # the preferred hour window is the peak hour +-2 hours (5 hours, wrapping at midnight)
-CART_TYPES = ("add_to_cart", "purchase")  # events that reveal what a user is willing to pay
 
 PROFILE_FEATURES: dict[str, str] = {
     "p_active_days_30d": "int",  # distinct UTC days with events in the last 30 days
@@ -163,10 +163,10 @@ def _activity(ev: pd.DataFrame, u: np.ndarray, n: int, recent: np.ndarray) -> di
 
 def _funnel(ev: pd.DataFrame, u: np.ndarray, n: int) -> dict[str, np.ndarray]:
     et = ev["event_type"].to_numpy()
-    view, click, cart, buy = (_per_user(u, n, (et == t).astype(float)) for t in ("view", "click", "add_to_cart", "purchase"))
+    view, click, cart, buy = (_per_user(u, n, (et == t).astype(float)) for t in (VIEW, CLICK, CART, PURCHASE))
     iu, inv = _pairs(u, ev["item_id"])
-    carted = np.bincount(inv, (et == "add_to_cart").astype(float), len(iu)) > 0
-    bought = np.bincount(inv, (et == "purchase").astype(float), len(iu)) > 0
+    carted = np.bincount(inv, (et == CART).astype(float), len(iu)) > 0
+    bought = np.bincount(inv, (et == PURCHASE).astype(float), len(iu)) > 0
     abandoned = _per_user(iu, n, (carted & ~bought).astype(float))
     return {
         "p_view_to_click": _ratio(click, view),
@@ -245,10 +245,10 @@ def _prices(ev: pd.DataFrame, u: np.ndarray, n: int) -> dict[str, np.ndarray]:
     price, median = ev["price"].to_numpy(), ev["median"].to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         log_rel = np.log(price / median)
-    mean_log = _mean_where(u, n, log_rel, np.isin(et, CART_TYPES), 0.0)
+    mean_log = _mean_where(u, n, log_rel, np.isin(et, CART_ACTIVITY), 0.0)
     return {
-        "p_avg_price_viewed": _mean_where(u, n, price, et == "view", 0.0),
-        "p_avg_price_purchased": _mean_where(u, n, price, et == "purchase", 0.0),
+        "p_avg_price_viewed": _mean_where(u, n, price, et == VIEW, 0.0),
+        "p_avg_price_purchased": _mean_where(u, n, price, et == PURCHASE, 0.0),
         "p_price_sensitivity": 1.0 / (1.0 + np.exp(np.clip(mean_log, -50.0, 50.0))),
     }
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from recops.vocabulary import RATE, RATING_HALF_LIFE_DAYS
+
 # rating = 5 * (1 - exp(-score / SCALE)): one view ~1.4, a cart ~3.7, a purchase ~4.2, saturating at 5.
 SCALE = 3.0
 
@@ -12,7 +14,7 @@ SCALE = 3.0
 def event_weights(events: pd.DataFrame, weights: dict[str, float]) -> np.ndarray:
     """Each event's undecayed weight. ``rate`` events contribute their own value (1-5)."""
     w = events["event_type"].map(weights).fillna(0.0).to_numpy(dtype=float)
-    is_rate = (events["event_type"] == "rate").to_numpy()
+    is_rate = (events["event_type"] == RATE).to_numpy()
     if is_rate.any():
         w[is_rate] = events["value"].to_numpy(dtype=float)[is_rate]
     return np.nan_to_num(w)
@@ -34,7 +36,7 @@ def to_rating(score: np.ndarray | float) -> np.ndarray:
 
 
 def implicit_ratings(
-    events: pd.DataFrame, weights: dict[str, float], half_life_days: float = 30.0, as_of: pd.Timestamp | None = None
+    events: pd.DataFrame, weights: dict[str, float], half_life_days: float = RATING_HALF_LIFE_DAYS, as_of: pd.Timestamp | None = None
 ) -> pd.DataFrame:
     """One row per (user_id, item_id) with ``score`` (summed decayed weights) and ``rating`` in [0, 5]."""
     ev = events[events["user_id"].notna()]

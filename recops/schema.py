@@ -8,8 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 
-BUILTIN_EVENT_TYPES = ("view", "click", "add_to_cart", "remove_from_cart", "wishlist", "purchase", "rate")
-
 EVENT_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "timestamp", "session_id", "value", "context"]
 ITEM_COLUMNS = ["item_id", "category", "title", "description", "price", "in_stock", "created_at"]
 USER_COLUMNS = ["user_id", "age", "gender", "region"]

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from recops.schema import EVENT_COLUMNS
+from recops.vocabulary import HISTORY_LEN
 
 metadata = sa.MetaData()
 
@@ -217,7 +218,7 @@ class EventStore:
             rows = conn.execute(q).all()
         return _from_epoch(pd.DataFrame(rows, columns=EVENT_COLUMNS))
 
-    def user_state(self, user_id: str | None = None, session_id: str | None = None, n: int = 20,
+    def user_state(self, user_id: str | None = None, session_id: str | None = None, n: int = HISTORY_LEN,
                    exclude_types: tuple[str, ...] = ()) -> UserState:
         """A user's (or session's) recent distinct items, newest first, items to exclude, and when
         each recent item was last touched (epoch seconds).

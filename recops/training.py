@@ -33,8 +33,7 @@ from recops.models.recommender import (ItemTable, RecopsModel, feature_matrix, r
                                        stored_item_matrix, train_ranker, user_vector)
 from recops.models.rules import BusinessRules
 from recops.models.sequential import NextItem
-
-HISTORY_LEN = 20
+from recops.vocabulary import HISTORY_LEN
 
 
 # -- generators -----------------------------------------------------------------------------------
@@ -48,7 +47,7 @@ def make_generator(name: str, settings: Settings, **overrides) -> Recommender:
     from recops.models.svd import PureSVD
     w = settings.event_types
     makers = {
-        "popularity": lambda: Popularity(half_life_days=7.0, weights=w),
+        "popularity": lambda: Popularity(weights=w),
         "covisit": lambda: CoVisitation(weights=w),
         "itemknn": lambda: ItemKNN(neighbors=int(settings.itemknn_neighbors[len(settings.itemknn_neighbors) // 2]),
                                    half_life_days=1e9, weights=w),
@@ -406,7 +405,7 @@ def evaluate_model(model: RecopsModel, split: EvalSplit, items: pd.DataFrame, us
            "curve": _curve(recs, truth, ks, len(table.ids)), "segments": _segments(pu["ndcg"], sizes, k)}
     out["model"]["ndcg_ci_low"], out["model"]["ndcg_ci_high"] = bootstrap_ci(pu["ndcg"])
     if with_baseline:
-        pop = Popularity(half_life_days=7.0, weights=settings.event_types).fit(split.train)
+        pop = Popularity(weights=settings.event_types).fit(split.train)
         excl = split.excluded()
         gone = set(table.ids[~table.in_stock]) if rules.in_stock_only else set()
         base = {u: [i for i, _ in pop.recommend(u, max(ks), exclude=excl.get(u, set()) | gone)] for u in test_users}
