@@ -30,7 +30,8 @@ class ContentSimilarity(Recommender):
         self.index_ = pd.Index(self.item_ids_)
         return self
 
-    def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, history: list[str], k: int, user_id: str | None = None,
+              as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
         pos = self.index_.get_indexer(history)
         ok = pos >= 0
         if not ok.any():

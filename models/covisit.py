@@ -85,7 +85,8 @@ class CoVisitation(Recommender):
         lo, hi = self.neighbors_.indptr[i], self.neighbors_.indptr[i + 1]
         return dict(zip(self.item_ids_[self.neighbors_.indices[lo:hi]], self.neighbors_.data[lo:hi]))
 
-    def score_indices(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_indices(self, history: list[str], k: int, user_id: str | None = None,
+                      as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Sum of neighbor weights over the history, newer items counting more (1/(1+position))."""
         rows, pos = self._rows(history)
         owner, items, w = gather_rows(self.neighbors_, rows)

@@ -73,7 +73,8 @@ class DemographicPopularity(Recommender):
         ids, scores = self.global_
         return ids[:k], scores[:k], None
 
-    def score(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, history: list[str], k: int, user_id: str | None = None,
+              as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
         for key in self.user_keys_.get(user_id, ()):
             if key in self.tables_:
                 ids, scores = self.tables_[key]

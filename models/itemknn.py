@@ -55,7 +55,8 @@ class ItemKNN(Recommender):
             cols, w = np.concatenate([cols, m.indices[lo:hi]]), np.concatenate([w, m.data[lo:hi]])
         return cols, w
 
-    def score_indices(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_indices(self, history: list[str], k: int, user_id: str | None = None,
+                      as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Sum over the user's items of weight x similarity (a sparse row-times-matrix product, done
         on the arrays: ~10x cheaper per request than building a scipy row)."""
         if not hasattr(self, "col_index_"):  # fitted before these indexes existed

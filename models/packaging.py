@@ -10,6 +10,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 from recops.models.recommender import RecopsModel
+from recops.models.request import RecommendRequest
 
 
 class RecopsPyfunc(mlflow.pyfunc.PythonModel):
@@ -23,7 +24,10 @@ class RecopsPyfunc(mlflow.pyfunc.PythonModel):
             hist = _as_list(rec.get("history"))
             excl = set(_as_list(rec.get("exclude")))
             k = int(rec.get("k") or k_default)
-            recs = self.model.recommend(rec["user_id"], k, hist, None, exclude=excl) or self.model.popular(k, excl)
+            # no live catalog here: the stock is the model's item table's
+            req = RecommendRequest(k=k, user_id=rec["user_id"], history=tuple(hist),
+                                   exclude=frozenset(excl) | self.model.items.out_of_stock())
+            recs = self.model.recommend(req) or self.model.popular(k, excl)
             rows += [(rec["user_id"], r.item_id, n + 1, r.score) for n, r in enumerate(recs)]
         return pd.DataFrame(rows, columns=["user_id", "item_id", "rank", "score"])
 

@@ -10,17 +10,19 @@ import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
 from recops.features import ITEM_MODEL_FEATURES, USER_MODEL_FEATURES, derive_values
-from recops.models.base import Recommender
+from recops.models.base import ExplainsCandidates, Recommender
 from recops.models.explain import describe
 from recops.models.intent import intent_rules, intent_scores
-from recops.models.popularity import Popularity
+from recops.models.request import RecommendRequest
 from recops.models.rules import BusinessRules, apply_rules
+from recops.models.sequential import NextItem
 
 SESSION_LIFT = 2.0  # the most the live session's next-item signal lifts a score, in spreads of the user's list
 CROSS_FEATURES = ["x_category_affinity", "x_is_top_category", "x_price_ratio", "x_in_history"]
@@ -62,6 +64,10 @@ class ItemTable:
             get = self.index.get
             return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
         return self._pindex.get_indexer(ids)
+
+    def out_of_stock(self) -> frozenset[str]:
+        """The items this table marks out of stock (the catalog as of training)."""
+        return frozenset(self.ids[~self.in_stock])
 
     @classmethod
     def build(cls, item_feats: pd.DataFrame, items: pd.DataFrame) -> "ItemTable":
@@ -185,33 +191,87 @@ def confidence(history_len: int, n_sources: np.ndarray, n_generators: int) -> np
     return np.round(evidence * (0.5 + 0.5 * agree), 4)
 
 
+class Pool(NamedTuple):
+    """One request's candidates: item-table rows, generator features (score, rank per generator),
+    which generators proposed each, and each row's next-item score relative to the best (0: none)."""
+
+    idx: np.ndarray
+    gen: np.ndarray
+    proposed: np.ndarray
+    next_score: np.ndarray
+
+    def take(self, keep: np.ndarray) -> "Pool":
+        """The rows where ``keep`` is true."""
+        return Pool(self.idx[keep], self.gen[keep], self.proposed[keep], self.next_score[keep])
+
+    def add_unproposed(self, rows: np.ndarray, not_proposed_rank: int) -> "Pool":
+        """These item-table rows added with "not proposed" generator features."""
+        gen = np.zeros((len(rows), self.gen.shape[1]))
+        gen[:, 1::2] = not_proposed_rank
+        return Pool(np.concatenate([self.idx, rows]), np.vstack([self.gen, gen]),
+                    np.vstack([self.proposed, np.zeros((len(rows), self.proposed.shape[1]), dtype=bool)]),
+                    np.concatenate([self.next_score, np.zeros(len(rows))]))
+
+
 class RecopsModel:
-    """Generators + ranker + the item table: everything needed to serve, in one picklable object."""
+    """Generators + ranker + the item table: everything needed to serve, in one picklable object.
+
+    Its declared parts: ``generators`` (the candidate sources, name -> ``Recommender``), ``ranker``
+    (LightGBM LambdaRank, None until trained), ``items`` (the item table), ``scorer`` (per user
+    segment: "ranker" or the generator whose own order ranks that segment), ``calibration`` (score
+    gap -> probability), ``demographic`` (cold start by segment) and ``next_item`` (what follows a
+    session's items). The optional parts are None when a model was trained without them.
+    """
 
     def __init__(self, generators: dict[str, Recommender], ranker: lgb.Booster | None, items: ItemTable,
-                 candidates_per_source: int = 100, meta: dict | None = None):
+                 candidates_per_source: int = 100, meta: dict | None = None, scorer: dict[str, str] | None = None,
+                 calibration=None, demographic: Recommender | None = None, next_item: NextItem | None = None):
         self.generators = generators
         self.ranker = ranker
         self.items = items
         self.candidates_per_source = candidates_per_source
         self.meta = meta or {}
-        self.feature_names = feature_names(list(generators))
-        self.scorer: dict[str, str] = {}  # segment -> "ranker" or a generator name (default: ranker)
-        self.calibration = None  # score gap to the user's best candidate -> P(interaction) (training.calibrate)
+        self.scorer: dict[str, str] = dict(scorer or {})  # segment -> "ranker" or a generator name (default: ranker)
+        self.calibration = calibration  # score gap to the user's best candidate -> P(interaction) (training.calibrate)
+        self.demographic = demographic
+        self.next_item = next_item
+        self._derive()
+
+    def _derive(self) -> None:
+        """State computed from the declared parts (not pickled: rebuilt on load)."""
+        self.feature_names = feature_names(list(self.generators))
+        # generators that can name the history item behind a candidate (base.ExplainsCandidates)
+        self._explainers = [n for n, g in self.generators.items() if isinstance(g, ExplainsCandidates)]
+        self._positions: dict[str, np.ndarray] = {}
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("feature_names", "_explainers", "_positions")}
+
+    def __setstate__(self, state: dict) -> None:
+        # models pickled before a part was declared load with that part empty
+        self.__dict__.update({"meta": {}, "scorer": {}, "calibration": None, "demographic": None, "next_item": None})
+        self.__dict__.update(state)
+        self._derive()
 
     # -- candidates -----------------------------------------------------------------------------
     def candidates(self, history: list[str], user_id: str | None = None,
                    as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Union of every generator's top-N: item indexes, generator features (score, rank per
-        generator; rank N+1 when not proposed) and which generators proposed each item. ``as_of``
-        (offline evaluation at a past cut): time-aware generators answer as of then."""
+        """Union of every generator's top-N.
+
+        Args:
+            history: recent distinct items, newest first.
+            user_id: the user (None: anonymous).
+            as_of: answer as of this past time (offline evaluation at a cut; time-aware generators
+                use it); None: now.
+
+        Returns:
+            Item-table rows, generator features (score, rank per generator; rank N+1 when not
+            proposed) and which generators proposed each item.
+        """
         n = self.candidates_per_source
         idx_parts, g_parts, rank_parts, score_parts = [], [], [], []
         for g, (name, gen) in enumerate(self.generators.items()):
-            if as_of is not None and isinstance(gen, Popularity):
-                gi, scores = gen.score_indices(history, n, user_id=user_id, as_of=as_of)
-            else:
-                gi, scores = gen.score_indices(history, n, user_id=user_id)
+            gi, scores = gen.score_indices(history, n, user_id=user_id, as_of=as_of)
             ix = self._table_positions(name, gen)[gi]
             ok = ix >= 0
             idx_parts.append(ix[ok])
@@ -229,19 +289,44 @@ class RecopsModel:
             feats[inv, 2 * g + 1] = np.concatenate(rank_parts)
         return idx.astype(np.int64), feats, feats[:, 1::2] <= n
 
-    def _table_positions(self, name: str, gen) -> np.ndarray:
+    def _table_positions(self, name: str, gen: Recommender) -> np.ndarray:
         """Item-table row of each of a generator's items (-1: not in the table), computed once."""
-        cache = self.__dict__.setdefault("_positions", {})
+        cache = self._positions
         if name not in cache or len(cache[name]) != len(gen.item_ids_):
             cache[name] = self.items.positions(list(gen.item_ids_)).astype(np.int64)
         return cache[name]
 
+    def _pool(self, request: RecommendRequest) -> Pool:
+        """The request's candidates: every generator's, plus the next-item model's top proposals
+        after the live session, minus every exclusion."""
+        pool = Pool(*self.candidates(list(request.history), request.user_id), np.zeros(0))
+        pool = pool._replace(next_score=np.zeros(len(pool.idx)))
+        if request.session_items and self.next_item is not None:
+            gi, s = self.next_item.score_indices(list(request.session_items), self.candidates_per_source)
+            pos = self._table_positions("next_item", self.next_item)[gi]
+            ok = (pos >= 0) & (s > 0)
+            pos, s = pos[ok], s[ok]
+            if len(pos):
+                pool = pool.add_unproposed(np.setdiff1d(pos, pool.idx), self.candidates_per_source + 1)
+                where = {p: n for n, p in enumerate(pool.idx)}
+                pool.next_score[[where[p] for p in pos]] = s / s.max()
+        if request.exclude and len(pool.idx):
+            pool = pool.take(~np.isin(pool.idx, self.items.positions(list(request.exclude))))
+        return pool
+
     # -- ranking --------------------------------------------------------------------------------
     def score_matrix(self, x: np.ndarray, segment: str = "known") -> np.ndarray:
-        """Scores of one user's candidate rows by the scorer chosen for the user's segment: the
-        ranker, or a generator's own order where a generator ranked that segment better on the
-        validation slice (``scorer``, chosen in training)."""
-        choice = getattr(self, "scorer", {}).get(segment, "ranker")
+        """Scores of one user's candidate rows by the scorer chosen for the user's segment.
+
+        Args:
+            x: the candidate rows (``feature_matrix``).
+            segment: ``segment_of(history)``.
+
+        Returns:
+            One score per row: the ranker's, or a generator's own order where that generator ranked
+            the segment better on the validation slice (``scorer``, chosen in training).
+        """
+        choice = self.scorer.get(segment, "ranker")
         if choice == "ranker" and self.ranker is not None:
             return self.ranker.predict(x, num_threads=1)
         g = list(self.generators).index(choice) if choice in self.generators else 0
@@ -251,93 +336,75 @@ class RecopsModel:
         # the generator's own order (its score); items it did not propose rank below all it did
         return np.where(proposed, score, score[proposed].min() - 1.0)
 
-    def recommend(self, user_id: str | None, k: int, history: list[str], user_feats: dict | None,
-                  exclude: set[str] | None = None, now: float | None = None,
-                  rules: BusinessRules | None = None, intent: str | None = None,
-                  session_categories: dict[str, float] | None = None,
-                  session_items: list[str] | None = None) -> list[Recommendation]:
-        """Top-``k`` for one user. ``exclude``: items never to show (the caller derives the user's
-        from ``rules.exclude_event_types``); ``rules``: stock, category cap, fresh boost;
-        ``intent`` (a session's, ``recops.models.intent``) tilts the scores and picks rules, with
-        ``session_categories`` (category: share of the session's events); ``session_items`` (the
-        live session, newest first) adds and lifts what usually comes next after them."""
-        rules = intent_rules(intent, rules or BusinessRules())
-        now = float(now if now is not None else pd.Timestamp.now(tz="UTC").timestamp())
-        idx, gen_feats, proposed = self.candidates(history, user_id)
-        idx, gen_feats, proposed, nxt = self._with_next(idx, gen_feats, proposed, session_items)
-        if len(idx) == 0:
-            return []
-        keep = np.ones(len(idx), dtype=bool)
-        if exclude:
-            keep &= ~np.isin(idx, self.items.positions(list(exclude)))
-        if rules.in_stock_only:
-            keep &= self.items.in_stock[idx]
-        idx, gen_feats, proposed, nxt = idx[keep], gen_feats[keep], proposed[keep], nxt[keep]
-        if len(idx) == 0:
-            return []
-        uvec, aff, top = user_vector(user_feats)
-        n = len(idx)
-        in_hist = np.isin(idx, self.items.positions(history))
-        x = feature_matrix(gen_feats, idx, uvec, aff, top, in_hist, self.items, now)
-        scores = self.score_matrix(x, segment_of(history))
-        names = list(self.generators)
-        if nxt.any():  # the live session: what comes next after its items, by up to SESSION_LIFT spreads
-            scores = scores + SESSION_LIFT * (float(scores.std()) or 1.0) * nxt
-        if intent:
-            share = np.array([(session_categories or {}).get(c, 0.0) for c in self.items.category[idx]])
-            cv = names.index("covisit") if "covisit" in names else None
-            scores = intent_scores(intent, scores, proposed[:, cv] if cv is not None else np.zeros(n, bool), share)
-        order = rank_order(self, x, scores, idx, k, rules)
-        sources = [[names[g] for g in np.flatnonzero(proposed[o])] + (["next_item"] if nxt[o] > 0 else []) for o in order]
-        cv = self.generators.get("covisit")
-        because = cv.strongest_source(history[:10], [str(self.items.ids[idx[o]]) for o, src in zip(order, sources)
-                                                      if "covisit" in src]) if cv is not None else {}
-        ni = getattr(self, "next_item", None)
-        after = {}  # a strong next-item signal explains an item best: the session item it follows
-        for o in order:
-            if nxt[o] >= 0.5:
-                item = str(self.items.ids[idx[o]])
-                after[item] = ni.strongest_rule(session_items, item)
-        conf = confidence(len(history), np.array([len(src) for src in sources]), len(names) + (ni is not None))
-        return [Recommendation(item_id=str(self.items.ids[idx[o]]), score=float(scores[o]),
-                               reason=self._reason(idx[o], src, because, aff, intent, session_categories, after),
-                               sources=src, confidence=float(c))
-                for o, src, c in zip(order, sources, conf)]
+    def recommend(self, request: RecommendRequest) -> list[Recommendation]:
+        """Top-``k`` for one request: candidates from every generator and after the live session,
+        minus the exclusions; ranked; lifted toward what follows the live session; tilted by the
+        visit's intent; ordered under the business rules; each with a reason and a confidence.
 
-    def _with_next(self, idx, gen_feats, proposed, session_items):
-        """The candidates plus the next-item model's top proposals after ``session_items`` (rows
-        no generator proposed get "not proposed" features), and each row's next-item score
-        relative to the best one (0: not proposed by it)."""
-        ni = getattr(self, "next_item", None)
-        nxt = np.zeros(len(idx))
-        if not session_items or ni is None:
-            return idx, gen_feats, proposed, nxt
-        gi, s = ni.score_indices(list(session_items), self.candidates_per_source)
-        pos = self._table_positions("next_item", ni)[gi]
-        ok = (pos >= 0) & (s > 0)
-        pos, s = pos[ok], s[ok]
-        if not len(pos):
-            return idx, gen_feats, proposed, nxt
-        new = np.setdiff1d(pos, idx)
-        if len(new):
-            unproposed = np.zeros((len(new), gen_feats.shape[1]))
-            unproposed[:, 1::2] = self.candidates_per_source + 1
-            idx, gen_feats = np.concatenate([idx, new]), np.vstack([gen_feats, unproposed])
-            proposed = np.vstack([proposed, np.zeros((len(new), proposed.shape[1]), dtype=bool)])
-            nxt = np.zeros(len(idx))
-        where = {p: n for n, p in enumerate(idx)}
-        nxt[[where[p] for p in pos]] = s / s.max()
-        return idx, gen_feats, proposed, nxt
+        Args:
+            request: who is asking and everything known about them (``RecommendRequest``).
+
+        Returns:
+            At most ``request.k`` recommendations, best first; empty when there is no candidate.
+        """
+        pool = self._pool(request)
+        if len(pool.idx) == 0:
+            return []
+        history = list(request.history)
+        uvec, aff, top = user_vector(request.features)
+        in_hist = np.isin(pool.idx, self.items.positions(history))
+        x = feature_matrix(pool.gen, pool.idx, uvec, aff, top, in_hist, self.items, request.now)
+        scores = self.score_matrix(x, segment_of(history))
+        if pool.next_score.any():  # the live session: what comes next after its items, by up to SESSION_LIFT spreads
+            scores = scores + SESSION_LIFT * (float(scores.std()) or 1.0) * pool.next_score
+        if request.intent:
+            share = np.array([request.category_shares.get(c, 0.0) for c in self.items.category[pool.idx]])
+            complements = pool.proposed[:, [list(self.generators).index(n) for n in self._explainers]].any(axis=1)
+            scores = intent_scores(request.intent, scores, complements, share)
+        order = rank_order(self, x, scores, pool.idx, request.k, intent_rules(request.intent, request.rules))
+        return self._explained(request, pool, scores, order, aff)
+
+    def _explained(self, request: RecommendRequest, pool: Pool, scores: np.ndarray, order: np.ndarray,
+                   affinity: dict) -> list[Recommendation]:
+        """The ordered candidates as recommendations: the sources that proposed each, a reason (the
+        history item behind it where a generator can name one) and a confidence."""
+        names = list(self.generators)
+        strong_next = pool.next_score >= 0.5
+        sources = [[names[g] for g in np.flatnonzero(pool.proposed[o])] + (["next_item"] if pool.next_score[o] > 0 else [])
+                   for o in order]
+        ids = [str(self.items.ids[pool.idx[o]]) for o in order]
+        because: dict[str, str] = {}  # item -> the recent history item behind it (co-visitation, ...)
+        for name in self._explainers:
+            mine = [i for i, src in zip(ids, sources) if name in src and i not in because]
+            because.update(self.generators[name].strongest_source(list(request.history)[:10], mine))
+        after = {}  # a strong next-item signal explains an item best: the session item it follows
+        if self.next_item is not None:
+            after = self.next_item.strongest_source(list(request.session_items),
+                                                    [i for i, o in zip(ids, order) if strong_next[o]])
+        conf = confidence(len(request.history), np.array([len(src) for src in sources]),
+                          len(names) + (self.next_item is not None))
+        return [Recommendation(item_id=i, score=float(scores[o]), sources=src, confidence=float(c),
+                               reason=self._reason(pool.idx[o], src, because, affinity, request.intent,
+                                                   request.category_shares, after))
+                for i, o, src, c in zip(ids, order, sources, conf)]
 
     def next_items(self, recent: list[str], k: int, exclude: set[str] | None = None) -> list[Recommendation]:
-        """The likeliest next items after ``recent`` (newest first), with the recent item that
-        leads to each; popularity fills in when the session says nothing yet."""
-        ni = getattr(self, "next_item", None)
-        if ni is None:
+        """The likeliest next items after a session's recent items.
+
+        Args:
+            recent: the session's items, newest first.
+            k: how many items.
+            exclude: items never to propose.
+
+        Returns:
+            Recommendations with the recent item that leads to each; popularity fills in when the
+            session says nothing yet; empty when the model has no next-item part.
+        """
+        if self.next_item is None:
             return []
         out = []
-        for item, score in ni.predict(recent, k, exclude=tuple(exclude or ())):
-            src = ni.strongest_rule(recent, item) if score > 0 else None
+        for item, score in self.next_item.predict(recent, k, exclude=tuple(exclude or ())):
+            src = self.next_item.strongest_rule(recent, item) if score > 0 else None
             p = self.items.index.get(item)
             cat = self.items.category[p] if p is not None else "the catalog"
             reason = f"Often chosen next after {self._title(src)}" if src else f"Popular now in {cat}"
@@ -349,55 +416,72 @@ class RecopsModel:
         return (self.items.title[p] or item) if p is not None else str(item)
 
     # -- one item: predict and explain ------------------------------------------------------------
-    def _scored(self, user_id: str | None, history: list[str], user_feats: dict | None, now: float, item: str):
-        """One user's candidates plus ``item`` (scored even when no generator proposed it): item
-        positions, feature rows, which generators proposed each, scores, and the item's row."""
-        idx, gen_feats, proposed = self.candidates(history, user_id)
+    def _scored(self, request: RecommendRequest, item: str):
+        """The request's generator candidates plus ``item`` (scored even when no generator
+        proposed it): the pool, feature rows, scores, the item's row and the user's affinity."""
+        history = list(request.history)
+        pool = Pool(*self.candidates(history, request.user_id), np.zeros(0))
+        pool = pool._replace(next_score=np.zeros(len(pool.idx)))
         p = self.items.index[item]
-        row = np.flatnonzero(idx == p)
-        if not len(row):
-            unproposed = np.zeros((1, gen_feats.shape[1]))
-            unproposed[:, 1::2] = self.candidates_per_source + 1
-            idx, gen_feats = np.append(idx, p), np.vstack([gen_feats, unproposed])
-            proposed = np.vstack([proposed, np.zeros((1, proposed.shape[1]), dtype=bool)])
-            row = [len(idx) - 1]
-        uvec, aff, top = user_vector(user_feats)
-        x = feature_matrix(gen_feats, idx, uvec, aff, top, np.isin(idx, self.items.positions(history)), self.items, now)
-        return idx, x, proposed, self.score_matrix(x, segment_of(history)), int(row[0]), aff
+        if not (pool.idx == p).any():
+            pool = pool.add_unproposed(np.array([p]), self.candidates_per_source + 1)
+        row = int(np.flatnonzero(pool.idx == p)[0])
+        uvec, aff, top = user_vector(request.features)
+        x = feature_matrix(pool.gen, pool.idx, uvec, aff, top, np.isin(pool.idx, self.items.positions(history)),
+                           self.items, request.now)
+        return pool, x, self.score_matrix(x, segment_of(history)), row, aff
 
-    def predict(self, user_id: str | None, item: str, history: list[str], user_feats: dict | None,
-                now: float | None = None) -> dict:
-        """The user's preference score for ``item``, its rank among the user's candidates and the
-        calibrated probability that the user interacts with it (``calibration``)."""
-        now = float(now if now is not None else pd.Timestamp.now(tz="UTC").timestamp())
-        idx, x, proposed, scores, r, _ = self._scored(user_id, history, user_feats, now, item)
+    def predict(self, request: RecommendRequest, item: str) -> dict:
+        """How much the requesting user would want ``item``.
+
+        Args:
+            request: the user, their history and features (its exclusions and session are not used).
+            item: an item of the model's catalog.
+
+        Returns:
+            The score, its gap to the user's best candidate, the item's rank among the user's
+            candidates, the number of candidates, the calibrated probability that the user interacts
+            with it (None without ``calibration``) and the generators that proposed it.
+        """
+        pool, x, scores, r, _ = self._scored(request, item)
         gap = float(scores[r] - scores.max())
         prob = float(self.calibration.predict([gap])[0]) if self.calibration is not None else None
         return {"score": float(scores[r]), "score_gap": gap, "rank": int((scores > scores[r]).sum() + 1),
-                "candidates": int(len(idx)), "probability": prob,
-                "proposed_by": [n for n, hit in zip(self.generators, proposed[r]) if hit]}
+                "candidates": int(len(pool.idx)), "probability": prob,
+                "proposed_by": [n for n, hit in zip(self.generators, pool.proposed[r]) if hit]}
 
-    def explain(self, user_id: str | None, item: str, history: list[str], user_feats: dict | None,
-                now: float | None = None, top: int = 5) -> dict:
-        """Why ``item`` for this user: the generators that proposed it (their rank and score), the
-        scorer in use, and the ranker's largest feature contributions (``pred_contrib``) in words."""
-        now = float(now if now is not None else pd.Timestamp.now(tz="UTC").timestamp())
-        idx, x, proposed, scores, r, aff = self._scored(user_id, history, user_feats, now, item)
+    def explain(self, request: RecommendRequest, item: str, top: int = 5) -> dict:
+        """Why ``item`` for the requesting user.
+
+        Args:
+            request: the user, their history and features.
+            item: an item of the model's catalog.
+            top: how many feature contributions.
+
+        Returns:
+            The scorer in use, the score and rank, the generators that proposed it (their rank and
+            score), the ranker's largest feature contributions (``pred_contrib``) in words, and the
+            reason a list would give.
+        """
+        pool, x, scores, r, aff = self._scored(request, item)
         names = list(self.generators)
         gens = [{"generator": g, "rank": int(x[r, 2 * n + 1]), "score": float(x[r, 2 * n])}
-                for n, g in enumerate(names) if proposed[r, n]]
+                for n, g in enumerate(names) if pool.proposed[r, n]]
         contribs = []
         if self.ranker is not None:
             c = self.ranker.predict(x[r:r + 1], pred_contrib=True, num_threads=1)[0]
-            cat = str(self.items.category[idx[r]])
+            cat = str(self.items.category[pool.idx[r]])
             for j in np.argsort(-np.abs(c[:-1]))[:top]:
-                contribs.append({"feature": self.feature_names[j], "value": float(x[r, j]), "contribution": float(c[j]),
-                                 "reason": ("raises it: " if c[j] > 0 else "lowers it: ") + describe(self.feature_names[j], float(x[r, j]), cat)})
-        cv = self.generators.get("covisit")
-        because = cv.strongest_source(history[:10], [item]) if cv is not None and "covisit" in [g["generator"] for g in gens] else {}
-        return {"scorer": getattr(self, "scorer", {}).get(segment_of(history), "ranker"), "score": float(scores[r]),
+                name, value = self.feature_names[j], float(x[r, j])
+                contribs.append({"feature": name, "value": value, "contribution": float(c[j]),
+                                 "reason": ("raises it: " if c[j] > 0 else "lowers it: ") + describe(name, value, cat)})
+        because: dict[str, str] = {}
+        for name in self._explainers:
+            if pool.proposed[r, names.index(name)] and item not in because:
+                because.update(self.generators[name].strongest_source(list(request.history)[:10], [item]))
+        return {"scorer": self.scorer.get(segment_of(list(request.history)), "ranker"), "score": float(scores[r]),
                 "rank": int((scores > scores[r]).sum() + 1), "proposed_by": gens, "contributions": contribs,
-                "reason": self._reason(idx[r], [g["generator"] for g in gens], because, aff)}
+                "reason": self._reason(pool.idx[r], [g["generator"] for g in gens], because, aff)}
 
     def _reason(self, item_idx: int, sources: list[str], because: dict, affinity: dict, intent: str | None = None,
                 session_categories: dict | None = None, after: dict | None = None) -> str:
@@ -405,7 +489,7 @@ class RecopsModel:
         cat = self.items.category[item_idx]
         if (after or {}).get(item):
             return f"Often chosen next after {self._title(after[item])}, which you just looked at"
-        if "covisit" in sources and item in because:
+        if item in because:  # a generator named the history item behind it (co-visitation)
             h = because[item]
             title = self.items.title[self.items.index[h]] if h in self.items.index else h
             if intent == "transactional":
@@ -420,7 +504,17 @@ class RecopsModel:
         return f"Trending now in {cat}"
 
     def popular(self, k: int, exclude: set[str] | None = None, in_stock_only: bool = True) -> list[Recommendation]:
-        """The fallback list: most popular items (needs only the popularity generator)."""
+        """The fallback list: the most popular items (needs only the popularity generator).
+
+        Args:
+            k: how many items.
+            exclude: items never to return.
+            in_stock_only: also leave out what the model's item table marks out of stock (the server
+                passes False: it excludes by the live catalog instead).
+
+        Returns:
+            At most ``k`` recommendations, most popular first; empty without a popularity generator.
+        """
         pop = self.generators.get("popularity")
         ids, scores = pop.score([], k * 3 + len(exclude or ())) if pop else (np.array([]), np.array([]))
         out = []

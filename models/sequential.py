@@ -179,7 +179,8 @@ class NextItem(Recommender):
         excluded = known & ((pos == 0) | (not self.allow_repeats))
         return rank_rows(scores.tocsr(), k, self.popular_, self.popularity_rank_, (row[excluded], code[excluded]))
 
-    def score_indices(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_indices(self, history: list[str], k: int, user_id: str | None = None,
+                      as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
         idx, scores = self.score_batch([history], k)
         keep = idx[0] >= 0
         return idx[0][keep], scores[0][keep]
@@ -190,6 +191,23 @@ class NextItem(Recommender):
         exclude = set(exclude)
         idx, scores = self.score_indices(list(recent_item_ids), k + len(exclude))
         return [(i, float(s)) for i, s in zip(self.item_ids_[idx], scores) if i not in exclude][:k]
+
+    def unknown(self, items: Sequence[str]) -> list[str]:
+        """The ``items`` this model never saw in a session (it can say nothing about what follows them)."""
+        return [i for i in items if i not in self.index_]
+
+    def strongest_source(self, history: Sequence[str], items: Sequence[str]) -> dict[str, str]:
+        """``ExplainsCandidates``: for each of ``items``, the recent item that leads to it most.
+
+        Args:
+            history: the session's recent items, newest first.
+            items: items this model proposed after them.
+
+        Returns:
+            item -> the recent item it most often follows; items no recent item leads to are left out.
+        """
+        found = {item: self.strongest_rule(list(history), item) for item in items}
+        return {item: src for item, src in found.items() if src is not None}
 
     def strongest_rule(self, recent: list[str], item: str) -> str | None:
         """The recent item (newest first) that contributes most to ``item``'s score, for a reason

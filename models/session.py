@@ -48,7 +48,8 @@ class SessionKNN(Recommender):
         self.session_weight_ = np.power(0.5, age / self.half_life_days) / np.sqrt(np.maximum(size, 1))
         return self
 
-    def score_indices(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_indices(self, history: list[str], k: int, user_id: str | None = None,
+                      as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
         cur = [self.index_[i] for i in history[: self.session_len] if i in self.index_]
         if not cur:
             return NONE

@@ -38,7 +38,8 @@ class PureSVD(ItemKNN):
         self._index()
         return self
 
-    def score_indices(self, history: list[str], k: int, user_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_indices(self, history: list[str], k: int, user_id: str | None = None,
+                      as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
         cols, w = self._user_weights(history, user_id)
         if not len(cols):
             return NONE

@@ -171,18 +171,27 @@ def train(
                 users_path=str(users) if users else None, mapping=_mapping(map_) or None))
 
 
+# which registered model a batch command scores with (one of them, or the newest version)
+VERSION = typer.Option(None, "--version", help="a registered version (default: the newest, i.e. just trained)")
+ALIAS = typer.Option(None, "--alias", help="or the version an alias points at, e.g. champion")
+
+
+def _one_model(version: str | None, alias: str | None) -> None:
+    """Load the settings for a batch command and refuse both a version and an alias."""
+    settings()
+    if version and alias:
+        raise typer.BadParameter("give --version or --alias, not both")
+
+
 @app.command()
 def recommend(
     users: Path = typer.Option(..., "--users", help="CSV with a user_id column (or one id per line)"),
     out: Path = typer.Option(..., "--out", help="CSV to write: user_id, item_id, rank, score"),
     k: int = typer.Option(10, "--k", min=1, max=1000, help="items per user"),
-    version: Optional[str] = typer.Option(None, "--version", help="a registered version (default: the newest, i.e. just trained)"),
-    alias: Optional[str] = typer.Option(None, "--alias", help="or the version an alias points at, e.g. champion"),
+    version: Optional[str] = VERSION, alias: Optional[str] = ALIAS,
 ) -> None:
     """Batch scoring: the same lists the HTTP service would answer, for every user in a file."""
-    settings()
-    if version and alias:
-        raise typer.BadParameter("give --version or --alias, not both")
+    _one_model(version, alias)
     from recops.flows.pipeline import recommend_flow
 
     _print(_run("recommend", recommend_flow, users_path=str(users), out_path=str(out), k=k, version=version, alias=alias))
@@ -193,14 +202,11 @@ def next_items(
     sessions: Path = typer.Option(..., "--sessions", help="CSV with session_id, item_id, timestamp"),
     out: Path = typer.Option(..., "--out", help="CSV to write: session_id, step, item_id, rank"),
     k: int = typer.Option(20, "--k", min=1, max=1000, help="items per prefix"),
-    version: Optional[str] = typer.Option(None, "--version", help="a registered version (default: the newest)"),
-    alias: Optional[str] = typer.Option(None, "--alias", help="or the version an alias points at, e.g. champion"),
+    version: Optional[str] = VERSION, alias: Optional[str] = ALIAS,
 ) -> None:
     """Next-item predictions for every prefix of every session (step t: given the first t items,
     predict item t+1), for offline evaluation."""
-    settings()
-    if version and alias:
-        raise typer.BadParameter("give --version or --alias, not both")
+    _one_model(version, alias)
     from recops.flows.pipeline import next_items_flow
 
     _print(_run("next-items", next_items_flow, sessions_path=str(sessions), out_path=str(out), k=k, version=version,

@@ -112,6 +112,11 @@ class Refresher:
             target = max(self._queued.get(("u", user), 0), self._queued.get(("s", session), 0))
         return bool(target) and self._done.value < target
 
+    @property
+    def pid(self) -> int | None:
+        """The refresher process's id (None before the first submit starts it)."""
+        return self._proc.pid if self._proc is not None else None
+
     def pending(self) -> int:
         return 0 if self._proc is None else self._seq - self._done.value
 

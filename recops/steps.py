@@ -323,7 +323,7 @@ def recommend_users(settings: Settings, users_path: str, out_path: str, k: int |
     serving, version = _batch_serving(settings, version, alias)
     rows, fallback = [], 0
     for u in ids:
-        r = serving.recommend(u, k)
+        r = serving.recommendations.recommend(u, k)
         fallback += bool(r.fallback)
         rows += [(u, it.item_id, it.rank, it.score) for it in r.items]
     serving.close()
@@ -347,8 +347,8 @@ def _batch_serving(settings: Settings, version: str | None, alias: str | None):
         serving = Serving(settings, version=str(version))
     except Exception as exc:
         raise StepFailed(f"cannot load version {version} of model {settings.model_name!r}: {exc}") from exc
-    if serving.model is None:
-        raise StepFailed(f"cannot load version {version} of model {settings.model_name!r}: {serving.load_error}")
+    if serving.champion.get() is None:
+        raise StepFailed(f"cannot load version {version} of model {settings.model_name!r}: {serving.champion.load_error}")
     return serving, str(version)
 
 
@@ -373,9 +373,9 @@ def next_items_batch(settings: Settings, sessions_path: str, out_path: str, k: i
         raise StepFailed(f"{sessions_path}: {int(bad.sum())} rows without a session_id, item_id or valid timestamp "
                          f"(first at line {int(bad.to_numpy().argmax()) + 2})")
     serving, version = _batch_serving(settings, version, alias)
-    model = serving.model
+    model = serving.champion.require().model
     serving.close()
-    if getattr(model, "next_item", None) is None:
+    if model.next_item is None:
         raise StepFailed(f"version {version} has no next-item model: retrain it")
     out = prefix_predictions(model.next_item, sessions.assign(user_id=None), k=k)
     path = Path(out_path)

@@ -4,9 +4,11 @@
     outer split:   train ............................. | test   (evaluation)
     inner split:   inner train ........ | inner test |          (carved out of the outer train alike)
 
-1. the generators fit on the inner train (EASE's regularisation is tuned there); the ranker learns
-   which of their candidates each user touched in the inner test, from features as of the user's
-   cut; negatives are sampled from the candidates; early stopping uses the users whose cut is latest;
+1. the generators fit on each inner window's train (their hyper-parameters are tuned on the newest
+   one); the ranker learns which of their candidates each user touched in the windows' tests, from
+   features as of the user's cut; negatives are sampled from the candidates; validation rotates over
+   the windows (each held out once, the fit on the others stopping early on it) and the final fit
+   on every window runs the median number of rounds;
 2. the generators refit on the outer train and the model is scored on the outer test;
 3. the generators refit on every event: the model packaged for serving (same ranker).
 
@@ -205,7 +207,7 @@ def recommend_at_cuts(model: RecopsModel, split: EvalSplit, items: pd.DataFrame,
     users = split.users
     excl = split.excluded()
     if rules.in_stock_only and not model.items.in_stock.all():  # what serving would not show
-        gone = set(model.items.ids[~model.items.in_stock])
+        gone = model.items.out_of_stock()
         excl = {u: excl.get(u, set()) | gone for u in users}
     hist = split.histories(HISTORY_LEN)
     x, slices, idx_all = rows_at_cuts(model, users, split.cut, hist, excl, provider)
@@ -298,6 +300,8 @@ def calibrate(folds: list) -> IsotonicRegression:
     gaps, hits = [], []
     for fit, x, users, labels, _ in folds:
         for u, (a, b), _ in users:
+            if b <= a:  # a user without candidates says nothing about calibration
+                continue
             s = fit.predict(x[a:b], num_threads=1)
             gaps.append(s - s.max())
             hits.append(labels[u] > 0)
@@ -359,10 +363,8 @@ def train_on_split(train: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
     fitted = [(RecopsModel(fit_generators(generators, w.train, items, users), None, table, settings.candidates_per_source),
                w, provider or DirectFeatures(w.train, items)) for w in windows]
     ranker, scorer, stats, calibration = fit_ranker(fitted, settings)
-    model = RecopsModel(fit_generators(generators, train, items, users), ranker, table, settings.candidates_per_source,
-                        meta={"ranker": stats, "tuned": tuned, "scorer": scorer})
-    model.scorer, model.calibration = scorer, calibration
-    return model
+    return RecopsModel(fit_generators(generators, train, items, users), ranker, table, settings.candidates_per_source,
+                       meta={"ranker": stats, "tuned": tuned, "scorer": scorer}, scorer=scorer, calibration=calibration)
 
 
 def inner_windows(train: pd.DataFrame, carve, n: int, enough_users: int | None = None) -> list[EvalSplit]:
@@ -392,8 +394,7 @@ def evaluate_model(model: RecopsModel, split: EvalSplit, items: pd.DataFrame, us
     provider = provider or DirectFeatures(split.train, items)
     table = ItemTable.build(pd.DataFrame({"item_id": pd.unique(split.train["item_id"])}), items)
     m = RecopsModel(fit_generators(model.generators, split.train, items, users), model.ranker, table,
-                    model.candidates_per_source)
-    m.scorer = dict(getattr(model, "scorer", {}))
+                    model.candidates_per_source, scorer=model.scorer)
     ks = sorted({1, 5, k, 20})
     recs = recommend_at_cuts(m, split, items, max(ks), rules, provider)
     test_users = split.users
@@ -407,7 +408,7 @@ def evaluate_model(model: RecopsModel, split: EvalSplit, items: pd.DataFrame, us
     if with_baseline:
         pop = Popularity(weights=settings.event_types).fit(split.train)
         excl = split.excluded()
-        gone = set(table.ids[~table.in_stock]) if rules.in_stock_only else set()
+        gone = table.out_of_stock() if rules.in_stock_only else set()
         base = {u: [i for i, _ in pop.recommend(u, max(ks), exclude=excl.get(u, set()) | gone)] for u in test_users}
         bpu = per_user_metrics(base, truth, k)
         out["baseline"] = summarize(bpu, base, len(table.ids), k)
@@ -453,10 +454,10 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
     split = {"inner_cuts": ",".join(str(next(iter(w.cut.values()))) for w in inner), "cut": str(cut), "end": str(end)}
     final = RecopsModel(fit_generators(model.generators, events, items, users), model.ranker,
                         item_table_at(fs, items, events, end), settings.candidates_per_source,
-                        meta={"split": split, "trained_on_events": int(len(events)), **model.meta})
-    final.scorer, final.calibration = dict(model.scorer), model.calibration
-    # cold start: users with demographics and no events yet get their segment's favourites
-    final.demographic = make_generator("demographic", settings).fit(events, items, users)
-    # the live session: what tends to come next after its items (directional, /next-items)
-    final.next_item = NextItem().fit(events)
+                        meta={"split": split, "trained_on_events": int(len(events)), **model.meta},
+                        scorer=model.scorer, calibration=model.calibration,
+                        # cold start: users with demographics and no events yet get their segment's favourites
+                        demographic=make_generator("demographic", settings).fit(events, items, users),
+                        # the live session: what tends to come next after its items (directional, /next-items)
+                        next_item=NextItem().fit(events))
     return final, {"split": split, "ranker": model.meta["ranker"], "tuned": model.meta["tuned"], "eval": ev}

@@ -39,6 +39,8 @@ from recops.services.schemas import (DealsRequest, DealsResponse, ExplainRespons
 app = FastAPI(title="recops", description="Real-time behavioral recommendations")
 
 MAX_BATCH = 10_000
+UserQuery = Annotated[str, Query(min_length=1, max_length=128, description="the user")]
+ItemQuery = Annotated[str, Query(min_length=1, max_length=128, description="the item")]
 
 
 @bentoml.asgi_app(app, path="/")
@@ -63,7 +65,7 @@ class Recops:
 
         ``async`` on purpose: the work is ~3 ms of GIL-bound CPU, and running it on the event loop
         saves the thread-pool hand-off, which cost more than the work itself (bench/serving.py)."""
-        return self.rt.recommend(user_id, k, session_id, exclude)
+        return self.rt.recommendations.recommend(user_id, k, session_id, exclude)
 
     @bentoml.api(route="/session/recommend")
     def session_recommend(
@@ -75,7 +77,7 @@ class Recops:
     ) -> SessionRecommendResponse:
         """Top-k for a session from its live state, steered by its intent (browsing, research,
         transactional), with the intent, the signals it was read from and a reason per item."""
-        return self.rt.session_recommend(session_id, k, exclude)
+        return self.rt.recommendations.session_recommend(session_id, k, exclude)
 
     @bentoml.api(route="/next-items")
     def next_items(
@@ -88,7 +90,7 @@ class Recops:
     ) -> NextItemsResponse:
         """What usually comes next after these items (directional sequential rules), with the
         recent item that leads to each; popularity when the items say nothing yet."""
-        return _answer(self.rt.next_items, recent_item_ids, k, exclude, api=True)
+        return _answer(self.rt.behavior.next_items, recent_item_ids, k, exclude, api=True)
 
     @bentoml.api(route="/track")
     async def track(self, event: TrackEvent, /) -> TrackResponse:
@@ -96,7 +98,7 @@ class Recops:
 
         ``async``: one indexed insert (~1 ms) costs less on the event loop than the thread-pool
         hand-off; the batch endpoint, whose insert takes longer, stays in the pool."""
-        return self.rt.track([event])
+        return self.rt.tracking.track([event])
 
     @bentoml.api(route="/track/batch")
     def track_batch(self, events: list[TrackEvent], /) -> TrackResponse:
@@ -105,16 +107,12 @@ class Recops:
             raise bentoml.exceptions.InvalidArgument("empty batch: send at least one event")
         if len(events) > MAX_BATCH:
             raise bentoml.exceptions.InvalidArgument(f"batch too large: {len(events)} events (max {MAX_BATCH})")
-        return self.rt.track(events)
+        return self.rt.tracking.track(events)
 
     @app.get("/implicit-rating")
-    def implicit_rating(
-        self,
-        user_id: Annotated[str, Query(min_length=1, max_length=128, description="the user")],
-        item_id: Annotated[str, Query(min_length=1, max_length=128, description="the item")],
-    ) -> ImplicitRatingResponse:
+    def implicit_rating(self, user_id: UserQuery, item_id: ItemQuery) -> ImplicitRatingResponse:
         """The user's implicit rating (0-5) of an item, from their events on it, as of now."""
-        return self.rt.implicit_rating(user_id, item_id)
+        return self.rt.behavior.implicit_rating(user_id, item_id)
 
     @bentoml.api(route="/predict")
     def predict(
@@ -123,28 +121,24 @@ class Recops:
         item_id: Annotated[str, Field(min_length=1, max_length=128, examples=["i42"])],
     ) -> PredictResponse:
         """The user's preference score for an item and the calibrated probability of an interaction."""
-        return _answer(self.rt.predict, user_id, item_id, api=True)
+        return _answer(self.rt.behavior.predict, user_id, item_id, api=True)
 
     @app.get("/explain")
-    def explain(
-        self,
-        user_id: Annotated[str, Query(min_length=1, max_length=128, description="the user")],
-        item_id: Annotated[str, Query(min_length=1, max_length=128, description="the item")],
-    ) -> ExplainResponse:
+    def explain(self, user_id: UserQuery, item_id: ItemQuery) -> ExplainResponse:
         """Why this item for this user: the generators that proposed it and the ranker's top feature
         contributions (LightGBM ``pred_contrib``) as readable reasons."""
-        return _answer(self.rt.explain, user_id, item_id)
+        return _answer(self.rt.behavior.explain, user_id, item_id)
 
     @app.get("/users/{user_id}/profile")
     def profile(self, user_id: Annotated[str, Path(min_length=1, max_length=128)]) -> ProfileResponse:
         """Static attributes, preferences and 20+ behavioral features of a user, as of now."""
-        return _answer(self.rt.profile, user_id)
+        return _answer(self.rt.behavior.profile, user_id)
 
     @bentoml.api(route="/deals")
     def deals(self, request: DealsRequest, /) -> DealsResponse:
         """Personalised deals on items the user is likely to want: discounts from their price
         sensitivity, the item's demand, season and region, capped and floored by the server."""
-        return self.rt.deals(request.user_id, request.k)
+        return self.rt.behavior.deals(request.user_id, request.k)
 
     @app.get("/health")
     def health(self) -> HealthResponse:

@@ -113,3 +113,15 @@ def test_scorer_choice_falls_back_to_the_best_generator_when_the_ranker_learned_
     scorer, scores = choose_scorers(list(model.generators), [(NoiseRankerStub(), np.vstack(x_parts), valid, labels, hist)], 10)
     assert scorer == {"known": "b", "new": "b"}, scores
     assert scores["valid_ndcg_known_b"] > scores["valid_ndcg_known_ranker"] + 0.2
+
+
+def test_calibration_skips_users_without_candidates():
+    """A validation user whose candidate list is empty (Online Retail has them) must not stop training."""
+    from recops.training import calibrate
+
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    users = [("a", (0, 10), 1), ("empty", (10, 10), 1), ("b", (10, 20), 1)]
+    labels = {"a": (np.arange(10) == 0).astype(float), "empty": np.zeros(0), "b": (np.arange(10) == 3).astype(float)}
+    iso = calibrate([(NoiseRankerStub(), x, users, labels, {})])
+    p = iso.predict([0.0, -3.0, -100.0])
+    assert 0.0 <= p.min() and p.max() <= 1.0 and p[0] >= p[1] >= p[2]

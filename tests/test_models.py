@@ -7,6 +7,7 @@ from recops.models.covisit import CoVisitation
 from recops.models.metrics import bootstrap_ci, per_user_metrics
 from recops.models.popularity import Popularity
 from recops.models.recommender import ItemTable, RecopsModel, train_ranker
+from recops.models.request import RecommendRequest
 from recops.schema import normalize_events
 
 
@@ -80,9 +81,11 @@ def test_ranker_learns_a_planted_signal_and_serves(synthetic):
     feats = item_features(ev, snapshot_points(ev, "item_id").groupby("item_id").tail(1))
     rm = RecopsModel(gens, None, ItemTable.build(feats, synthetic.items))
     hist = ev[ev["user_id"] == ev["user_id"].iloc[0]]["item_id"].tolist()[::-1][:5]
-    recs = rm.recommend("u", 5, hist, None, exclude={hist[0]})
+    gone = rm.items.out_of_stock()
+    assert gone  # the synthetic catalog has items out of stock
+    recs = rm.recommend(RecommendRequest(k=5, user_id="u", history=tuple(hist), exclude=frozenset({hist[0]}) | gone))
     assert len(recs) == 5 and hist[0] not in [r.item_id for r in recs] and all(r.reason for r in recs)
-    assert all(rm.items.in_stock[rm.items.index[r.item_id]] for r in recs)
+    assert not gone & {r.item_id for r in recs}
 
 
 def test_reason_cites_the_history_item_that_contributes_most():
@@ -94,5 +97,5 @@ def test_reason_cites_the_history_item_that_contributes_most():
     items = pd.DataFrame({"item_id": ["a", "b", "c"], "category": ["x", "x", "y"], "title": ["A", "B", "C"], "price": [1.0] * 3})
     m = RecopsModel({"covisit": CoVisitation().fit(ev)}, None, ItemTable.build(pd.DataFrame({"item_id": ["a", "b", "c"]}), items))
     # b co-occurs with c 6 times, a 4 times: b wins when newest, a wins when b is older (6/2 < 4)
-    assert "B" in m.recommend("u", 1, ["b", "a"], None)[0].reason
-    assert "A" in m.recommend("u", 1, ["a", "b"], None)[0].reason
+    assert "B" in m.recommend(RecommendRequest(k=1, user_id="u", history=("b", "a")))[0].reason
+    assert "A" in m.recommend(RecommendRequest(k=1, user_id="u", history=("a", "b")))[0].reason

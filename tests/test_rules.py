@@ -8,6 +8,7 @@ from recops.config import load_settings
 from recops.models.covisit import CoVisitation
 from recops.models.popularity import Popularity
 from recops.models.recommender import ItemTable, RecopsModel
+from recops.models.request import RecommendRequest
 from recops.models.rules import BusinessRules, apply_rules
 from recops.schema import normalize_events
 
@@ -43,15 +44,16 @@ def _model():
     return RecopsModel(gens, None, ItemTable.build(pd.DataFrame({"item_id": items["item_id"]}), items))
 
 
-def test_model_applies_the_rules_it_is_given():
+def test_model_applies_the_rules_and_exclusions_of_the_request():
     m = _model()
     ids = lambda recs: [r.item_id for r in recs]  # noqa: E731
-    plain = ids(m.recommend("u", 6, ["a1"], None))
-    assert "b2" not in plain  # out of stock
-    capped = ids(m.recommend("u", 6, ["a1"], None, rules=BusinessRules(max_per_category=1)))
+    ask = lambda **kw: ids(m.recommend(RecommendRequest(k=6, user_id="u", history=("a1",), **kw)))  # noqa: E731
+    plain = ask()
+    assert "b2" in plain and "a2" in plain
+    assert "b2" not in ask(exclude=m.items.out_of_stock()) and "a2" not in ask(exclude=frozenset({"a2"}))
+    capped = ask(rules=BusinessRules(max_per_category=1))
     cats = [m.items.category[m.items.index[i]] for i in capped]
     assert len(cats) == len(set(cats)) and len(capped) == 3
-    assert "b2" in ids(m.recommend("u", 6, ["a1"], None, rules=BusinessRules(in_stock_only=False)))
 
 
 def test_exclusions_and_rules_come_from_settings(monkeypatch, tmp_path):

@@ -1,0 +1,185 @@
+"""Builds the one ``RecommendRequest`` of a recommendation: the only place that decides what a
+request knows about the person (history, live session, features, intent) and what it excludes.
+
+- a user (``/recommend``, batch scoring): history and exclusions from the event store (fresh at
+  once), the live session (a named one, else the last ``SESSION_GAP_SECONDS``), online features;
+  a user with fewer than ``new_user_items`` items is read as a visit, so their intent steers;
+- a session (``/session/recommend``): its live state, its user's features or its own.
+
+Reads your own writes: while a ``/track`` refresh is still queued for an id, its features or state
+are computed here from the event store by the offline functions instead of read from Feast.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+
+import pandas as pd
+
+from recops.config import Settings
+from recops.features import derive_user_dict, session_states, user_features
+from recops.featurestore import FeatureStoreClient
+from recops.models.intent import Intent, infer_intent
+from recops.models.request import RecommendRequest
+from recops.models.rules import BusinessRules
+from recops.online import Refresher
+from recops.serving.state import LiveCatalog
+from recops.store import EventStore
+from recops.vocabulary import CART, HISTORY_LEN, SESSION_GAP_SECONDS
+
+
+class RequestBuilder:
+    """Fills ``RecommendRequest`` for a user or a session from the stores and the live catalog."""
+
+    def __init__(self, settings: Settings, store: EventStore, features: FeatureStoreClient, catalog: LiveCatalog,
+                 refresher: Refresher):
+        self.settings = settings
+        self.rules = BusinessRules.from_settings(settings)
+        self.store, self.features, self.catalog, self.refresher = store, features, catalog, refresher
+
+    def for_user(self, user_id: str, k: int, session_id: str | None = None,
+                 exclude: Iterable[str] = ()) -> RecommendRequest | None:
+        """The request of ``/recommend``.
+
+        Args:
+            user_id: the user.
+            k: how many items.
+            session_id: the visit the user is in, when the caller knows it.
+            exclude: the caller's items never to show.
+
+        Returns:
+            The request, or None when nothing is known about the user (no events, no features): a
+            cold start.
+        """
+        history, bought, seen = self.store.user_state(user_id=user_id, n=HISTORY_LEN,
+                                                      exclude_types=self.rules.exclude_event_types)
+        now = time.time()
+        live = [h for h, t in zip(history, seen) if t >= now - SESSION_GAP_SECONDS]
+        intent, shares, strategy = None, {}, "personalized"
+        if session_id:
+            live = self.store.user_state(session_id=session_id, n=HISTORY_LEN).history
+            history = list(dict.fromkeys(live + history))[:HISTORY_LEN]
+            visit = self.features.online_session(session_id)
+            if visit:
+                intent, shares = infer_intent(visit).name, category_shares(visit)
+        feats = self.user_features(user_id)
+        if not history and feats is None:
+            return None
+        if intent is None and len(history) < self.settings.new_user_items:
+            # a new user's first events: read them as a visit, so their intent steers the list
+            visit = self._visit_from_events(self.store.events_of([user_id]).assign(session_id=user_id))
+            intent, shares, strategy = infer_intent(visit).name, category_shares(visit), "session"
+        return RecommendRequest(k=k, user_id=user_id, history=tuple(history), session_items=tuple(live),
+                                exclude=frozenset(exclude) | bought | self.unavailable(), now=now,
+                                features=derive_user_dict(feats, now) if feats else None,
+                                intent=intent, category_shares=shares, rules=self.rules, strategy=strategy)
+
+    def for_session(self, session_id: str, visit: dict, intent: Intent, k: int,
+                    exclude: Iterable[str] = ()) -> RecommendRequest:
+        """The request of ``/session/recommend``: the session's items are its history and its live
+        session; what it carted or bought is not shown again.
+
+        Args:
+            session_id: the session.
+            visit: its live state (``visit``).
+            intent: its intent, read from that state.
+            k: how many items.
+            exclude: the caller's items never to show.
+
+        Returns:
+            The request (anonymous: ``user_id`` None; the features are its user's or its own).
+        """
+        history = tuple(json.loads(visit["s_items"]))
+        done = self.store.user_state(session_id=session_id, n=0,
+                                     exclude_types=(*self.rules.exclude_event_types, CART)).excluded
+        now = time.time()
+        return RecommendRequest(k=k, user_id=None, history=history, session_items=history,
+                                exclude=frozenset(exclude) | done | self.unavailable(), now=now,
+                                features=derive_user_dict(self._session_features(session_id, visit), now),
+                                intent=intent.name, category_shares=category_shares(visit), rules=self.rules,
+                                strategy="session")
+
+    def for_item(self, user_id: str) -> RecommendRequest:
+        """What ``/predict`` and ``/explain`` need about a user: their history and features.
+
+        Args:
+            user_id: the user.
+
+        Returns:
+            A request for one item (nothing excluded, no session).
+        """
+        history = self.store.user_state(user_id=user_id, n=HISTORY_LEN).history
+        feats, now = self.user_features(user_id), time.time()
+        return RecommendRequest(k=1, user_id=user_id, history=tuple(history), now=now,
+                                features=derive_user_dict(feats, now) if feats else None, rules=self.rules)
+
+    def unavailable(self) -> frozenset[str]:
+        """Items no list may show now: out of stock in the live catalog (when the rules say so)."""
+        return self.catalog.out_of_stock if self.rules.in_stock_only else frozenset()
+
+    def user_features(self, user_id: str) -> dict | None:
+        """The user's stored online features; while their refresh is still queued (right after
+        ``/track``), computed from the event store by the same function.
+
+        Args:
+            user_id: the user.
+
+        Returns:
+            Feature name -> value, or None when nothing is known about the user.
+        """
+        if not self.refresher.is_pending(user=user_id):
+            return self.features.online_user(user_id)
+        ev = self.store.events_of([user_id])
+        if ev.empty:
+            return None
+        return user_features(ev, _now_point(user_id), self.catalog.items).iloc[0].to_dict()
+
+    def visit(self, session_id: str) -> dict | None:
+        """A session's live state, once the refresh queued for it has landed; computed from the event
+        store by the same function when that refresh does not land in time.
+
+        Args:
+            session_id: the session.
+
+        Returns:
+            ``SESSION_FEATURES`` name -> value, or None for a new (or expired) session.
+        """
+        if self.refresher.wait(session=session_id):
+            return self.features.online_session(session_id)
+        return self._visit_from_events(self.store.events_of([], [session_id]))
+
+    def _visit_from_events(self, events: pd.DataFrame) -> dict | None:
+        """The state of the one session in ``events`` (``recops.features.session_states``)."""
+        state = session_states(events, self.catalog.category)
+        return state.iloc[0].to_dict() if len(state) else None
+
+    def _session_features(self, session_id: str, visit: dict) -> dict:
+        """The ranker's user features for a session: its user's when it has one, else the same
+        features computed from the session's own events (an anonymous visitor seen as a user)."""
+        user = visit.get("s_user_id")
+        feats = self.features.online_user(user) if user else None
+        if feats is None:
+            ev = self.store.events_of([], [session_id]).assign(user_id=session_id)
+            feats = user_features(ev, _now_point(session_id), self.catalog.items).iloc[0].to_dict()
+        return feats
+
+
+def category_shares(visit: dict | None) -> dict[str, float]:
+    """Each category's share of a session's events.
+
+    Args:
+        visit: a session state (``s_categories``: JSON {category: events}), or None.
+
+    Returns:
+        category -> share; empty for no state.
+    """
+    cats = json.loads(visit["s_categories"]) if visit and visit.get("s_categories") else {}
+    total = sum(cats.values()) or 1
+    return {c: n / total for c, n in cats.items()}
+
+
+def _now_point(entity: str) -> pd.DataFrame:
+    """One (user_id, as_of=now) point for ``user_features``."""
+    return pd.DataFrame({"user_id": [entity], "as_of": pd.Timestamp.now(tz="UTC")})

@@ -1,0 +1,79 @@
+"""``Serving``: everything the HTTP service holds, built once, with one object per endpoint family.
+
+    Serving
+    ├── champion       ModelSlot      the served model, followed by alias, hot-swapped (state.py)
+    ├── catalog        LiveCatalog    stock, categories, the model-free popular list (state.py)
+    ├── requests       RequestBuilder the one place a RecommendRequest is built (requests.py)
+    ├── recommendations               /recommend, /session/recommend, fallback (recommend.py)
+    ├── tracking                      /track, /track/batch (track.py)
+    └── behavior                      /implicit-rating, /predict, /explain, /next-items, /profile, /deals
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from recops import registry
+from recops.config import Settings
+from recops.featurestore import FeatureStoreClient
+from recops.online import Refresher
+from recops.serving.behavior import Behavior
+from recops.serving.recommend import Recommendations
+from recops.serving.requests import RequestBuilder
+from recops.serving.state import LiveCatalog, ModelSlot
+from recops.serving.track import Tracking
+from recops.store import EventStore
+
+log = logging.getLogger("recops.serving")
+
+
+class Serving:
+    """The service's parts. ``version``: serve that registered version and never reload (batch
+    scoring); default: follow the @champion alias."""
+
+    def __init__(self, settings: Settings, version: str | None = None):
+        self.settings = settings
+        self.store = EventStore(settings.event_store_uri)
+        self.features = FeatureStoreClient(settings)
+        self.catalog = LiveCatalog(self.store)
+        self.champion = ModelSlot(settings, registry.CHAMPION, pinned=version)
+        self.refresher = Refresher(settings)
+        self.requests = RequestBuilder(settings, self.store, self.features, self.catalog, self.refresher)
+        self.recommendations = Recommendations(self.champion, self.requests, self.catalog, self.store)
+        self.tracking = Tracking(self.store, self.catalog, self.refresher)
+        self.behavior = Behavior(settings, self.champion, self.requests, self.catalog, self.store, self.features,
+                                 self.refresher, self.recommendations)
+
+    def run_reloader(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set: every ``reload_interval_seconds``, follow the alias and re-read the catalog."""
+        while not stop.wait(self.settings.reload_interval_seconds):
+            self.champion.reload()
+            try:
+                self.catalog.refresh()
+            except Exception:
+                log.exception("could not refresh the catalog")
+
+    def health(self) -> dict:
+        """Liveness plus what is served: the version, why nothing is (if so), events stored, and the
+        online refresher's backlog."""
+        served = self.champion.get()
+        return {"status": "ok", "model_version": served.version if served else None, "model_loaded": served is not None,
+                "load_error": self.champion.load_error, "events": self.store.count_events(),
+                "online_refresh": {"pending": self.refresher.pending(), "done": self.refresher.refreshes,
+                                   "last_error": self.refresher.last_error}}
+
+    def model_info(self) -> dict:
+        """The served model: registry name, alias, version, when it was loaded, its generators,
+        features and training metadata."""
+        served = self.champion.get()
+        m = served.model if served else None
+        return {"name": self.settings.model_name, "alias": self.champion.alias,
+                "version": served.version if served else None, "loaded_at": self.champion.loaded_at,
+                "load_error": self.champion.load_error, "generators": list(m.generators) if m else [],
+                "features": m.feature_names if m else [], "meta": m.meta if m else {}}
+
+    def close(self) -> None:
+        """Stop the refresher and release the event store's connections."""
+        self.refresher.close()
+        self.store.dispose()

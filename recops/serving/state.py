@@ -1,0 +1,110 @@
+"""What serving holds between requests: the served model (followed by alias, swapped without a
+restart) and the live catalog (stock, the model-free popular list, deal demand).
+
+``ModelSlot`` is the one place that loads, swaps and hands out a model: holding a challenger next
+to the champion is a second slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import NamedTuple
+
+import pandas as pd
+
+from recops import registry
+from recops.config import Settings
+from recops.deals import demand_percentile
+from recops.models.recommender import RecopsModel
+from recops.profile import Catalog
+from recops.serving.errors import NoModel
+from recops.store import EventStore
+
+log = logging.getLogger("recops.serving")
+
+
+class Served(NamedTuple):
+    """A loaded model and its registry version, read together."""
+
+    model: RecopsModel
+    version: str
+
+
+class ModelSlot:
+    """One served model: a pinned registry version (batch scoring), or whatever version an alias
+    points to, re-checked by ``reload``. A version that fails to load leaves the previous one serving."""
+
+    def __init__(self, settings: Settings, alias: str = registry.CHAMPION, pinned: str | None = None):
+        self.settings = settings
+        self.alias = alias
+        self.pinned = pinned
+        self._lock = threading.Lock()
+        self._served: Served | None = None
+        self.load_error: str | None = None
+        self.loaded_at: float | None = None
+        self.reload()
+
+    def reload(self) -> None:
+        """Load the alias's (or the pinned) version if it changed; on failure keep what is loaded."""
+        try:
+            version = self.pinned or registry.alias_version(self.settings, self.alias)
+            if version is not None and (self._served is None or version != self._served.version):
+                model = registry.load_version(self.settings, version)
+                with self._lock:
+                    self._served, self.loaded_at, self.load_error = Served(model, version), time.time(), None
+                log.info("serving %s version %s", self.alias, version)
+            elif version is None and self._served is None:
+                self.load_error = f"no model has the @{self.alias} alias yet"
+        except Exception as exc:  # the previous model (or the fallback) keeps serving
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("could not load @%s", self.alias)
+
+    def get(self) -> Served | None:
+        """The served model and its version, or None while nothing is loaded."""
+        with self._lock:
+            return self._served
+
+    def require(self) -> Served:
+        """The served model and its version.
+
+        Raises:
+            NoModel: nothing is loaded (the message says why).
+        """
+        served = self.get()
+        if served is None:
+            raise NoModel(self.why_none())
+        return served
+
+    def why_none(self) -> str:
+        """Why nothing is served, for a fallback reason or a 503."""
+        return f"no {self.alias} model: {self.load_error or 'not loaded'}"
+
+
+class LiveCatalog:
+    """The event store's catalog as of the last refresh: what is in stock now (trained models know
+    the stock as of training), categories and titles, the model-free popular list, deal demand."""
+
+    def __init__(self, store: EventStore):
+        self.store = store
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the catalog and the recent counts (one query for both the popular list and demand)."""
+        items = self.store.items()
+        counts = self.store.popular_items(n=max(len(items), 100))
+        recent = pd.Series(dict(counts), dtype=float)
+        self.items = items
+        self.known = set(items["item_id"])
+        self.category = dict(zip(items["item_id"], items["category"]))
+        self.out_of_stock = frozenset(items.loc[~items["in_stock"], "item_id"])
+        self.popular = counts[:100]
+        self.profile_catalog = Catalog.of(items)
+        # deals: an item's demand is its percentile of recent events in the live catalog (none: 0)
+        self.deal_info = items.set_index("item_id")[["price", "title", "category"]].assign(
+            demand=lambda d: demand_percentile(recent.reindex(d.index).fillna(0.0)))
+
+    def category_of(self, item_id: str) -> str:
+        """The item's category, for a reason ("the catalog" when the item is unknown)."""
+        return self.category.get(item_id, "the catalog")
