@@ -16,8 +16,8 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from recops import steps  # noqa: E402
-from recops.config import load_settings  # noqa: E402
+from recops import steps
+from recops.config import load_settings
 
 STAGES = ["ingest", "validate", "features", "train", "evaluate", "promote"]
 

@@ -20,18 +20,18 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 
-from recops.evaluation import EvalSplit, evaluate, generator_recommender, global_split, per_user_split, recommend_all  # noqa: E402
-from recops.generate import generate  # noqa: E402
-from recops.importers import load_movielens, load_online_retail  # noqa: E402
-from recops.config import load_settings  # noqa: E402
-from recops.models.ease import EASE  # noqa: E402
-from recops.training import inner_windows, recommend_at_cuts, train_on_split  # noqa: E402
-from recops.models.popularity import Popularity  # noqa: E402
-from recops.schema import normalize_events, normalize_items, normalize_users  # noqa: E402
+from recops.config import load_settings
+from recops.evaluation import EvalSplit, evaluate, generator_recommender, global_split, per_user_split, recommend_all
+from recops.generate import generate
+from recops.importers import load_movielens, load_online_retail
+from recops.models.ease import EASE
+from recops.models.popularity import Popularity
+from recops.schema import normalize_events, normalize_items, normalize_users
+from recops.training import inner_windows, recommend_at_cuts, train_on_split
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 K = 10

@@ -37,10 +37,10 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import HERE, free_port, rss_mb, start, trained_home  # noqa: E402  (also sets the telemetry env defaults)
+from serving import HERE, free_port, rss_mb, start, trained_home
 
-from recops.featurestore import FeatureStoreClient  # noqa: E402
-from recops.store import EventStore  # noqa: E402
+from recops.featurestore import FeatureStoreClient
+from recops.store import EventStore
 
 TARGETS = {"track_p99_ms": 20.0, "freshness_p99_ms": 50.0, "batch_events_per_s": 5000.0}
 

@@ -28,9 +28,9 @@ import psutil
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
-from recops import steps  # noqa: E402
-from recops.config import load_settings  # noqa: E402
-from recops.store import EventStore  # noqa: E402
+from recops import steps
+from recops.config import load_settings
+from recops.store import EventStore
 
 HERE = Path(__file__).resolve().parent
 

@@ -49,7 +49,7 @@ class LastItem:
     def __init__(self, **pairs):
         self.pairs = pairs
 
-    def fit(self, events: pd.DataFrame) -> "LastItem":
+    def fit(self, events: pd.DataFrame) -> LastItem:
         t = touches(events)
         self.item_ids_ = np.asarray(pd.unique(t["item_id"]), dtype=object)
         self.index_ = pd.Index(self.item_ids_)

@@ -25,7 +25,7 @@ class Recommender(ABC):
     name: str = "base"
 
     @abstractmethod
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> "Recommender":
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> Recommender:
         """Learn from events (columns user_id, item_id, event_type, timestamp, session_id, value);
         ``items`` and ``users`` are the catalog and demographics, for generators that use them."""
 
@@ -100,7 +100,7 @@ class Recommender(ABC):
         Path(path).write_bytes(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recommender":
+    def load(cls, path: str | Path) -> Recommender:
         """A generator saved by ``save``; a TypeError when the file holds something else."""
         obj = pickle.loads(Path(path).read_bytes())
         if not isinstance(obj, cls):

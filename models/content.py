@@ -18,7 +18,7 @@ class ContentSimilarity(Recommender):
         self.max_features = max_features
         self.min_df = min_df
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> "ContentSimilarity":
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> ContentSimilarity:
         if items is None or items.empty:
             raise ValueError("content similarity needs an items table with category/title/description")
         it = items.drop_duplicates("item_id")

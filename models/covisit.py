@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, RATE
 from recops.models.base import NONE, Recommender, top_k
 from recops.models.matrix import gather_rows, keep_top_csr
+from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, RATE
 
 
 def session_groups(events: pd.DataFrame) -> pd.Series:
@@ -35,7 +35,7 @@ class CoVisitation(Recommender):
         self.directional = directional
         self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> "CoVisitation":
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> CoVisitation:
         ev = events[["user_id", "session_id", "item_id", "event_type", "timestamp"]].copy()
         ev["group"] = session_groups(ev)
         w = ev["event_type"].map({**self.weights, RATE: 1.0}).fillna(0.0).clip(lower=0.0)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, RATE
 from recops.models.base import Recommender
 from recops.ratings import event_scores
+from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, RATE
 
 AGE_BANDS = [25, 35, 45, 55]
 
@@ -39,7 +39,7 @@ class DemographicPopularity(Recommender):
         self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
 
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
-            users: pd.DataFrame | None = None) -> "DemographicPopularity":
+            users: pd.DataFrame | None = None) -> DemographicPopularity:
         ev = events[events["user_id"].notna()]
         ev = ev.assign(value=np.where(ev["event_type"] == RATE, 1.0, ev["value"]))
         w = np.clip(event_scores(ev, self.weights, self.half_life_days, ev["timestamp"].max()), 0, None)

@@ -24,7 +24,7 @@ class EASE(ItemKNN):
         self.max_items = max_items
         self.binary = binary
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> "EASE":
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> EASE:
         self.data_ = interactions(events, self.weights, self.half_life_days, max_items=self.max_items)
         x = self.data_.matrix
         if self.binary:  # EASE works best on 0/1 interactions

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 
 from recops.models.base import NONE, Recommender, top_k
-from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, POPULARITY_HALF_LIFE_DAYS, RATE
 from recops.ratings import event_scores
+from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, POPULARITY_HALF_LIFE_DAYS, RATE
 
 
 class Popularity(Recommender):
@@ -20,7 +20,7 @@ class Popularity(Recommender):
         self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
         self.segment_column = segment_column
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> "Popularity":
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> Popularity:
         as_of = events["timestamp"].max()
         # an explicit rating counts as one interaction, whatever its value
         ev = events.assign(value=np.where(events["event_type"] == RATE, 1.0, events["value"]))

@@ -70,7 +70,7 @@ class ItemTable:
         return frozenset(self.ids[~self.in_stock])
 
     @classmethod
-    def build(cls, item_feats: pd.DataFrame, items: pd.DataFrame) -> "ItemTable":
+    def build(cls, item_feats: pd.DataFrame, items: pd.DataFrame) -> ItemTable:
         """``item_feats``: one row per item with the stored item features (missing items get zeros)."""
         meta = items.set_index("item_id") if not items.empty else pd.DataFrame(index=pd.Index([], name="item_id"))
         ids = pd.Index(pd.unique(pd.concat([item_feats["item_id"], pd.Series(meta.index)], ignore_index=True).astype(str)))
@@ -135,7 +135,7 @@ def feature_matrix(
     return np.hstack([gen_feats, np.broadcast_to(user_row, (n, len(user_row))), it, cross, rel])
 
 
-def rank_order(model: "RecopsModel", x: np.ndarray, scores: np.ndarray, idx: np.ndarray, k: int,
+def rank_order(model: RecopsModel, x: np.ndarray, scores: np.ndarray, idx: np.ndarray, k: int,
                rules: BusinessRules | None = None) -> np.ndarray:
     """Positions of the ``k`` candidates to show: by ranker score under the business rules, ties
     broken by the best rank any generator gave the item (a shallow ranker ties often)."""
@@ -200,11 +200,11 @@ class Pool(NamedTuple):
     proposed: np.ndarray
     next_score: np.ndarray
 
-    def take(self, keep: np.ndarray) -> "Pool":
+    def take(self, keep: np.ndarray) -> Pool:
         """The rows where ``keep`` is true."""
         return Pool(self.idx[keep], self.gen[keep], self.proposed[keep], self.next_score[keep])
 
-    def add_unproposed(self, rows: np.ndarray, not_proposed_rank: int) -> "Pool":
+    def add_unproposed(self, rows: np.ndarray, not_proposed_rank: int) -> Pool:
         """These item-table rows added with "not proposed" generator features."""
         gen = np.zeros((len(rows), self.gen.shape[1]))
         gen[:, 1::2] = not_proposed_rank
@@ -447,7 +447,7 @@ class RecopsModel:
         gap = float(scores[r] - scores.max())
         prob = float(self.calibration.predict([gap])[0]) if self.calibration is not None else None
         return {"score": float(scores[r]), "score_gap": gap, "rank": int((scores > scores[r]).sum() + 1),
-                "candidates": int(len(pool.idx)), "probability": prob,
+                "candidates": len(pool.idx), "probability": prob,
                 "proposed_by": [n for n, hit in zip(self.generators, pool.proposed[r]) if hit]}
 
     def explain(self, request: RecommendRequest, item: str, top: int = 5) -> dict:
@@ -534,7 +534,7 @@ class RecopsModel:
         Path(path).write_bytes(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
 
     @staticmethod
-    def load(path: str | Path) -> "RecopsModel":
+    def load(path: str | Path) -> RecopsModel:
         obj = pickle.loads(Path(path).read_bytes())
         if not isinstance(obj, RecopsModel):
             raise TypeError(f"{path} is not a RecopsModel")

@@ -26,7 +26,7 @@ class BusinessRules:
     fresh_boost: float = 0.0
 
     @classmethod
-    def from_settings(cls, settings) -> "BusinessRules":
+    def from_settings(cls, settings) -> BusinessRules:
         return cls(exclude_event_types=tuple(settings.exclude_event_types), in_stock_only=settings.in_stock_only,
                    max_per_category=settings.max_per_category, fresh_days=settings.fresh_item_days,
                    fresh_boost=settings.fresh_item_boost)

@@ -148,7 +148,7 @@ class NextItem(Recommender):
         self.repeat_weight = repeat_weight
         self.max_neighbors = max_neighbors
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> "NextItem":
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> NextItem:
         t = touches(events)
         self.item_ids_ = np.asarray(pd.unique(t["item_id"]), dtype=object)
         self.index_ = pd.Index(self.item_ids_)

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -29,9 +28,9 @@ _state: dict = {}
 
 @app.callback()
 def main(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="settings file (default: ./recops.yaml if present)"),
-    home: Optional[Path] = typer.Option(None, "--home", help="where local state lives (env RECOPS_HOME; default ./.recops)"),
-    profile: Optional[str] = typer.Option(None, "--profile", help="local (default) or scaleout"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="settings file (default: ./recops.yaml if present)"),
+    home: Path | None = typer.Option(None, "--home", help="where local state lives (env RECOPS_HOME; default ./.recops)"),
+    profile: str | None = typer.Option(None, "--profile", help="local (default) or scaleout"),
 ) -> None:
     """Settings come from the config file, then RECOPS_* environment variables, then these options."""
     overrides = {k: v for k, v in {"home": home, "profile": profile}.items() if v is not None}
@@ -110,13 +109,13 @@ MAP_HELP = "rename a file column: recops_column=file_column (repeatable), e.g. -
 @app.command()
 def ingest(
     source: str = typer.Option("synthetic", help="synthetic | movielens | online-retail | otto | file"),
-    path: Optional[str] = typer.Option(None, help="data set folder or events file (all sources but synthetic)"),
+    path: str | None = typer.Option(None, help="data set folder or events file (all sources but synthetic)"),
     n_events: int = typer.Option(100_000, help="synthetic: how many events"),
     seed: int = typer.Option(42, help="synthetic: random seed"),
     bad_share: float = typer.Option(0.01, help="synthetic: share of malformed rows"),
-    end: Optional[str] = typer.Option(None, help="synthetic: last day of data (default today)"),
-    items: Optional[str] = typer.Option(None, "--items", help="file: optional item catalog file"),
-    users: Optional[str] = typer.Option(None, "--users", help="file: optional user demographics file"),
+    end: str | None = typer.Option(None, help="synthetic: last day of data (default today)"),
+    items: str | None = typer.Option(None, "--items", help="file: optional item catalog file"),
+    users: str | None = typer.Option(None, "--users", help="file: optional user demographics file"),
     map_: list[str] = typer.Option([], "--map", help="file: " + MAP_HELP),
 ) -> None:
     """Load a source into a staging batch (nothing reaches the store before validation)."""
@@ -147,10 +146,10 @@ def features() -> None:
 
 @app.command()
 def train(
-    events: Optional[Path] = typer.Option(None, "--events", help="train on this events file (CSV/Parquet: user_id, item_id, "
+    events: Path | None = typer.Option(None, "--events", help="train on this events file (CSV/Parquet: user_id, item_id, "
                                            "event_type, timestamp; optional session_id, value): ingest, validate, features, train"),
-    items: Optional[Path] = typer.Option(None, "--items", help="with --events: optional item catalog file"),
-    users: Optional[Path] = typer.Option(None, "--users", help="with --events: optional user demographics file"),
+    items: Path | None = typer.Option(None, "--items", help="with --events: optional item catalog file"),
+    users: Path | None = typer.Option(None, "--users", help="with --events: optional user demographics file"),
     map_: list[str] = typer.Option([], "--map", help=MAP_HELP),
 ) -> None:
     """Train on point-in-time features; log to MLflow; register the version as @challenger."""
@@ -188,7 +187,7 @@ def recommend(
     users: Path = typer.Option(..., "--users", help="CSV with a user_id column (or one id per line)"),
     out: Path = typer.Option(..., "--out", help="CSV to write: user_id, item_id, rank, score"),
     k: int = typer.Option(10, "--k", min=1, max=1000, help="items per user"),
-    version: Optional[str] = VERSION, alias: Optional[str] = ALIAS,
+    version: str | None = VERSION, alias: str | None = ALIAS,
 ) -> None:
     """Batch scoring: the same lists the HTTP service would answer, for every user in a file."""
     _one_model(version, alias)
@@ -202,7 +201,7 @@ def next_items(
     sessions: Path = typer.Option(..., "--sessions", help="CSV with session_id, item_id, timestamp"),
     out: Path = typer.Option(..., "--out", help="CSV to write: session_id, step, item_id, rank"),
     k: int = typer.Option(20, "--k", min=1, max=1000, help="items per prefix"),
-    version: Optional[str] = VERSION, alias: Optional[str] = ALIAS,
+    version: str | None = VERSION, alias: str | None = ALIAS,
 ) -> None:
     """Next-item predictions for every prefix of every session (step t: given the first t items,
     predict item t+1), for offline evaluation."""
@@ -234,11 +233,11 @@ def promote(force: bool = typer.Option(False, help="promote even if the challeng
 @app.command()
 def pipeline(
     source: str = typer.Option("synthetic", help="synthetic | movielens | online-retail | otto | file"),
-    path: Optional[str] = typer.Option(None, help="data set folder or events file"),
+    path: str | None = typer.Option(None, help="data set folder or events file"),
     n_events: int = typer.Option(100_000, help="synthetic: how many events"),
     seed: int = typer.Option(42),
     bad_share: float = typer.Option(0.01),
-    end: Optional[str] = typer.Option(None),
+    end: str | None = typer.Option(None),
     force_promote: bool = typer.Option(False),
 ) -> None:
     """ingest -> validate -> features -> train -> evaluate -> promote, as one Prefect flow run."""
@@ -256,7 +255,7 @@ def server_command(s: Settings, port: int | None = None) -> list[str]:
 
 
 @app.command()
-def serve(port: Optional[int] = typer.Option(None, help="default: serve_port setting (3000)")) -> None:
+def serve(port: int | None = typer.Option(None, help="default: serve_port setting (3000)")) -> None:
     """Serve the @champion over HTTP (BentoML): /recommend, /track, /health, /model."""
     s = settings()
     os.environ.setdefault("BENTOML_HOME", str((Path(s.home) / "bentoml").resolve()))
@@ -327,7 +326,7 @@ def demo(
             console.print(f"  tracked {len(viewed) * 2} events on {target_cat} items {viewed}: {r.json()}")
             after = _show(c, f"user {user} right after", {"user_id": user, "k": 5}, items)
             changed = len(set(after) - set(before))
-            in_cat = lambda ids: sum(items.loc[i, "category"] == target_cat for i in ids if i in items.index)  # noqa: E731
+            in_cat = lambda ids: sum(items.loc[i, "category"] == target_cat for i in ids if i in items.index)
             console.print(f"  → {changed} of 5 recommendations changed; {target_cat} items: {in_cat(before)} → {in_cat(after)}")
             _behavioral_tour(c, known, viewed, items)
             console.print(f"  /model: version {c.get('/model').json()['version']}; /health: {c.get('/health').json()['status']}")
@@ -399,7 +398,7 @@ def status() -> None:
 
     store = EventStore(s.event_store_uri)
     out = {"home": str(Path(s.home).resolve()), "profile": s.profile, "events": store.count_events(),
-           "quarantined": int(len(store.quarantined())),
+           "quarantined": len(store.quarantined()),
            "champion": registry.alias_version(s, registry.CHAMPION), "challenger": registry.alias_version(s, registry.CHALLENGER)}
     typer.echo(json.dumps(out, indent=2))
 

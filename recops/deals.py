@@ -65,7 +65,7 @@ class DealPolicy:
     def from_settings(cls, settings) -> DealPolicy:
         """From the ``Settings`` fields ``deal_*`` that exist (getattr), the defaults for the rest."""
         d = cls()
-        get = lambda name, default: getattr(settings, f"deal_{name}", default)  # noqa: E731
+        get = lambda name, default: getattr(settings, f"deal_{name}", default)
         max_discount = float(get("max_discount", d.max_discount))
         return cls(
             max_discount=max_discount,

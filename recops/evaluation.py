@@ -45,12 +45,12 @@ class EvalSplit:
         tr = self.train[self.train["user_id"].isin(set(self.test))]
         return tr.groupby("user_id")["item_id"].agg(set).to_dict()
 
-    def sample(self, n: int, seed: int = 0) -> "EvalSplit":
+    def sample(self, n: int, seed: int = 0) -> EvalSplit:
         """The same split for at most ``n`` of its test users (a fixed random sample)."""
         if len(self.test) <= n:
             return self
         keep = set(np.random.default_rng(seed).choice(self.users, n, replace=False))
-        pick = lambda d: None if d is None else {u: v for u, v in d.items() if u in keep}  # noqa: E731
+        pick = lambda d: None if d is None else {u: v for u, v in d.items() if u in keep}
         return EvalSplit(self.name, self.train, pick(self.test), pick(self.cut), pick(self.exclude), pick(self.grades))
 
     def excluded(self) -> dict[str, set[str]]:

@@ -12,13 +12,24 @@ stored; they are derived from the stored ``last_event_ts``/``first_event_ts`` by
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
 
 from recops.ratings import decay, event_weights, to_rating
-from recops.vocabulary import (BROWSE, CART, CLICK, DEFAULT_EVENT_WEIGHTS, FUNNEL, HISTORY_LEN, NEGATIVE, PURCHASE,
-                               RATING_HALF_LIFE_DAYS, VIEW)
+from recops.vocabulary import (
+    BROWSE,
+    CART,
+    CLICK,
+    DEFAULT_EVENT_WEIGHTS,
+    FUNNEL,
+    HISTORY_LEN,
+    NEGATIVE,
+    PURCHASE,
+    RATING_HALF_LIFE_DAYS,
+    VIEW,
+)
 
 WINDOWS_DAYS = (1, 7, 30)
 MAX_CATEGORIES = 32  # category-affinity vectors keep the most common categories, the rest is "other"
@@ -159,7 +170,7 @@ def entity_features(
         out["i_events_7d"] = c_all[hi] - c_all[lo_w[7]]
         out["i_events_30d"] = c_all[hi] - c_all[lo_w[30]]
         out["i_events_total"] = c_all[hi] - c_all[lo_all]
-        act = lambda w: sum(counts[(t, w)] for t in BROWSE)  # noqa: E731
+        act = lambda w: sum(counts[(t, w)] for t in BROWSE)
         out["i_trend"] = (act(1) * 7.0 + 1.0) / (act(7) + 1.0)
         out["i_conversion_30d"] = _safe_ratio(counts[(PURCHASE, 30)], counts[(VIEW, 30)])
     return out
@@ -253,7 +264,7 @@ def session_states(events: pd.DataFrame, item_category: pd.Series | dict | None 
     items, types, cats = ev["item_id"].astype(str).to_numpy(), ev["event_type"].to_numpy(), cat.astype(str).to_numpy()
     users = ev["user_id"].to_numpy()
     rows = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in pairwise(bounds):
         u = [x for x in users[a:b] if isinstance(x, str)]
         n = b - a
         rows.append((sid[a], ts[b - 1], u[-1] if u else "", recent_items(items[a:b]), _counts(cats[a:b]), _counts(types[a:b]),

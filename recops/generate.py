@@ -213,7 +213,7 @@ def generate(
     value = np.where(np.isin(ev_type, ["add_to_cart", "purchase", "remove_from_cart"]), price[e_item], np.nan)
     region_of = REGIONS[region_idx[e_user]]
     device_of = DEVICES[sess_device[e_sess]]
-    context = pd.Series(['{"device": "%s", "region": "%s"}' % (d, r) for d, r in zip(device_of, region_of)])
+    context = pd.Series([f'{{"device": "{d}", "region": "{r}"}}' for d, r in zip(device_of, region_of)])
     events = pd.DataFrame({
         "event_id": pd.Series(np.arange(len(ev_idx))).map(lambda i: f"e{seed}-{i}"),
         "user_id": pd.Series(e_user).map(lambda i: f"u{i}"),

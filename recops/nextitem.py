@@ -14,6 +14,7 @@ lists of item ids, newest first.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ def split_sessions(events: pd.DataFrame, test_share: float = 0.2) -> tuple[pd.Da
     """(train, test) events: the ``test_share`` of sessions that ended last are test."""
     group = session_key(events)
     end = events["timestamp"].groupby(group.to_numpy()).max().sort_values(kind="stable")
-    train_groups = end.index[: int(round(len(end) * (1.0 - test_share)))]
+    train_groups = end.index[: round(len(end) * (1.0 - test_share))]
     is_train = group.isin(train_groups).to_numpy()
     return events[is_train], events[~is_train]
 
@@ -85,7 +86,7 @@ def _prefixes(steps: pd.DataFrame, final: bool, history_len: int) -> tuple[np.nd
     g, items = steps["group"].to_numpy(), steps["item_id"].to_numpy()
     bounds = np.r_[_session_starts(g), len(g)]
     groups, step_no, histories = [], [], []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in pairwise(bounds):
         seq = items[lo:hi].tolist()
         last = hi - lo if final else hi - lo - 1
         for t in range(1, last + 1):

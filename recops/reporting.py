@@ -7,8 +7,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # no screen: render to files
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 METRICS = {"ndcg": "NDCG", "recall": "Recall", "hitrate": "HitRate", "map": "MAP"}
 

@@ -39,12 +39,12 @@ def remove_listener(fn) -> None:
 
 def _timed(fn):
     def wrapper(*args, **kwargs):
-        for cb in list(_listeners):
+        for cb in _listeners:
             cb(fn.__name__, "start", 0.0)
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
         out["seconds"] = round(time.perf_counter() - t0, 3)
-        for cb in list(_listeners):
+        for cb in _listeners:
             cb(fn.__name__, "end", out["seconds"])
         return out
 
@@ -86,8 +86,8 @@ def ingest(settings: Settings, source: str = "synthetic", path: str | None = Non
     ds.events.to_parquet(d / "events.parquet", index=False)
     ds.items.to_parquet(d / "items.parquet", index=False)
     ds.users.to_parquet(d / "users.parquet", index=False)
-    return {"batch_id": batch_id, "source": source, "events": int(len(ds.events)), "items": int(len(ds.items)),
-            "users": int(len(ds.users)), "staging": str(d)}
+    return {"batch_id": batch_id, "source": source, "events": len(ds.events), "items": len(ds.items),
+            "users": len(ds.users), "staging": str(d)}
 
 
 # -- validate -----------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ def validate(settings: Settings, batch_id: str, now: pd.Timestamp | None = None)
     store = EventStore(settings.event_store_uri)
     bad = events.loc[outcome.bad_index]
     quarantined = store.quarantine_rows(bad, outcome.reasons, batch_id=batch_id)
-    result = {"batch_id": batch_id, "rows": outcome.rows, "bad_rows": int(len(bad)), "bad_share": round(outcome.bad_share, 5),
+    result = {"batch_id": batch_id, "rows": outcome.rows, "bad_rows": len(bad), "bad_share": round(outcome.bad_share, 5),
               "quarantined": quarantined, "report": str(report),
               "failed_expectations": {s["expectation"]: s["unexpected"] for s in outcome.per_expectation if s["unexpected"]}}
     if outcome.bad_share > settings.max_bad_share:
@@ -164,7 +164,7 @@ def build_features(settings: Settings, until: pd.Timestamp | None = None) -> dic
                      user_recent(users_ev, latest, (settings.event_types, settings.decay_half_life_days)))
     fs.apply()
     fs.materialize(until)
-    return {"user_rows": int(len(uf)), "item_rows": int(len(itf)), "until": str(until), "report": str(report),
+    return {"user_rows": len(uf), "item_rows": len(itf), "until": str(until), "report": str(report),
             "users": int(uf["user_id"].nunique()), "items": int(itf["item_id"].nunique())}
 
 
@@ -381,7 +381,7 @@ def next_items_batch(settings: Settings, sessions_path: str, out_path: str, k: i
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(path, index=False)
-    return {"out": str(path.resolve()), "sessions": int(sessions["session_id"].nunique()), "rows": int(len(out)),
+    return {"out": str(path.resolve()), "sessions": int(sessions["session_id"].nunique()), "rows": len(out),
             "k": k, "version": version}
 
 

@@ -31,8 +31,16 @@ from recops.features import derive_user, item_features, user_features
 from recops.models.base import Recommender
 from recops.models.metrics import bootstrap_ci, per_user_metrics, summarize
 from recops.models.popularity import Popularity
-from recops.models.recommender import (ItemTable, RecopsModel, feature_matrix, rank_order, segment_of,
-                                       stored_item_matrix, train_ranker, user_vector)
+from recops.models.recommender import (
+    ItemTable,
+    RecopsModel,
+    feature_matrix,
+    rank_order,
+    segment_of,
+    stored_item_matrix,
+    train_ranker,
+    user_vector,
+)
 from recops.models.rules import BusinessRules
 from recops.models.sequential import NextItem
 from recops.vocabulary import HISTORY_LEN
@@ -261,8 +269,8 @@ def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: S
             grp.append((u, x[sel], y))
         data.append((x, slices, labels, hist, split, grp))
     model = windows[0][0]
-    stack = lambda gs: (np.vstack([g[1] for g in gs]), np.concatenate([g[2] for g in gs]), np.array([len(g[2]) for g in gs])) if gs else (None, None, np.array([]))  # noqa: E731
-    params = dict(num_threads=settings.num_threads, seed=settings.random_state)
+    stack = lambda gs: (np.vstack([g[1] for g in gs]), np.concatenate([g[2] for g in gs]), np.array([len(g[2]) for g in gs])) if gs else (None, None, np.array([]))
+    params = {"num_threads": settings.num_threads, "seed": settings.random_state}
     folds, rounds = [], []
     if len(data) > 1:
         for w, (x, slices, labels, hist, split, grp) in enumerate(data):
@@ -287,7 +295,7 @@ def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: S
     scorer, scores = choose_scorers(list(model.generators), folds, settings.k)
     xa, ya, ga = stack([g for d in data for g in d[5]])
     booster = train_ranker(xa, ya, ga, model.feature_names, params={"num_boost_round": max(int(np.median(rounds)), 1)}, **params)
-    stats = {"ranker_windows": len(windows), "ranker_train_groups": int(len(ga)), "ranker_train_rows": int(len(ya)),
+    stats = {"ranker_windows": len(windows), "ranker_train_groups": len(ga), "ranker_train_rows": len(ya),
              "ranker_best_iteration": int(np.median(rounds)), **scores}
     return booster, scorer, stats, calibrate(folds)
 
@@ -454,7 +462,7 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
     split = {"inner_cuts": ",".join(str(next(iter(w.cut.values()))) for w in inner), "cut": str(cut), "end": str(end)}
     final = RecopsModel(fit_generators(model.generators, events, items, users), model.ranker,
                         item_table_at(fs, items, events, end), settings.candidates_per_source,
-                        meta={"split": split, "trained_on_events": int(len(events)), **model.meta},
+                        meta={"split": split, "trained_on_events": len(events), **model.meta},
                         scorer=model.scorer, calibration=model.calibration,
                         # cold start: users with demographics and no events yet get their segment's favourites
                         demographic=make_generator("demographic", settings).fit(events, items, users),

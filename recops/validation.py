@@ -63,7 +63,7 @@ def _batch_definition(name: str):
         ctx = _context()
         try:
             ds = ctx.data_sources.get("recops")
-        except Exception:
+        except KeyError:  # the first suite run in this process
             ds = ctx.data_sources.add_pandas(name="recops")
         _batch_defs[name] = ds.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("whole")
     return _batch_defs[name]
@@ -132,8 +132,8 @@ def validate_events(df: pd.DataFrame, event_types: list[str], max_value: float, 
 def write_report(outcomes: list[ValidationOutcome], path: Path, title: str) -> Path:
     """A self-contained HTML summary of one or more suite runs."""
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px}"
-             ".ok{color:#080}.bad{color:#b00}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+             ("<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px}"
+              ".ok{color:#080}.bad{color:#b00}</style></head><body>"), f"<h1>{html.escape(title)}</h1>"]
     for o in outcomes:
         parts.append(f"<h2>suite {html.escape(o.suite)}: {o.rows} rows, {len(o.bad_index)} failing "
                      f"({o.bad_share:.2%}), {o.seconds:.2f}s</h2><table><tr><th>expectation</th><th>result</th>"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -49,13 +49,13 @@ class TrackEvent(BaseModel):
     def _not_future(cls, v: datetime | None) -> datetime | None:
         if v is None:
             return v
-        v = v if v.tzinfo else v.replace(tzinfo=timezone.utc)
-        if (v - datetime.now(timezone.utc)).total_seconds() > 300:
+        v = v if v.tzinfo else v.replace(tzinfo=UTC)
+        if (v - datetime.now(UTC)).total_seconds() > 300:
             raise ValueError("timestamp is in the future")
         return v
 
     @model_validator(mode="after")
-    def _actor(self) -> "TrackEvent":
+    def _actor(self) -> TrackEvent:
         if self.user_id is None and self.session_id is None:
             raise ValueError("an event needs a user_id or a session_id")
         return self

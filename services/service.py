@@ -31,10 +31,21 @@ from fastapi import FastAPI, HTTPException, Path, Query
 from pydantic import Field
 
 from recops.config import load_settings
-from recops.services.schemas import (DealsRequest, DealsResponse, ExplainResponse, HealthResponse,
-                                     ImplicitRatingResponse, ModelInfoResponse, NextItemsResponse, PredictResponse,
-                                     ProfileResponse, RecommendResponse, SessionRecommendResponse, TrackEvent,
-                                     TrackResponse)
+from recops.services.schemas import (
+    DealsRequest,
+    DealsResponse,
+    ExplainResponse,
+    HealthResponse,
+    ImplicitRatingResponse,
+    ModelInfoResponse,
+    NextItemsResponse,
+    PredictResponse,
+    ProfileResponse,
+    RecommendResponse,
+    SessionRecommendResponse,
+    TrackEvent,
+    TrackResponse,
+)
 
 app = FastAPI(title="recops", description="Real-time behavioral recommendations")
 

@@ -93,7 +93,7 @@ class Server:
                                       "--port", str(port)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
-    def wait(self, timeout: float = 120) -> "Server":
+    def wait(self, timeout: float = 120) -> Server:
         import httpx
 
         t0 = time.time()

@@ -9,6 +9,7 @@ import pytest
 from recops import registry
 from recops.generate import generate
 from recops.store import EventStore
+from recops.vocabulary import POPULARITY_HALF_LIFE_DAYS
 from tests.conftest import END
 
 pytestmark = pytest.mark.e2e
@@ -51,16 +52,21 @@ def test_mlflow_run_has_metrics_features_and_model(trained):
     settings, res = trained
     registry.setup(settings)
     run = mlflow.get_run(res["train"]["run_id"])
-    for key in ("recall_at_10", "ndcg_at_10", "map_at_10", "coverage_at_10", "baseline_ndcg_at_10"):
-        assert key in run.data.metrics
-    assert "holdout_days" in run.data.params
-    # metric vs K, per segment, baseline alongside; hyper-parameters of the ranker and generators
-    for key in ("ndcg_at_1", "ndcg_at_5", "ndcg_at_20", "baseline_ndcg_at_20", "ndcg_at_10_heavy", "users_new",
-                "baseline_ndcg_at_10_new"):
-        assert key in run.data.metrics, key
-    assert run.data.metrics["recall_at_20"] >= run.data.metrics["recall_at_5"]
-    for key in ("ranker_learning_rate", "ranker_num_leaves", "gen_popularity_half_life_days", "rule_max_per_category"):
-        assert key in run.data.params, key
+    logged, returned = run.data.metrics, res["train"]["metrics"]
+    # the run holds the evaluation the train step reported: metrics at K, per segment, the baseline alongside
+    for key in ("recall_at_10", "ndcg_at_10", "map_at_10", "coverage_at_10", "baseline_ndcg_at_10", "ndcg_at_1",
+                "ndcg_at_5", "ndcg_at_20", "baseline_ndcg_at_20", "ndcg_at_10_heavy", "users_new", "baseline_ndcg_at_10_new"):
+        assert logged[key] == pytest.approx(returned[key], abs=1e-5), key
+    assert 0 < logged["ndcg_at_10"] <= 1 and 0 < logged["coverage_at_10"] <= 1
+    assert logged["ndcg_at_10"] > logged["baseline_ndcg_at_10"]  # the planted structure beats popularity
+    assert logged["recall_at_20"] >= logged["recall_at_10"] >= logged["recall_at_5"]
+    assert logged["users_new"] + logged["users_light"] + logged["users_heavy"] > 0
+    # hyper-parameters of the ranker, the generators and the rules, as trained
+    params = run.data.params
+    assert float(params["holdout_days"]) == settings.holdout_days
+    assert float(params["ranker_learning_rate"]) == 0.05 and int(params["ranker_num_leaves"]) == 31
+    assert float(params["gen_popularity_half_life_days"]) == POPULARITY_HALF_LIFE_DAYS
+    assert int(params["rule_max_per_category"]) == settings.max_per_category
     plots = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/metric_vs_k.png", "plots/ndcg_by_segment.png", "plots/feature_importance.png"}
     feats = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/features.json")
@@ -111,12 +117,12 @@ def test_recommendations_follow_tracked_events(client, trained):
     after = client.post("/recommend", json={"user_id": user, "k": 10}).json()
     assert after["fallback"] is False
     cat_of = items.set_index("item_id")["category"]
-    share = lambda body: sum(cat_of.get(it["item_id"]) == cat for it in body["items"]) / len(body["items"])  # noqa: E731
+    share = lambda body: sum(cat_of.get(it["item_id"]) == cat for it in body["items"]) / len(body["items"])
     assert share(after) > share(before), (share(before), share(after))
     # ... and toward the complements the generator planted for the viewed items (what is bought next)
     truth = generate(n_events=30_000, seed=11, bad_share=0.01, end=END).truth["complement"]
     comps = {truth[i] for i in chosen} - set(chosen)
-    hits = lambda body: sum(it["item_id"] in comps for it in body["items"])  # noqa: E731
+    hits = lambda body: sum(it["item_id"] in comps for it in body["items"])
     assert hits(after) > hits(before), (hits(before), hits(after), comps)
     assert after["strategy"] == "session" and all(0 < it["confidence"] <= 1 for it in after["items"])
     assert all(0 < it["confidence"] <= 1 for it in after["items"]) and after["items"][0]["sources"]

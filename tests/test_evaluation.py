@@ -3,8 +3,15 @@ import math
 import numpy as np
 import pandas as pd
 
-from recops.evaluation import (evaluate, generator_recommender, global_split, intra_list_diversity, novelty,
-                               per_user_split, recommend_all)
+from recops.evaluation import (
+    evaluate,
+    generator_recommender,
+    global_split,
+    intra_list_diversity,
+    novelty,
+    per_user_split,
+    recommend_all,
+)
 from recops.models.popularity import Popularity
 from recops.schema import normalize_events
 

@@ -32,10 +32,6 @@ def test_no_champion_answers_from_the_event_store(tmp_root):
         srv.stop()
 
 
-class FaultInjectionBooster:
-    """Stands in for a ranker whose feature layout no longer matches (a real failure mode)."""
-
-
 def test_a_failing_champion_falls_back_and_recovers(client, trained):
     settings, res = trained
     good = res["train"]["version"]

@@ -62,7 +62,7 @@ def test_demographic_popularity_follows_segment_tastes(synthetic):
     ev = normalize_events(synthetic.events)
     g = DemographicPopularity(min_interactions=50).fit(ev, synthetic.items, synthetic.users)
     cat = synthetic.items.set_index("item_id")["category"]
-    from recops.generate import _segment, GENDERS, REGIONS
+    from recops.generate import GENDERS, REGIONS, _segment
 
     users = synthetic.users
     seg = _segment(users["age"].to_numpy(), pd.Index(GENDERS).get_indexer(users["gender"]),

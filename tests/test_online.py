@@ -1,6 +1,8 @@
 """The online refresher (a child process): a refresh lands, and after the child is killed (fault
 injection) a new one redoes what the dead one never did."""
 
+import os
+import signal
 import time
 import uuid
 
@@ -32,17 +34,34 @@ def test_refresh_lands_and_survives_a_killed_child(trained):
         assert r.wait(user=a, timeout=60) and not r.is_pending(user=a)
         assert fs.online_user(a)["u_purchase_1d"] >= 1 and r.last_error is None
 
-        r._proc.kill()  # fault injection: the child dies with b's refresh queued and never done
-        r._proc.join()
+        # fault injection: the child is frozen, b's refresh is queued to it, then it dies without doing it
+        os.kill(r.pid, signal.SIGSTOP)
         before = fs.online_user(b)["u_last_event_ts"]
         store.add_events(_event(b, item))
-        with r._lock:
-            r._seq += 1
-            r._queued[("u", b)] = r._seq  # as if submitted to the dead child
+        r.submit([b], [])
+        assert r.is_pending(user=b)
+        dead = r.pid
+        os.kill(dead, signal.SIGKILL)
+        _wait_dead(dead)
         t = time.time()
         r.submit([], ["some-session"])  # the next /track restarts the child, which redoes b
+        assert r.pid != dead
         assert r.wait(user=b, timeout=60), "the restarted refresher never refreshed b"
         assert fs.online_user(b)["u_last_event_ts"] > before and time.time() - t < 60
     finally:
         r.close()
         store.dispose()
+
+
+def _wait_dead(pid: int, timeout: float = 10.0) -> None:
+    """Until the killed process is gone (reaped by its parent, or a zombie)."""
+    t = time.time()
+    while time.time() - t < timeout:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[1].startswith("Z"):
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} did not die")

@@ -75,7 +75,7 @@ def test_a_user_without_events_gets_the_empty_profile(data):
 
 def test_peak_hour_and_day_ties_go_to_the_earliest():
     sat, tue = T.normalize(), T.normalize() - pd.Timedelta(days=4)
-    at = lambda day, h: ("u", "a", "view", day + pd.Timedelta(hours=h))  # noqa: E731
+    at = lambda day, h: ("u", "a", "view", day + pd.Timedelta(hours=h))
     f = _one([at(sat, h) for h in (10, 10, 8, 8, 23)] + [at(tue, 9)], as_of=T + pd.Timedelta(days=1))
     assert f.p_peak_hour == 8 and f.p_peak_day == 5  # hours 8 and 10 tie: 8
     assert f.p_peak_hour_share == 5 / 6  # all but the 23:00 event lie within 8 +-2 h
@@ -106,7 +106,7 @@ def test_category_entropy():
 
 
 def test_price_sensitivity_direction():
-    buy = lambda item: ("u", item, "purchase", T)  # noqa: E731
+    buy = lambda item: ("u", item, "purchase", T)
     cheap, median, dear = (_one([buy(i)]).p_price_sensitivity for i in ("a", "b", "c"))
     assert cheap > 0.5 and math.isclose(median, 0.5) and dear < 0.5
     assert math.isclose(cheap, 1 / (1 + 10 / 20))

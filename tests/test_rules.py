@@ -46,8 +46,8 @@ def _model():
 
 def test_model_applies_the_rules_and_exclusions_of_the_request():
     m = _model()
-    ids = lambda recs: [r.item_id for r in recs]  # noqa: E731
-    ask = lambda **kw: ids(m.recommend(RecommendRequest(k=6, user_id="u", history=("a1",), **kw)))  # noqa: E731
+    ids = lambda recs: [r.item_id for r in recs]
+    ask = lambda **kw: ids(m.recommend(RecommendRequest(k=6, user_id="u", history=("a1",), **kw)))
     plain = ask()
     assert "b2" in plain and "a2" in plain
     assert "b2" not in ask(exclude=m.items.out_of_stock()) and "a2" not in ask(exclude=frozenset({"a2"}))

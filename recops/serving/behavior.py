@@ -14,12 +14,18 @@ from recops.featurestore import FeatureStoreClient
 from recops.online import Refresher
 from recops.profile import user_profile
 from recops.ratings import implicit_ratings
+from recops.services.schemas import (
+    DealsResponse,
+    ExplainResponse,
+    ImplicitRatingResponse,
+    NextItemsResponse,
+    PredictResponse,
+    ProfileResponse,
+)
 from recops.serving.errors import NoModel, UnknownItem, UnknownUser
 from recops.serving.recommend import Recommendations, as_items
 from recops.serving.requests import RequestBuilder
 from recops.serving.state import LiveCatalog, ModelSlot, Served
-from recops.services.schemas import (DealsResponse, ExplainResponse, ImplicitRatingResponse, NextItemsResponse,
-                                     PredictResponse, ProfileResponse)
 from recops.store import EventStore
 
 

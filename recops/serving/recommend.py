@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from recops.models.intent import infer_intent
 from recops.models.recommender import Recommendation
 from recops.models.request import RecommendRequest
+from recops.services.schemas import RecommendedItem, RecommendResponse, SessionRecommendResponse
 from recops.serving.requests import RequestBuilder
 from recops.serving.state import LiveCatalog, ModelSlot, Served
-from recops.services.schemas import RecommendedItem, RecommendResponse, SessionRecommendResponse
 from recops.store import EventStore
 
 log = logging.getLogger("recops.serving")
@@ -117,7 +117,7 @@ class Recommendations:
         ids, scores, key = demo.score_profile(row, 3 * k + len(gone))
         who = ", ".join(str(row[c]) for c in ("region", "gender") if row.get(c)) or "your segment"
         top = float(scores[0]) if len(scores) and scores[0] > 0 else 1.0
-        reason = lambda i: f"Popular with shoppers like you ({who})" if key else f"Popular now in {self.catalog.category_of(i)}"  # noqa: E731
+        reason = lambda i: f"Popular with shoppers like you ({who})" if key else f"Popular now in {self.catalog.category_of(i)}"
         recs = [Recommendation(str(i), float(s), reason(i), ["demographic"],
                                round(DEMOGRAPHIC_CONFIDENCE * max(float(s), 0.0) / top, 4))
                 for i, s in zip(ids, scores) if i not in gone][:k]

@@ -11,8 +11,8 @@ import pandas as pd
 
 from recops.online import Refresher
 from recops.schema import make_event_id
-from recops.serving.state import LiveCatalog
 from recops.services.schemas import TrackEvent, TrackResponse
+from recops.serving.state import LiveCatalog
 from recops.store import EventStore
 
 
