@@ -24,10 +24,12 @@ setup: $(VENV)/.synced  ## create the virtualenv with uv (first use only)
 demo: setup  ## generate data, run the pipeline through Prefect, serve, call the API, stop
 	unset PYTHONDONTWRITEBYTECODE; $(VENV)/bin/recops demo
 
-test: setup  ## every test: unit, integration, end-to-end, scale-out (PostgreSQL + Redis on 127.0.0.1)
+test: setup  ## lint (ruff), then every test: unit, integration, end-to-end, scale-out (PostgreSQL + Redis on 127.0.0.1)
+	$(VENV)/bin/ruff check .
 	unset PYTHONDONTWRITEBYTECODE; $(VENV)/bin/python -m pytest -q
 
-test-fast: setup  ## unit tests only
+test-fast: setup  ## lint and unit tests only
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q -m "not e2e and not scaleout"
 
 bench: setup  ## benchmarks (print figures and a final JSON line each)

@@ -19,7 +19,8 @@ def _tracked(events: list) -> dict:
 class Bare:
     @bentoml.api(route="/recommend")
     def recommend(self, user_id: str, k: int = 10) -> dict:
-        return {"user_id": user_id, "items": [{"item_id": f"i{i}", "rank": i + 1, "score": 0.0, "reason": ""} for i in range(k)]}
+        return {"user_id": user_id,
+                "items": [{"item_id": f"i{i}", "rank": i + 1, "score": 0.0, "reason": ""} for i in range(k)]}
 
     @bentoml.api(route="/track")
     def track(self, event: dict[str, Any], /) -> dict:

@@ -121,9 +121,11 @@ def peer_grid(quick: bool) -> dict[str, dict]:
         "als": {f"als(f={f},reg={r})": (lambda f=f, r=r: ImplicitPeer(lambda: AlternatingLeastSquares(
             factors=f, regularization=r, iterations=15, random_state=0, num_threads=1), "als"))
             for f in factors for r in regs},
-        "itemknn": {f"itemknn(K={k})": (lambda k=k: ImplicitPeer(lambda: CosineRecommender(K=k, num_threads=1), "itemknn"))
+        "itemknn": {f"itemknn(K={k})": (lambda k=k: ImplicitPeer(lambda: CosineRecommender(K=k, num_threads=1),
+                                                                   "itemknn"))
                     for k in ((50, 200) if quick else (25, 50, 100, 200))},
-        "ease": {f"ease(l2={l2})": (lambda l2=l2: EASE(l2=l2)) for l2 in ((100, 500) if quick else (50, 100, 250, 500, 1000))},
+        "ease": {f"ease(l2={l2})": (lambda l2=l2: EASE(l2=l2))
+                 for l2 in ((100, 500) if quick else (50, 100, 250, 500, 1000))},
     }
 
 
@@ -139,7 +141,8 @@ def run_recops(split: EvalSplit, kind: str, holdout_days: float, ds) -> tuple[di
     fit_s = time.perf_counter() - t
     t = time.perf_counter()
     recs = recommend_at_cuts(model, split, ds.items, K)
-    print(f"  recops on {kind}: tuned {model.meta['tuned']}, scorer {model.scorer}, ranker {model.meta['ranker']}", file=sys.stderr)
+    print(f"  recops on {kind}: tuned {model.meta['tuned']}, scorer {model.scorer}, ranker {model.meta['ranker']}",
+          file=sys.stderr)
     return recs, fit_s, time.perf_counter() - t
 
 
@@ -161,7 +164,7 @@ def main() -> None:
             split = make_split(kind, ds.events, holdout_days)
             results = {}
             results["popularity"] = (Popularity(half_life_days=7.0),)
-            for peer, grid in grids.items():
+            for grid in grids.values():
                 chosen, make = tune(grid, split.train, kind, holdout_days, ds.items)
                 results[chosen] = (make(),)
             scored = {}
@@ -176,9 +179,9 @@ def main() -> None:
             m = evaluate(recs, split, ds.items, ks=(K,))
             rows.append((ds_name, kind, "recops", m[f"recall@{K}"], m[f"ndcg@{K}"], fit_s, rec_s))
             best = peers[best_peer][f"ndcg@{K}"]
-            lines.append({"dataset": ds_name, "split": kind, "recops_ndcg@10": round(m[f"ndcg@{K}"], 5), "best_peer": best_peer,
-                          "best_peer_ndcg@10": round(best, 5), "ratio": round(m[f"ndcg@{K}"] / best, 3) if best else None,
-                          "users": len(split.test)})
+            lines.append({"dataset": ds_name, "split": kind, "recops_ndcg@10": round(m[f"ndcg@{K}"], 5),
+                          "best_peer": best_peer, "best_peer_ndcg@10": round(best, 5),
+                          "ratio": round(m[f"ndcg@{K}"] / best, 3) if best else None, "users": len(split.test)})
     print(f"\n{'dataset':<16}{'split':<10}{'method':<26}{'Recall@10':>10}{'NDCG@10':>10}{'fit s':>8}{'rec s':>8}")
     for ds_name, kind, name, rec, ndcg, fit_s, rec_s in rows:
         print(f"{ds_name:<16}{kind:<10}{name:<26}{rec:10.4f}{ndcg:10.4f}{fit_s:8.2f}{rec_s:8.2f}")

@@ -109,7 +109,8 @@ def track_latency(urls: dict[str, str], replay: Replay, n: int) -> tuple[dict, d
             c.close()
 
 
-def freshness(urls: dict[str, str], users: list[str], trials: int, k: int, last_event_ts, timeout_s: float = 5.0) -> dict:
+def freshness(urls: dict[str, str], users: list[str], trials: int, k: int, last_event_ts,
+              timeout_s: float = 5.0) -> dict:
     """Per trial: top item of a user -> /track purchase -> poll /recommend until the item is gone.
     Then the Feast online row: poll ``last_event_ts(user)`` (read from the online store by this
     process) until it shows the tracked event; that time includes the /recommend polling before it.
@@ -170,7 +171,8 @@ def freshness(urls: dict[str, str], users: list[str], trials: int, k: int, last_
 
 
 def throughput(url: str, route: str, make_body, per_request: int, clients: int, seconds: float) -> dict:
-    """Events/s with ``clients`` concurrent clients for ``seconds`` (bodies built in the loop, alike for both servers)."""
+    """Events/s with ``clients`` concurrent clients for ``seconds``
+    (bodies built in the loop, alike for both servers)."""
 
     def worker(_w: int) -> tuple[int, int, int, str | None]:
         done = warned = miscounted = 0
@@ -258,8 +260,10 @@ def run(args: argparse.Namespace, root: Path) -> None:
                              freshness_polls_mean=float(np.mean(fr["polls"])) if fr["polls"] else float("nan"),
                              freshness_polls_max=int(max(fr["polls"], default=0)),
                              freshness_track_p50_ms=pct(fr["track_ms"], 50), freshness_skipped_fallback=fr["skipped"],
-                             feature_freshness_p50_ms=pct(fr["feature_ms"], 50), feature_freshness_p99_ms=pct(fr["feature_ms"], 99),
-                             feature_reflected_at_first_check=fr["feature_first_check"], feature_never=fr["feature_never"])
+                             feature_freshness_p50_ms=pct(fr["feature_ms"], 50),
+                             feature_freshness_p99_ms=pct(fr["feature_ms"], 99),
+                             feature_reflected_at_first_check=fr["feature_first_check"],
+                             feature_never=fr["feature_never"])
         res["bare"].update(freshness_p50_ms=pct(fr["bare_ms"], 50), freshness_p99_ms=pct(fr["bare_ms"], 99))
         print(f"freshness done ({time.time() - t_start:.0f} s)", flush=True)
         for name, url in urls.items():
@@ -285,7 +289,8 @@ def run(args: argparse.Namespace, root: Path) -> None:
             os.killpg(p.pid, signal.SIGTERM)
             p.wait(timeout=30)
     r, bare = res["recops"], res["bare"]
-    ratios = {"track_p50": r["track_p50_ms"] / bare["track_p50_ms"], "track_p99": r["track_p99_ms"] / bare["track_p99_ms"],
+    ratios = {"track_p50": r["track_p50_ms"] / bare["track_p50_ms"],
+              "track_p99": r["track_p99_ms"] / bare["track_p99_ms"],
               "freshness_p50": r["freshness_p50_ms"] / bare["freshness_p50_ms"],
               "single_throughput": r["single_events_per_s"] / bare["single_events_per_s"],
               "batch_throughput": r["batch_events_per_s"] / bare["batch_events_per_s"]}
@@ -301,13 +306,15 @@ def run(args: argparse.Namespace, root: Path) -> None:
           f"polls on average, {r['freshness_never']} never reflected; bare freshness = one /recommend after /track)")
     print(f"Feast online user row showed the event: p50 {r['feature_freshness_p50_ms']:.1f} ms, p99 "
           f"{r['feature_freshness_p99_ms']:.1f} ms after the /track 2xx (measured after the /recommend polls); already "
-          f"at the first check in {r['feature_reflected_at_first_check']} of {r['freshness_trials']}, never in {r['feature_never']}")
+          f"at the first check in {r['feature_reflected_at_first_check']} of {r['freshness_trials']}, "
+          f"never in {r['feature_never']}")
     print(f"event mix replayed: {replay.mix()}")
     print(f"recops responses: sequential {r['track_bad_responses']} of {args.requests} not 'stored 1, no warning'; "
           f"concurrent single {r['single_warnings']} warnings, {r['single_stored_miscounted']} wrong 'stored' of "
-          f"{r['single_requests']}; batch {r['batch_warnings']} warnings, {r['batch_stored_miscounted']} wrong 'stored' of "
-          f"{r['batch_requests']}" + (f"; first warning: {r.get('single_first_warning') or r.get('batch_first_warning')}"
-                                      if r['single_warnings'] or r['batch_warnings'] else ""))
+          f"{r['single_requests']}; batch {r['batch_warnings']} warnings, {r['batch_stored_miscounted']} "
+          f"wrong 'stored' of {r['batch_requests']}"
+          + (f"; first warning: {r.get('single_first_warning') or r.get('batch_first_warning')}"
+             if r['single_warnings'] or r['batch_warnings'] else ""))
     checks = [("/track p99", r["track_p99_ms"], "<=", TARGETS["track_p99_ms"], "ms"),
               ("freshness p99", r["freshness_p99_ms"] if not r["freshness_never"] else float("inf"), "<=",
                TARGETS["freshness_p99_ms"], "ms"),
@@ -320,8 +327,9 @@ def run(args: argparse.Namespace, root: Path) -> None:
         ok = got <= want if op == "<=" else got >= want  # NaN (nothing measured) is a MISS
         verdicts[label] = "PASS" if ok else "MISS"
         print(f"{verdicts[label]}  {label}: {got:.1f} {unit} (target {op} {want:g} {unit})")
-    print(json.dumps(_finite({"bench": "realtime", "events": args.events, "recops": r, "bare": bare, "ratios_vs_bare": ratios,
-                      "targets": TARGETS, "verdicts": verdicts, "wall_s": round(time.time() - t_start, 1)})))
+    print(json.dumps(_finite({"bench": "realtime", "events": args.events, "recops": r, "bare": bare,
+                              "ratios_vs_bare": ratios, "targets": TARGETS, "verdicts": verdicts,
+                              "wall_s": round(time.time() - t_start, 1)})))
 
 
 if __name__ == "__main__":

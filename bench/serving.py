@@ -132,7 +132,8 @@ def main() -> None:
         fb = httpx.post(f"{urls['recops']}/recommend", json=bodies[0]).json()
         assert not fb["fallback"], fb
         lat = latencies(urls, bodies, args.requests)
-        res = {name: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99)), "mean_ms": float(v.mean())}
+        res = {name: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99)),
+                      "mean_ms": float(v.mean())}
                for name, v in lat.items()}
         for name, url in urls.items():
             res[name]["throughput_rps"] = throughput(url, bodies, args.clients, args.seconds)
@@ -144,12 +145,14 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     r, bare = res["recops"], res["bare"]
     ratio = r["p50_ms"] / bare["p50_ms"]
-    print(f"{'':<8}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'req/s (' + str(args.clients) + ' clients)':>22}{'RSS MB':>9}")
+    print(f"{'':<8}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}"
+          f"{'req/s (' + str(args.clients) + ' clients)':>22}{'RSS MB':>9}")
     for name in ("recops", "bare"):
         x = res[name]
         print(f"{name:<8}{x['p50_ms']:9.2f}{x['p99_ms']:9.2f}{x['mean_ms']:9.2f}{x['throughput_rps']:22.1f}{x['rss_mb']:9.1f}")
     print(f"recops p50 = {ratio:.2f} x bare (target <= 2.5); targets p50 <= 10 ms, p99 <= 30 ms, RSS <= 500 MB")
-    print(json.dumps({"bench": "serving", "events": args.events, "recops": r, "bare": bare, "p50_ratio_vs_bare": ratio}))
+    print(json.dumps({"bench": "serving", "events": args.events, "recops": r, "bare": bare,
+                      "p50_ratio_vs_bare": ratio}))
 
 
 if __name__ == "__main__":

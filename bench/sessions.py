@@ -56,7 +56,8 @@ class LastItem:
         code, m = self.index_.get_indexer(t["item_id"]), len(self.item_ids_)
         self.popular_ = np.argsort(-np.bincount(code, minlength=m), kind="stable")
         self.popularity_rank_ = np.argsort(self.popular_)
-        self.matrix_ = pair_matrix(t["group"].to_numpy(), code, m, **self.pairs) if self.pairs else sp.csr_matrix((m, m))
+        self.matrix_ = (pair_matrix(t["group"].to_numpy(), code, m, **self.pairs) if self.pairs
+                        else sp.csr_matrix((m, m)))
         return self
 
     def score_batch(self, histories: list[list[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,9 +79,10 @@ def grid(quick: bool) -> list[dict]:
     """NextItem settings to try: position decay, reverse evidence, repeats and their bonus."""
     decays = [0.25] if quick else [0.1, 0.25, 0.5]
     backward = [0.0, 0.1, 0.3]
-    repeats = [dict(allow_repeats=False), dict(allow_repeats=True, repeat_weight=0.3),
-               dict(allow_repeats=True, repeat_weight=1.0)]
-    return [dict(position_decay=d, backward_weight=b, **r) for d, b, r in itertools.product(decays, backward, repeats)]
+    repeats = [{"allow_repeats": False}, {"allow_repeats": True, "repeat_weight": 0.3},
+               {"allow_repeats": True, "repeat_weight": 1.0}]
+    return [{"position_decay": d, "backward_weight": b, **r}
+            for d, b, r in itertools.product(decays, backward, repeats)]
 
 
 def tune(train: pd.DataFrame, split, quick: bool) -> tuple[dict, dict]:

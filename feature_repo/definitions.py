@@ -25,6 +25,15 @@ def _fields(spec: dict[str, str]) -> list[Field]:
 
 
 def build(feature_dir: str | Path) -> list:
+    """The Feast objects to apply: the user, item and session entities, and per view a batch source,
+    a push source and the feature view.
+
+    Args:
+        feature_dir: directory of the offline parquet tables (``Settings.feature_dir``).
+
+    Returns:
+        Entities, ``FileSource``/``PushSource`` pairs and ``FeatureView``s, for ``FeatureStore.apply``.
+    """
     d = Path(feature_dir).resolve()
     user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="a shopper")
     item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="a catalog item")

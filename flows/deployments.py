@@ -12,11 +12,25 @@ from recops.flows.pipeline import retrain_flow
 
 
 def deployments(retrain_cron: str = "0 3 * * *"):
+    """The scheduled deployments recops serves: the nightly retrain.
+
+    Args:
+        retrain_cron: the cron schedule of the retrain flow (default: 03:00 every day).
+
+    Returns:
+        The Prefect deployments (``RunnerDeployment``), for ``prefect.serve``.
+    """
     return [
         retrain_flow.to_deployment(name="nightly-retrain", cron=retrain_cron, tags=["recops", "retrain"],
-                                   description="Rebuild features, retrain, evaluate and promote on the event store's data."),
+                                   description="Rebuild features, retrain, evaluate and promote on the event "
+                                               "store's data."),
     ]
 
 
 def serve_schedules(retrain_cron: str = "0 3 * * *") -> None:
+    """Serve the deployments from this process; blocks, running scheduled flows, until interrupted.
+
+    Args:
+        retrain_cron: the cron schedule of the retrain flow.
+    """
     serve(*deployments(retrain_cron))

@@ -25,9 +25,18 @@ class Recommender(ABC):
     name: str = "base"
 
     @abstractmethod
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> Recommender:
-        """Learn from events (columns user_id, item_id, event_type, timestamp, session_id, value);
-        ``items`` and ``users`` are the catalog and demographics, for generators that use them."""
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
+            users: pd.DataFrame | None = None) -> Recommender:
+        """Learn from events.
+
+        Args:
+            events: the recops event schema (user_id, item_id, event_type, timestamp, session_id, value).
+            items: the catalog, for generators that use it (content).
+            users: demographics, for generators that use them (demographic).
+
+        Returns:
+            self, fitted.
+        """
 
     def score(self, history: list[str], k: int, user_id: str | None = None,
               as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -96,12 +105,26 @@ class Recommender(ABC):
         return [(i, float(s)) for i, s in zip(ids, scores) if i != item_id][:k]
 
     def save(self, path: str | Path) -> None:
-        """Pickle the fitted generator to ``path``."""
+        """Pickle the fitted generator.
+
+        Args:
+            path: the file to write.
+        """
         Path(path).write_bytes(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
 
     @classmethod
     def load(cls, path: str | Path) -> Recommender:
-        """A generator saved by ``save``; a TypeError when the file holds something else."""
+        """A generator saved by ``save``.
+
+        Args:
+            path: the file.
+
+        Returns:
+            The generator.
+
+        Raises:
+            TypeError: the file holds something else.
+        """
         obj = pickle.loads(Path(path).read_bytes())
         if not isinstance(obj, cls):
             raise TypeError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}")

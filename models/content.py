@@ -18,11 +18,13 @@ class ContentSimilarity(Recommender):
         self.max_features = max_features
         self.min_df = min_df
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> ContentSimilarity:
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
+            users: pd.DataFrame | None = None) -> ContentSimilarity:
         if items is None or items.empty:
             raise ValueError("content similarity needs an items table with category/title/description")
         it = items.drop_duplicates("item_id")
-        text = (it.get("category", "").fillna("").astype(str) + " " + it.get("category", "").fillna("").astype(str) + " "
+        cat = it.get("category", "").fillna("").astype(str)
+        text = (cat + " " + cat + " "
                 + it.get("title", "").fillna("").astype(str) + " " + it.get("description", "").fillna("").astype(str))
         self.vectorizer_ = TfidfVectorizer(max_features=self.max_features, min_df=self.min_df, sublinear_tf=True)
         self.vectors_ = self.vectorizer_.fit_transform(text).tocsr()  # rows are L2-normalized

@@ -35,7 +35,8 @@ class CoVisitation(Recommender):
         self.directional = directional
         self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> CoVisitation:
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
+            users: pd.DataFrame | None = None) -> CoVisitation:
         ev = events[["user_id", "session_id", "item_id", "event_type", "timestamp"]].copy()
         ev["group"] = session_groups(ev)
         w = ev["event_type"].map({**self.weights, RATE: 1.0}).fillna(0.0).clip(lower=0.0)
@@ -69,7 +70,8 @@ class CoVisitation(Recommender):
                 rows.append(b); cols.append(a); vals.append(wa * decay)  # B then A counts too
         n = len(self.item_ids_)
         if rows:
-            m = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)).tocsr()
+            m = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                              shape=(n, n)).tocsr()
         else:
             m = sp.csr_matrix((n, n))
         m.sum_duplicates()

@@ -43,7 +43,8 @@ class DemographicPopularity(Recommender):
         ev = events[events["user_id"].notna()]
         ev = ev.assign(value=np.where(ev["event_type"] == RATE, 1.0, ev["value"]))
         w = np.clip(event_scores(ev, self.weights, self.half_life_days, ev["timestamp"].max()), 0, None)
-        scored = pd.DataFrame({"user_id": ev["user_id"].astype(str).to_numpy(), "item_id": ev["item_id"].to_numpy(), "w": w})
+        scored = pd.DataFrame({"user_id": ev["user_id"].astype(str).to_numpy(), "item_id": ev["item_id"].to_numpy(),
+                               "w": w})
         self.global_ = self._top(scored.groupby("item_id")["w"].sum())
         self.tables_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.user_keys_: dict[str, tuple[str, str, str]] = {}
@@ -56,6 +57,8 @@ class DemographicPopularity(Recommender):
                 totals = sums.groupby(level=0).sum()
                 for key in totals.index[totals >= self.min_interactions]:
                     self.tables_[key] = self._top(sums.loc[key])
+        # every item it can propose: what score_indices maps (it serves as a candidate generator too)
+        self.item_ids_ = pd.unique(np.concatenate([self.global_[0], *(ids for ids, _ in self.tables_.values())]))
         return self
 
     def _top(self, s: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,8 @@ class EASE(ItemKNN):
 
     def __init__(self, l2: float = 500.0, max_items: int = 5000, neighbors: int = 200, half_life_days: float = 1e9,
                  weights: dict[str, float] | None = None, history_weight: float = 5.0, binary: bool = True):
-        super().__init__(neighbors=neighbors, half_life_days=half_life_days, weights=weights, history_weight=history_weight)
+        super().__init__(neighbors=neighbors, half_life_days=half_life_days, weights=weights,
+                         history_weight=history_weight)
         self.l2 = l2
         self.max_items = max_items
         self.binary = binary

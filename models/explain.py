@@ -36,7 +36,8 @@ def describe(feature: str, value: float, category: str) -> str:
     return {
         "x_category_affinity": f"{category} is {value:.0%} of your activity",
         "x_is_top_category": f"{category} is {'' if value else 'not '}your favourite category",
-        "x_price_ratio": f"its price is {value:.2f}x what you usually pay" if value else "you have no purchase price history",
+        "x_price_ratio": (f"its price is {value:.2f}x what you usually pay" if value
+                          else "you have no purchase price history"),
         "x_in_history": "you looked at it before" if value else "new to you",
         "i_trend": f"its activity today is {value:.2f}x its weekly rate",
         "i_conversion_30d": f"{value:.0%} of its views end in a purchase",

@@ -57,7 +57,8 @@ def infer_intent(state: dict | None) -> Intent:
     signals = {"events": n, "items": n_items, "carts": carts, "purchases": buys, "dwell_seconds": round(dwell, 1),
                "category_focus": round(focus, 3), "click_rate": round(clicks / max(views, 1), 3)}
     if carts or buys:
-        return Intent("transactional", signals, f"{carts} item(s) added to the cart" + (f", {buys} bought" if buys else ""))
+        bought = f", {buys} bought" if buys else ""
+        return Intent("transactional", signals, f"{carts} item(s) added to the cart{bought}")
     engaged = dwell >= RESEARCH_DWELL_SECONDS or n > n_items or clicks >= max(1, views // 2)
     if n >= 3 and (focus >= RESEARCH_FOCUS or (engaged and focus >= RESEARCH_FOCUS_ENGAGED)):
         top = max(cats, key=cats.get)
@@ -72,7 +73,8 @@ def intent_rules(intent: str | None, rules: BusinessRules) -> BusinessRules:
     return rules
 
 
-def intent_scores(intent: str | None, scores: np.ndarray, complements: np.ndarray, category_share: np.ndarray) -> np.ndarray:
+def intent_scores(intent: str | None, scores: np.ndarray, complements: np.ndarray,
+                  category_share: np.ndarray) -> np.ndarray:
     """Tilt one list's scores toward what the intent wants, by at most one spread of the list:
     complements (proposed by co-visitation) for transactional sessions, items of the session's own
     categories (``category_share``: the category's share of the session's events) for research."""

@@ -23,7 +23,8 @@ class ItemKNN(Recommender):
         self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
         self.history_weight = history_weight
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> ItemKNN:
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
+            users: pd.DataFrame | None = None) -> ItemKNN:
         self.data_ = interactions(events, self.weights, self.half_life_days)
         x = self.data_.matrix.tocsc()
         norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())

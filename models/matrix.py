@@ -37,7 +37,8 @@ def interactions(events: pd.DataFrame, weights: dict[str, float], half_life_days
     users = pd.Index(pd.unique(r["user_id"]))
     items = pd.Index(pd.unique(r["item_id"]))
     m = sp.csr_matrix((r["rating"].to_numpy(dtype=np.float64),
-                       (users.get_indexer(r["user_id"]), items.get_indexer(r["item_id"]))), shape=(len(users), len(items)))
+                       (users.get_indexer(r["user_id"]), items.get_indexer(r["item_id"]))),
+                      shape=(len(users), len(items)))
     return Interactions(m, users, items)
 
 
@@ -80,6 +81,7 @@ def keep_top_csr(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
         data.append(d[order]); indices.append(c[order])
         indptr.append(indptr[-1] + len(order))
     return sp.csr_matrix(
-        (np.concatenate(data) if data else np.zeros(0), np.concatenate(indices) if indices else np.zeros(0, dtype=np.int32), np.asarray(indptr)),
+        (np.concatenate(data) if data else np.zeros(0),
+         np.concatenate(indices) if indices else np.zeros(0, dtype=np.int32), np.asarray(indptr)),
         shape=m.shape,
     )

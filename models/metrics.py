@@ -28,7 +28,8 @@ def per_user_metrics(recs: dict[str, list[str]], truth: dict[str, set[str]], k: 
     return out
 
 
-def summarize(per_user: dict[str, np.ndarray], recs: dict[str, list[str]], catalog_size: int, k: int) -> dict[str, float]:
+def summarize(per_user: dict[str, np.ndarray], recs: dict[str, list[str]], catalog_size: int,
+              k: int) -> dict[str, float]:
     out = {f"{name}_at_{k}": float(v.mean()) if v.size else 0.0 for name, v in per_user.items()}
     shown = {i for items in recs.values() for i in items[:k]}
     out[f"coverage_at_{k}"] = len(shown) / catalog_size if catalog_size else 0.0

@@ -15,12 +15,14 @@ class Popularity(Recommender):
 
     name = "popularity"
 
-    def __init__(self, half_life_days: float = POPULARITY_HALF_LIFE_DAYS, weights: dict[str, float] | None = None, segment_column: str | None = None):
+    def __init__(self, half_life_days: float = POPULARITY_HALF_LIFE_DAYS, weights: dict[str, float] | None = None,
+                 segment_column: str | None = None):
         self.half_life_days = half_life_days
         self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
         self.segment_column = segment_column
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> Popularity:
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
+            users: pd.DataFrame | None = None) -> Popularity:
         as_of = events["timestamp"].max()
         # an explicit rating counts as one interaction, whatever its value
         ev = events.assign(value=np.where(events["event_type"] == RATE, 1.0, events["value"]))

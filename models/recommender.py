@@ -32,7 +32,14 @@ assert ITEM_MODEL_FEATURES[: len(STORED_ITEM_FEATURES)] == STORED_ITEM_FEATURES
 
 
 def stored_item_matrix(feats: pd.DataFrame) -> np.ndarray:
-    """The stored item features of each row of ``feats`` (missing values: 0), in model order."""
+    """The stored item features of each row of ``feats``, in model order.
+
+    Args:
+        feats: one row per item (feature-store columns; a missing column or value counts as 0).
+
+    Returns:
+        A len(feats) x len(STORED_ITEM_FEATURES) matrix.
+    """
     return np.column_stack([
         pd.to_numeric(feats[c], errors="coerce").fillna(0.0).to_numpy() if c in feats else np.zeros(len(feats))
         for c in STORED_ITEM_FEATURES
@@ -57,7 +64,14 @@ class ItemTable:
         self._pindex = pd.Index(self.ids)
 
     def positions(self, ids) -> np.ndarray:
-        """Row positions of item ids (-1 for ids not in the table), vectorized."""
+        """Row positions of item ids, vectorized.
+
+        Args:
+            ids: item ids (any sequence).
+
+        Returns:
+            One int64 row position per id; -1 for ids not in the table.
+        """
         if len(ids) == 0:
             return np.zeros(0, dtype=np.int64)
         if len(ids) <= 1000:  # a dict beats pandas' per-call overhead for candidate-sized inputs
@@ -66,26 +80,41 @@ class ItemTable:
         return self._pindex.get_indexer(ids)
 
     def out_of_stock(self) -> frozenset[str]:
-        """The items this table marks out of stock (the catalog as of training)."""
+        """The items this table marks out of stock.
+
+        Returns:
+            Their ids (the catalog as of training: serving excludes by the live catalog instead).
+        """
         return frozenset(self.ids[~self.in_stock])
 
     @classmethod
     def build(cls, item_feats: pd.DataFrame, items: pd.DataFrame) -> ItemTable:
-        """``item_feats``: one row per item with the stored item features (missing items get zeros)."""
+        """The table of every item in either frame.
+
+        Args:
+            item_feats: one row per item with the stored item features (items missing here get zeros).
+            items: the catalog (category, title, price, in_stock, created_at; missing prices get the median).
+
+        Returns:
+            The item table.
+        """
         meta = items.set_index("item_id") if not items.empty else pd.DataFrame(index=pd.Index([], name="item_id"))
-        ids = pd.Index(pd.unique(pd.concat([item_feats["item_id"], pd.Series(meta.index)], ignore_index=True).astype(str)))
+        known = pd.concat([item_feats["item_id"], pd.Series(meta.index)], ignore_index=True)
+        ids = pd.Index(pd.unique(known.astype(str)))
         f = item_feats.drop_duplicates("item_id", keep="last").set_index("item_id").reindex(ids)
         meta = meta.reindex(ids)
         mat = np.zeros((len(ids), len(ITEM_MODEL_FEATURES)))
         mat[:, : len(STORED_ITEM_FEATURES)] = stored_item_matrix(f)
         price = pd.to_numeric(meta.get("price", pd.Series(index=ids, dtype=float)), errors="coerce")
-        mat[:, ITEM_MODEL_FEATURES.index("i_price")] = price.fillna(price.median() if price.notna().any() else 0.0).to_numpy()
+        fill = price.median() if price.notna().any() else 0.0
+        mat[:, ITEM_MODEL_FEATURES.index("i_price")] = price.fillna(fill).to_numpy()
         created = pd.to_datetime(meta.get("created_at", pd.Series(index=ids, dtype="datetime64[ns, UTC]")), utc=True)
         created_ts = ((created - pd.Timestamp(0, tz="UTC")).dt.total_seconds()).to_numpy(dtype=float)
         return cls(
             ids=ids.to_numpy(dtype=object),
             matrix=mat,
-            category=meta.get("category", pd.Series("unknown", index=ids)).fillna("unknown").astype(str).to_numpy(dtype=object),
+            category=meta.get("category", pd.Series("unknown", index=ids)).fillna("unknown").astype(str)
+            .to_numpy(dtype=object),
             created_ts=created_ts,
             in_stock=meta.get("in_stock", pd.Series(True, index=ids)).fillna(True).astype(bool).to_numpy(),
             title=meta.get("title", pd.Series("", index=ids)).fillna("").astype(str).to_numpy(dtype=object),
@@ -93,6 +122,15 @@ class ItemTable:
 
 
 def feature_names(generators: list[str]) -> list[str]:
+    """The ranker's feature columns, in the order ``feature_matrix`` builds them.
+
+    Args:
+        generators: the model's generator names, in model order.
+
+    Returns:
+        Per generator score and rank, the user's features, the item's, the crosses, and per
+        generator the score relative to the user's best.
+    """
     gen = [f"{g}_{s}" for g in generators for s in ("score", "rank")]
     rel = [f"{g}_score_rel" for g in generators]
     return gen + USER_MODEL_FEATURES + ITEM_MODEL_FEATURES + CROSS_FEATURES + rel
@@ -110,8 +148,23 @@ def feature_matrix(
     item_stored: np.ndarray | None = None,
 ) -> np.ndarray:
     """One user's candidate rows: generator features, the user's features (broadcast), item features
-    and user-item cross features. ``item_stored`` replaces the item table's stored features with
-    rows computed as of ``now`` (training on per-user cut times); serving uses the table's."""
+    and user-item cross features.
+
+    Args:
+        gen_feats: per candidate, score and rank of every generator (``RecopsModel.candidates``).
+        item_idx: the candidates' item-table rows.
+        user_row: the user's ``USER_MODEL_FEATURES`` (``user_vector``).
+        affinity: category -> the user's share of activity in it.
+        top_category: the user's favourite category ("" when unknown).
+        in_history: per candidate, whether the user touched it recently.
+        items: the item table.
+        now: the request (or cut) time, epoch seconds: item ages are taken at it.
+        item_stored: rows that replace the table's stored item features, computed as of ``now``
+            (training at per-user cut times); None: the table's (serving).
+
+    Returns:
+        A len(item_idx) x len(feature_names) matrix.
+    """
     n = len(item_idx)
     it = items.matrix[item_idx].copy()
     if item_stored is not None:
@@ -137,8 +190,20 @@ def feature_matrix(
 
 def rank_order(model: RecopsModel, x: np.ndarray, scores: np.ndarray, idx: np.ndarray, k: int,
                rules: BusinessRules | None = None) -> np.ndarray:
-    """Positions of the ``k`` candidates to show: by ranker score under the business rules, ties
-    broken by the best rank any generator gave the item (a shallow ranker ties often)."""
+    """Positions of the ``k`` candidates to show, best first.
+
+    Args:
+        model: the model whose rows ``x`` are.
+        x: the candidate rows.
+        scores: their scores.
+        idx: their item-table rows.
+        k: how many to show.
+        rules: category cap and fresh boost (None: none).
+
+    Returns:
+        Row positions, by score under the rules; ties broken by the best rank any generator gave the
+        item (a shallow ranker ties often).
+    """
     g = 2 * len(model.generators)
     best_rank = x[:, 1:g:2].min(axis=1) if g else np.zeros(len(scores))
     age = x[:, model.feature_names.index("i_age_days")]
@@ -146,12 +211,27 @@ def rank_order(model: RecopsModel, x: np.ndarray, scores: np.ndarray, idx: np.nd
 
 
 def segment_of(history: list[str]) -> str:
-    """The user segment scorers are chosen for: no recent items yet, or some."""
+    """The user segment scorers are chosen for.
+
+    Args:
+        history: the user's recent items.
+
+    Returns:
+        "new" (no recent items yet) or "known".
+    """
     return "known" if len(history) else "new"
 
 
 def user_vector(feats: dict | None) -> tuple[np.ndarray, dict, str]:
-    """One user's model features (zeros when unknown), category affinity and top category."""
+    """One user's ranker inputs.
+
+    Args:
+        feats: the user's features with the request-time ones derived; None or empty: unknown.
+
+    Returns:
+        The ``USER_MODEL_FEATURES`` vector (what the feature code derives for a user with no events
+        when unknown), the category affinity (category -> share) and the top category.
+    """
     if not feats:  # nothing known: what the feature code derives for a user with no events
         vec = np.zeros(len(USER_MODEL_FEATURES))
         rec, ten = derive_values(None, None, 0.0)
@@ -175,6 +255,9 @@ def _num(v) -> float:
 
 @dataclass
 class Recommendation:
+    """One recommended item: its score, a reason a person can read, the generators that proposed it
+    and how much to trust it (0-1)."""
+
     item_id: str
     score: float
     reason: str
@@ -183,9 +266,17 @@ class Recommendation:
 
 
 def confidence(history_len: int, n_sources: np.ndarray, n_generators: int) -> np.ndarray:
-    """How much to trust each recommendation, in [0, 1]: the evidence about the person (their
-    recent items: none 0, five ~0.63, twenty ~0.98) times the generators' agreement (an item every
-    generator proposed keeps it all, an item one of five proposed ~60%)."""
+    """How much to trust each recommendation, in [0, 1].
+
+    Args:
+        history_len: the person's recent items (evidence: none 0, five ~0.63, twenty ~0.98).
+        n_sources: per item, how many generators proposed it.
+        n_generators: how many could have (an item every one proposed keeps all the evidence, an
+            item one of five proposed ~60%).
+
+    Returns:
+        One confidence per item, rounded to 4 places.
+    """
     evidence = 1.0 - np.exp(-history_len / 5.0)
     agree = np.asarray(n_sources, dtype=float) / max(n_generators, 1)
     return np.round(evidence * (0.5 + 0.5 * agree), 4)
@@ -201,11 +292,26 @@ class Pool(NamedTuple):
     next_score: np.ndarray
 
     def take(self, keep: np.ndarray) -> Pool:
-        """The rows where ``keep`` is true."""
+        """A subset of the pool.
+
+        Args:
+            keep: one boolean per row.
+
+        Returns:
+            The rows where ``keep`` is true.
+        """
         return Pool(self.idx[keep], self.gen[keep], self.proposed[keep], self.next_score[keep])
 
     def add_unproposed(self, rows: np.ndarray, not_proposed_rank: int) -> Pool:
-        """These item-table rows added with "not proposed" generator features."""
+        """The pool with more candidates that no generator proposed.
+
+        Args:
+            rows: item-table rows to add.
+            not_proposed_rank: the rank feature they get (below every proposed one).
+
+        Returns:
+            The pool with ``rows`` appended (zero scores, no proposers, no next-item score).
+        """
         gen = np.zeros((len(rows), self.gen.shape[1]))
         gen[:, 1::2] = not_proposed_rank
         return Pool(np.concatenate([self.idx, rows]), np.vstack([self.gen, gen]),
@@ -370,8 +476,8 @@ class RecopsModel:
         history item behind it where a generator can name one) and a confidence."""
         names = list(self.generators)
         strong_next = pool.next_score >= 0.5
-        sources = [[names[g] for g in np.flatnonzero(pool.proposed[o])] + (["next_item"] if pool.next_score[o] > 0 else [])
-                   for o in order]
+        sources = [[names[g] for g in np.flatnonzero(pool.proposed[o])]
+                   + (["next_item"] if pool.next_score[o] > 0 else []) for o in order]
         ids = [str(self.items.ids[pool.idx[o]]) for o in order]
         because: dict[str, str] = {}  # item -> the recent history item behind it (co-visitation, ...)
         for name in self._explainers:
@@ -443,7 +549,7 @@ class RecopsModel:
             candidates, the number of candidates, the calibrated probability that the user interacts
             with it (None without ``calibration``) and the generators that proposed it.
         """
-        pool, x, scores, r, _ = self._scored(request, item)
+        pool, _x, scores, r, _aff = self._scored(request, item)
         gap = float(scores[r] - scores.max())
         prob = float(self.calibration.predict([gap])[0]) if self.calibration is not None else None
         return {"score": float(scores[r]), "score_gap": gap, "rank": int((scores > scores[r]).sum() + 1),
@@ -525,16 +631,33 @@ class RecopsModel:
             if in_stock_only and p is not None and not self.items.in_stock[p]:
                 continue
             cat = self.items.category[p] if p is not None else "the catalog"
-            out.append(Recommendation(item_id=str(i), score=float(s), reason=f"Trending now in {cat}", sources=["popularity"]))
+            out.append(Recommendation(item_id=str(i), score=float(s), reason=f"Trending now in {cat}",
+                                      sources=["popularity"]))
             if len(out) == k:
                 break
         return out
 
     def save(self, path: str | Path) -> None:
+        """Pickle the model to ``path`` (the MLflow artifact).
+
+        Args:
+            path: the file to write.
+        """
         Path(path).write_bytes(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
 
     @staticmethod
     def load(path: str | Path) -> RecopsModel:
+        """A model saved by ``save``.
+
+        Args:
+            path: the file.
+
+        Returns:
+            The model.
+
+        Raises:
+            TypeError: the file holds something else.
+        """
         obj = pickle.loads(Path(path).read_bytes())
         if not isinstance(obj, RecopsModel):
             raise TypeError(f"{path} is not a RecopsModel")
@@ -543,7 +666,23 @@ class RecopsModel:
 
 def train_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, names: list[str], x_val=None, y_val=None,
                  g_val=None, params: dict | None = None, num_threads: int = 1, seed: int = 42) -> lgb.Booster:
-    """LightGBM LambdaRank; early stopping on the validation groups when given."""
+    """LightGBM LambdaRank on grouped rows (one group per user).
+
+    Args:
+        x: the rows.
+        y: their graded labels.
+        groups: the group sizes, in row order.
+        names: the feature names.
+        x_val: validation rows (None: no early stopping).
+        y_val: validation labels.
+        g_val: validation group sizes.
+        params: overrides of the LightGBM parameters (``num_boost_round`` too, default 300).
+        num_threads: LightGBM threads.
+        seed: the random seed.
+
+    Returns:
+        The booster; with validation data, stopped early (patience 50 rounds) on NDCG@10.
+    """
     p = {
         "objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate": 0.05, "num_leaves": 31,
         "min_data_in_leaf": 100, "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1,
@@ -555,4 +694,5 @@ def train_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, names: list[s
     if x_val is not None and len(g_val):
         valid_sets = [lgb.Dataset(x_val, y_val, group=g_val, reference=train)]
         callbacks = [lgb.early_stopping(50, verbose=False)]
-    return lgb.train(p, train, num_boost_round=p.pop("num_boost_round", 300), valid_sets=valid_sets, callbacks=callbacks)
+    return lgb.train(p, train, num_boost_round=p.pop("num_boost_round", 300), valid_sets=valid_sets,
+                     callbacks=callbacks)

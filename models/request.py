@@ -31,5 +31,5 @@ class RecommendRequest:
     category_shares: Mapping[str, float] = field(default_factory=dict)  # category -> share of the session's events
     now: float = field(default_factory=time.time)  # the request time, epoch seconds
     # how the list is ordered: category cap, fresh-item boost (exclusions are resolved into ``exclude``)
-    rules: BusinessRules = BusinessRules()
+    rules: BusinessRules = field(default_factory=BusinessRules)
     strategy: str = "personalized"  # how the request was built: personalized, or session (a visit's intent)

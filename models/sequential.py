@@ -148,7 +148,8 @@ class NextItem(Recommender):
         self.repeat_weight = repeat_weight
         self.max_neighbors = max_neighbors
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> NextItem:
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
+            users: pd.DataFrame | None = None) -> NextItem:
         t = touches(events)
         self.item_ids_ = np.asarray(pd.unique(t["item_id"]), dtype=object)
         self.index_ = pd.Index(self.item_ids_)
@@ -175,7 +176,8 @@ class NextItem(Recommender):
         scores = sp.csr_matrix((weight[recent], (row[recent], code[recent])), shape=(n, m)) @ self.rules_
         if self.allow_repeats:
             older = recent & (pos > 0)
-            scores = scores + self.repeat_weight * sp.csr_matrix((weight[older], (row[older], code[older])), shape=(n, m))
+            again = sp.csr_matrix((weight[older], (row[older], code[older])), shape=(n, m))
+            scores = scores + self.repeat_weight * again
         excluded = known & ((pos == 0) | (not self.allow_repeats))
         return rank_rows(scores.tocsr(), k, self.popular_, self.popularity_rank_, (row[excluded], code[excluded]))
 

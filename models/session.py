@@ -26,7 +26,8 @@ class SessionKNN(Recommender):
         self.max_sessions = max_sessions
         self.half_life_days = half_life_days
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> SessionKNN:
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
+            users: pd.DataFrame | None = None) -> SessionKNN:
         ev = events[["user_id", "session_id", "item_id", "timestamp"]].copy()
         ev["group"] = session_groups(ev)
         last = ev.groupby("group", sort=False)["timestamp"].max()

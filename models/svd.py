@@ -23,7 +23,8 @@ class PureSVD(ItemKNN):
         self.binary = binary
         self.random_state = random_state
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> PureSVD:
+    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
+            users: pd.DataFrame | None = None) -> PureSVD:
         self.data_ = interactions(events, self.weights, self.half_life_days)
         x = self.data_.matrix
         if self.binary:

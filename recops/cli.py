@@ -28,8 +28,10 @@ _state: dict = {}
 
 @app.callback()
 def main(
-    config: Path | None = typer.Option(None, "--config", "-c", help="settings file (default: ./recops.yaml if present)"),
-    home: Path | None = typer.Option(None, "--home", help="where local state lives (env RECOPS_HOME; default ./.recops)"),
+    config: Path | None = typer.Option(None, "--config", "-c",
+                                       help="settings file (default: ./recops.yaml if present)"),
+    home: Path | None = typer.Option(None, "--home",
+                                     help="where local state lives (env RECOPS_HOME; default ./.recops)"),
     profile: str | None = typer.Option(None, "--profile", help="local (default) or scaleout"),
 ) -> None:
     """Settings come from the config file, then RECOPS_* environment variables, then these options."""
@@ -38,6 +40,11 @@ def main(
 
 
 def settings() -> Settings:
+    """The settings the callback loaded, with their directories created and exported (``prepare_env``).
+
+    Returns:
+        The settings of this invocation.
+    """
     s = _state["settings"]
     s.ensure_dirs()
     prepare_env(s)
@@ -45,7 +52,14 @@ def settings() -> Settings:
 
 
 def prepare_env(s: Settings) -> None:
-    """Export the settings (so flow runs and the server see them) and Prefect's local state dir."""
+    """Export the settings (so flow runs and the server see them) and Prefect's local state dir.
+
+    Also turns off the libraries' telemetry and quiets Prefect's logging, unless the environment sets
+    them already; ``PREFECT_API_URL`` is overwritten when the settings name a Prefect server.
+
+    Args:
+        s: the settings to export (``Settings.to_env``) into ``os.environ``.
+    """
     os.environ.update(s.to_env())
     os.environ.setdefault("PREFECT_HOME", str((Path(s.home) / "prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -64,8 +78,9 @@ def _run(title: str, fn, *args, stages: int = 1, **kwargs) -> dict:
     from recops import steps
 
     t0 = time.perf_counter()
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
         task = bar.add_task(title, total=stages)
 
         def listen(step: str, phase: str, seconds: float) -> None:
@@ -122,8 +137,8 @@ def ingest(
     settings()
     from recops.flows.pipeline import ingest_flow
 
-    _print(_run("ingest", ingest_flow, source=source, path=path, n_events=n_events, seed=seed, bad_share=bad_share, end=end,
-                mapping=_mapping(map_) or None, items_path=items, users_path=users))
+    _print(_run("ingest", ingest_flow, source=source, path=path, n_events=n_events, seed=seed, bad_share=bad_share,
+                end=end, mapping=_mapping(map_) or None, items_path=items, users_path=users))
 
 
 @app.command()
@@ -146,8 +161,9 @@ def features() -> None:
 
 @app.command()
 def train(
-    events: Path | None = typer.Option(None, "--events", help="train on this events file (CSV/Parquet: user_id, item_id, "
-                                           "event_type, timestamp; optional session_id, value): ingest, validate, features, train"),
+    events: Path | None = typer.Option(None, "--events", help="train on this events file (CSV/Parquet: user_id, "
+                                           "item_id, event_type, timestamp; optional session_id, value): ingest, "
+                                           "validate, features, train"),
     items: Path | None = typer.Option(None, "--items", help="with --events: optional item catalog file"),
     users: Path | None = typer.Option(None, "--users", help="with --events: optional user demographics file"),
     map_: list[str] = typer.Option([], "--map", help=MAP_HELP),
@@ -193,7 +209,8 @@ def recommend(
     _one_model(version, alias)
     from recops.flows.pipeline import recommend_flow
 
-    _print(_run("recommend", recommend_flow, users_path=str(users), out_path=str(out), k=k, version=version, alias=alias))
+    _print(_run("recommend", recommend_flow, users_path=str(users), out_path=str(out), k=k, version=version,
+                alias=alias))
 
 
 @app.command("next-items")
@@ -249,6 +266,15 @@ def pipeline(
 
 
 def server_command(s: Settings, port: int | None = None) -> list[str]:
+    """The command line that serves the BentoML service with the ``bentoml`` next to this Python.
+
+    Args:
+        s: the settings (``serve_host``, ``serve_port``).
+        port: the port; None: ``s.serve_port``.
+
+    Returns:
+        The argv, for ``os.execv`` or ``subprocess.Popen``.
+    """
     bentoml = Path(sys.executable).with_name("bentoml")
     return [str(bentoml), "serve", "recops.services.service:Recops", "--host", s.serve_host,
             "--port", str(port or s.serve_port)]
@@ -293,15 +319,18 @@ def demo(
     console.rule("[bold]1. pipeline: ingest → validate → features → train → evaluate → promote")
     res = _run("pipeline flow run", pipeline_flow, stages=6, n_events=n_events, bad_share=0.01)
     v, t, p = res["validate"], res["train"], res["promote"]
-    console.print(f"  validated {v['rows']} rows: {v['bad_rows']} quarantined ({v['bad_share']:.2%}), report {v['report']}")
+    console.print(f"  validated {v['rows']} rows: {v['bad_rows']} quarantined ({v['bad_share']:.2%}), "
+                  f"report {v['report']}")
     m = t["metrics"]
     console.print(f"  trained version {t['version']}: NDCG@{s.k} {m[f'ndcg_at_{s.k}']:.4f} vs popularity "
-                  f"{m[f'baseline_ndcg_at_{s.k}']:.4f}; recall@{s.k} {m[f'recall_at_{s.k}']:.4f} vs {m[f'baseline_recall_at_{s.k}']:.4f}")
+                  f"{m[f'baseline_ndcg_at_{s.k}']:.4f}; recall@{s.k} {m[f'recall_at_{s.k}']:.4f} "
+                  f"vs {m[f'baseline_recall_at_{s.k}']:.4f}")
     console.print(f"  promote: {p['reason']}")
 
     console.rule("[bold]2. serve the champion and call it")
     os.environ.setdefault("BENTOML_HOME", str((Path(s.home) / "bentoml").resolve()))
-    proc = subprocess.Popen(server_command(s, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(server_command(s, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     base = f"http://{s.serve_host}:{port}"
     try:
         _wait_ready(base, proc)
@@ -322,14 +351,17 @@ def demo(
             other = items[~items["category"].isin(set(top))]
             target_cat = other["category"].value_counts().index[0]
             viewed = other[other["category"] == target_cat].index[:4].tolist()
-            r = c.post("/track/batch", json=[{"user_id": user, "item_id": i, "event_type": et} for i in viewed for et in ("view", "click")])
+            r = c.post("/track/batch", json=[{"user_id": user, "item_id": i, "event_type": et}
+                                             for i in viewed for et in ("view", "click")])
             console.print(f"  tracked {len(viewed) * 2} events on {target_cat} items {viewed}: {r.json()}")
             after = _show(c, f"user {user} right after", {"user_id": user, "k": 5}, items)
             changed = len(set(after) - set(before))
             in_cat = lambda ids: sum(items.loc[i, "category"] == target_cat for i in ids if i in items.index)
-            console.print(f"  → {changed} of 5 recommendations changed; {target_cat} items: {in_cat(before)} → {in_cat(after)}")
+            console.print(f"  → {changed} of 5 recommendations changed; {target_cat} items: "
+                          f"{in_cat(before)} → {in_cat(after)}")
             _behavioral_tour(c, known, viewed, items)
-            console.print(f"  /model: version {c.get('/model').json()['version']}; /health: {c.get('/health').json()['status']}")
+            console.print(f"  /model: version {c.get('/model').json()['version']}; "
+                          f"/health: {c.get('/health').json()['status']}")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -337,8 +369,10 @@ def demo(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
     console.rule("[bold]3. look around")
-    console.print(f"  MLflow UI:  {Path(sys.executable).with_name('mlflow')} ui --backend-store-uri {s.tracking_uri} --port 5000")
-    console.print(f"  Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} {Path(sys.executable).with_name('prefect')} server start")
+    console.print(f"  MLflow UI:  {Path(sys.executable).with_name('mlflow')} ui --backend-store-uri {s.tracking_uri} "
+                  "--port 5000")
+    console.print(f"  Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} "
+                  f"{Path(sys.executable).with_name('prefect')} server start")
     console.print(f"  Reports:    {s.reports_dir}")
     console.print(f"  Serve it:   RECOPS_HOME={Path(s.home).resolve()} recops serve")
     console.print("[green]demo finished; the server is stopped.")
@@ -351,14 +385,18 @@ def _behavioral_tour(c, user: str, viewed: list[str], items) -> None:
     r = c.post("/session/recommend", json={"session_id": sid, "k": 3}).json()
     console.print(f"[bold]an anonymous session[/] viewed {viewed[:3]}: intent {r['intent']} ({r['intent_reason']})")
     for it in r["items"]:
-        console.print(f"   {it['rank']}. {it['item_id']:<7} {items.loc[it['item_id'], 'category'] if it['item_id'] in items.index else '?':<12} {it['reason']}")
+        console.print(f"   {it['rank']}. {it['item_id']:<7} "
+                      f"{items.loc[it['item_id'], 'category'] if it['item_id'] in items.index else '?':<12} "
+                      f"{it['reason']}")
     nxt = c.post("/next-items", json={"recent_item_ids": viewed[:1], "k": 3}).json()["items"]
     console.print(f"[bold]next after {viewed[0]}[/]: " + "; ".join(f"{it['item_id']} ({it['reason']})" for it in nxt))
     top = c.post("/recommend", json={"user_id": user, "k": 1}).json()["items"][0]["item_id"]
     why = c.get("/explain", params={"user_id": user, "item_id": top}).json()
-    console.print(f"[bold]why {top} for {user}[/] (scorer: {why['scorer']}): " + "; ".join(x["reason"] for x in why["contributions"][:3]))
+    console.print(f"[bold]why {top} for {user}[/] (scorer: {why['scorer']}): "
+                  + "; ".join(x["reason"] for x in why["contributions"][:3]))
     deals = c.post("/deals", json={"user_id": user, "k": 3}).json()
-    console.print(f"[bold]deals for {user}[/] (price sensitivity {deals['price_sensitivity']:.2f}, cap {deals['max_discount']:.0%}):")
+    console.print(f"[bold]deals for {user}[/] (price sensitivity {deals['price_sensitivity']:.2f}, "
+                  f"cap {deals['max_discount']:.0%}):")
     for d in deals["deals"]:
         console.print(f"   {d['item_id']:<7} {d['list_price']:>8.2f} → {d['deal_price']:>8.2f}  {d['reason']}")
 
@@ -399,7 +437,8 @@ def status() -> None:
     store = EventStore(s.event_store_uri)
     out = {"home": str(Path(s.home).resolve()), "profile": s.profile, "events": store.count_events(),
            "quarantined": len(store.quarantined()),
-           "champion": registry.alias_version(s, registry.CHAMPION), "challenger": registry.alias_version(s, registry.CHALLENGER)}
+           "champion": registry.alias_version(s, registry.CHAMPION),
+           "challenger": registry.alias_version(s, registry.CHALLENGER)}
     typer.echo(json.dumps(out, indent=2))
 
 

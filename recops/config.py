@@ -94,34 +94,46 @@ class Settings:
 
     @property
     def event_store_uri(self) -> str:
+        """SQLAlchemy URL of the event store: ``event_store_url``, else a SQLite file ``events.db`` in home."""
         return self.event_store_url or f"sqlite:///{(self.home / 'events.db').resolve()}"
 
     @property
     def tracking_uri(self) -> str:
+        """MLflow tracking URI: ``mlflow_tracking_uri``, else a SQLite file ``mlflow.db`` in home."""
         return self.mlflow_tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
 
     @property
     def artifact_root(self) -> str:
+        """MLflow artifact root (a URI): ``mlflow_artifact_root``, else ``home/mlartifacts`` as a file URI."""
         return self.mlflow_artifact_root or (self.home / "mlartifacts").resolve().as_uri()
 
     @property
     def feature_dir(self) -> Path:
+        """Absolute directory of the Feast offline feature files (``home/features``)."""
         return (self.home / "features").resolve()
 
     @property
     def staging_dir(self) -> Path:
+        """Absolute directory for staged model artifacts (``home/staging``)."""
         return (self.home / "staging").resolve()
 
     @property
     def reports_dir(self) -> Path:
+        """Absolute directory the steps write their JSON reports to (``home/reports``)."""
         return (self.home / "reports").resolve()
 
     def ensure_dirs(self) -> None:
+        """Create home and the feature, staging and reports directories (no error when they exist)."""
         for d in (self.home, self.feature_dir, self.staging_dir, self.reports_dir):
             Path(d).mkdir(parents=True, exist_ok=True)
 
     def to_env(self) -> dict[str, str]:
-        """The environment that makes a child process (server, flow run) see these settings."""
+        """The environment that makes a child process (server, flow run) see these settings.
+
+        Returns:
+            ``RECOPS_<FIELD>`` variable names mapped to their values (read back by :func:`load_settings`):
+            home resolved to an absolute path, booleans, lists and dicts as JSON, other scalars as ``str``.
+        """
         env = {"RECOPS_HOME": str(Path(self.home).resolve()), "RECOPS_PROFILE": self.profile}
         for f in dataclasses.fields(self):
             if f.name in ("home", "profile"):
@@ -172,7 +184,22 @@ def _coerce(name: str, raw: str) -> Any:
 
 
 def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Settings:
-    """Build settings from defaults, the config file, ``RECOPS_*`` variables and ``overrides``."""
+    """Build settings from defaults, the config file, ``RECOPS_*`` variables and ``overrides``.
+
+    Args:
+        path: YAML file of settings; ``None``: the file named by ``RECOPS_CONFIG``, else ``./recops.yaml``.
+            A missing file is not an error (defaults and the environment apply).
+        **overrides: settings fields that win over everything else (e.g. ``home=``, ``profile=``).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ValueError: the file is not a mapping or names unknown settings, a ``RECOPS_*`` value cannot be
+            parsed, the profile is unknown, custom event types redefine built-in ones,
+            ``exclude_event_types`` names unknown types, a tuning list or ``generators`` is empty, or
+            ``max_per_category``, ``fresh_item_days`` or ``fresh_item_boost`` is negative.
+    """
     file_values: dict[str, Any] = {}
     cfg_path = Path(path or os.environ.get("RECOPS_CONFIG", "recops.yaml"))
     if cfg_path.exists():
@@ -201,7 +228,8 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
         raise ValueError(f"custom_event_types redefine built-in types {sorted(clash)}")
     unknown_ex = set(settings.exclude_event_types) - set(settings.event_types)
     if unknown_ex:
-        raise ValueError(f"exclude_event_types names unknown event types {sorted(unknown_ex)}; known: {sorted(settings.event_types)}")
+        raise ValueError(f"exclude_event_types names unknown event types {sorted(unknown_ex)}; "
+                         f"known: {sorted(settings.event_types)}")
     if not settings.generators or not settings.ease_l2 or not settings.svd_factors or not settings.itemknn_neighbors:
         raise ValueError("generators, ease_l2, svd_factors and itemknn_neighbors need at least one entry")
     if settings.max_per_category < 0 or settings.fresh_item_boost < 0 or settings.fresh_item_days < 0:

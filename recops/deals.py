@@ -50,7 +50,8 @@ class DealPolicy:
         if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in nums):
             raise ValueError("deal policy numbers must be finite")
         if not 0.0 <= self.min_discount <= self.max_discount <= 0.9:
-            raise ValueError(f"need 0 <= min_discount <= max_discount <= 0.9, got {self.min_discount}, {self.max_discount}")
+            raise ValueError(f"need 0 <= min_discount <= max_discount <= 0.9, got {self.min_discount}, "
+                             f"{self.max_discount}")
         if not 0.0 <= self.floor_ratio <= 1.0:
             raise ValueError(f"floor_ratio must lie in [0, 1], got {self.floor_ratio}")
         if self.ttl_hours <= 0:
@@ -63,7 +64,18 @@ class DealPolicy:
 
     @classmethod
     def from_settings(cls, settings) -> DealPolicy:
-        """From the ``Settings`` fields ``deal_*`` that exist (getattr), the defaults for the rest."""
+        """From the ``Settings`` fields ``deal_*`` that exist (getattr), the defaults for the rest.
+
+        Args:
+            settings: a ``recops.config.Settings`` or any object with ``deal_*`` attributes; season_boost
+                keys may be month strings ("1".."12").
+
+        Returns:
+            The policy.
+
+        Raises:
+            ValueError: the settings break the policy's bounds (see the class).
+        """
         d = cls()
         get = lambda name, default: getattr(settings, f"deal_{name}", default)
         max_discount = float(get("max_discount", d.max_discount))
@@ -77,13 +89,29 @@ class DealPolicy:
         )
 
     def factor(self, month, region) -> float:
-        """Season x region multiplier; an unknown or malformed month or region counts 1."""
+        """Season x region multiplier; an unknown or malformed month or region counts 1.
+
+        Args:
+            month: the month, an integer 1-12 (numpy integers too; bools are malformed).
+            region: the region name, looked up in ``region_factor``.
+
+        Returns:
+            ``season_boost[month] * region_factor[region]``, each factor 1 where absent.
+        """
         m = _month(month)
         season = self.season_boost.get(m, 1.0) if m is not None else 1.0
         place = self.region_factor.get(region, 1.0) if isinstance(region, str) else 1.0
         return season * place
 
     def floor_price(self, price: float) -> float:
+        """The lowest deal price allowed for a list price.
+
+        Args:
+            price: the list price.
+
+        Returns:
+            ``floor_ratio * price``.
+        """
         return self.floor_ratio * price
 
 
@@ -110,7 +138,14 @@ def _cents_up(x: float) -> float:
 
 
 def valid_price(price) -> float | None:
-    """``price`` as a float when it can carry a deal (finite, > 0, <= MAX_PRICE), else None."""
+    """``price`` as a float when it can carry a deal (finite, > 0, <= MAX_PRICE), else None.
+
+    Args:
+        price: anything: a number, a numeric string, None, NaN, ...
+
+    Returns:
+        The price as a float, or None.
+    """
     try:
         p = float(price)
     except (TypeError, ValueError, OverflowError):
@@ -118,13 +153,25 @@ def valid_price(price) -> float | None:
     return p if math.isfinite(p) and 0.0 < p <= MAX_PRICE else None
 
 
-def price_deal(price, price_sensitivity, demand, month, region, policy: DealPolicy | None = None) -> tuple[float, float] | None:
+def price_deal(price, price_sensitivity, demand, month, region,
+               policy: DealPolicy | None = None) -> tuple[float, float] | None:
     """``(discount, deal_price)`` for one item, or None when ``price`` is no valid price (see valid_price).
 
     Total and monotone: a higher sensitivity or a lower demand never lowers the discount. NaN
     sensitivity or demand count as neutral (0.5); out-of-range values are clipped to [0, 1]. When no
     whole-cent price lies between the floor and the list price (prices under a cent), the deal price
     is the list price and the discount 0.
+
+    Args:
+        price: the list price (anything; see valid_price).
+        price_sensitivity: the user's 0..1 price sensitivity (0.5 neutral; higher: a larger discount).
+        demand: the item's 0..1 demand percentile (lower: a larger discount).
+        month: the month 1-12, for the season factor (see DealPolicy.factor).
+        region: the user's region, for the region factor.
+        policy: the caps and factors; None: ``DealPolicy()``.
+
+    Returns:
+        The discount (a share of the list price, 0..max_discount) and the deal price, or None.
     """
     policy = policy or DealPolicy()
     p = valid_price(price)
@@ -138,7 +185,14 @@ def price_deal(price, price_sensitivity, demand, month, region, policy: DealPoli
 
 
 def demand_percentile(popularity: pd.Series) -> pd.Series:
-    """Item popularity (counts, trend, ...) -> 0..1 percentile rank; NaN stays NaN (neutral later)."""
+    """Item popularity (counts, trend, ...) -> 0..1 percentile rank; NaN stays NaN (neutral later).
+
+    Args:
+        popularity: a demand score per item (higher: more demand), indexed by item_id.
+
+    Returns:
+        The percentile ranks in (0, 1] (ties averaged), indexed like ``popularity``.
+    """
     return popularity.rank(pct=True, method="average")
 
 
@@ -180,6 +234,19 @@ def make_deals(candidates: Iterable[tuple[str, float]], item_info: pd.DataFrame,
     ``demand`` (0..1, see demand_percentile; absent or NaN: neutral). Candidates unknown to
     ``item_info``, without a valid price or without a possible discount are skipped. ``now`` is a
     timestamp (naive: UTC); its month selects the season factor. ``expires_at`` is ISO 8601 UTC.
+
+    Args:
+        candidates: (item_id, score) pairs in any order; NaN or non-numeric scores rank last.
+        item_info: the items' price and details, as above; for a duplicated item_id the last row counts.
+        user_sensitivity: the user's ``p_price_sensitivity`` (0..1; NaN or None: neutral 0.5).
+        region: the user's region, for the region factor and the reason.
+        now: the time of the offer (anything ``pd.Timestamp`` takes).
+        policy: the caps and factors; None: ``DealPolicy()``.
+        k: the most deals returned.
+
+    Returns:
+        One dict per deal with item_id, title (the item_id when it has none), list_price, deal_price, discount
+        (a share, floored to 4 decimals), expires_at, reason (readable text) and score.
     """
     policy = policy or DealPolicy()
     now = pd.Timestamp(now)

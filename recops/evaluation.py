@@ -39,14 +39,29 @@ class EvalSplit:
 
     @property
     def users(self) -> list[str]:
+        """The test users, sorted."""
         return sorted(self.test)
 
     def seen(self) -> dict[str, set[str]]:
+        """Each test user's distinct training items.
+
+        Returns:
+            user_id -> the items of the user's training events; test users without any are absent.
+        """
         tr = self.train[self.train["user_id"].isin(set(self.test))]
         return tr.groupby("user_id")["item_id"].agg(set).to_dict()
 
     def sample(self, n: int, seed: int = 0) -> EvalSplit:
-        """The same split for at most ``n`` of its test users (a fixed random sample)."""
+        """The same split for at most ``n`` of its test users (a fixed random sample).
+
+        Args:
+            n: the most test users kept.
+            seed: the seed of the sample.
+
+        Returns:
+            This split when it has at most ``n`` test users, else a new one with the sampled users'
+            test, cut, exclude and grades (``train`` is shared, not filtered).
+        """
         if len(self.test) <= n:
             return self
         keep = set(np.random.default_rng(seed).choice(self.users, n, replace=False))
@@ -54,10 +69,23 @@ class EvalSplit:
         return EvalSplit(self.name, self.train, pick(self.test), pick(self.cut), pick(self.exclude), pick(self.grades))
 
     def excluded(self) -> dict[str, set[str]]:
+        """Each test user's items not to recommend: ``exclude``, else every training item (``seen``).
+
+        Returns:
+            user_id -> the items to leave out of the user's ranking.
+        """
         return self.seen() if self.exclude is None else self.exclude
 
     def histories(self, n: int = HISTORY_LEN) -> dict[str, list[str]]:
-        """Each test user's recent distinct training items, newest first."""
+        """Each test user's recent distinct training items, newest first.
+
+        Args:
+            n: the most items per user.
+
+        Returns:
+            user_id -> item ids by their last training touch, newest first (ties by item_id); test users
+            without training events are absent.
+        """
         tr = self.train[self.train["user_id"].isin(set(self.test))]
         last = tr.groupby(["user_id", "item_id"], sort=False)["timestamp"].max().reset_index()
         last = last.sort_values(["user_id", "timestamp", "item_id"], ascending=[True, False, True], kind="stable")
@@ -73,6 +101,21 @@ def global_split(events: pd.DataFrame, holdout_days: float = 7.0, cut: pd.Timest
     given): only items the user did one of those types to are excluded (business rules), so
     re-engaging with an item viewed before counts, as it does in a shop; with ``weights`` the test
     items are graded by their implicit rating. Anonymous events before the cut stay in train.
+
+    Args:
+        events: normalized events; only those with a user_id are tested.
+        holdout_days: the cut is this many days before the newest identified event, floored to midnight.
+        cut: the cut itself (UTC); None: from ``holdout_days``.
+        exclude_types: None: the research protocol; else the event types whose items are excluded (the
+            serving protocol).
+        weights: event type -> weight, to grade the test items (serving protocol only); None: binary.
+
+    Returns:
+        The split ``"global"``: train is every event before the cut, test users are those with a test item.
+
+    Raises:
+        ValueError: no event has a user_id, the cut is not after the first identified event, or no user
+            has a test item.
     """
     ev = events[events["user_id"].notna()]
     if ev.empty:
@@ -111,6 +154,17 @@ def global_split(events: pd.DataFrame, holdout_days: float = 7.0, cut: pd.Timest
 
 
 def per_user_split(events: pd.DataFrame, frac: float = 0.2, min_items: int = 5) -> EvalSplit:
+    """Hold out the last ``frac`` of each user's distinct items (by first touch); see the module docstring.
+
+    Args:
+        events: normalized events; anonymous ones (no user_id) stay in train.
+        frac: the share of a user's distinct items held out, rounded up.
+        min_items: users with fewer distinct items are not tested (all their events stay in train).
+
+    Returns:
+        The split ``"per_user"``: ``cut`` per test user is the first touch of their first held-out item,
+        and train drops their events from then on; every training item is excluded (``exclude`` None).
+    """
     ev = events[events["user_id"].notna()]
     first = ev.groupby(["user_id", "item_id"], sort=False)["timestamp"].min().reset_index()
     first = first.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
@@ -127,13 +181,30 @@ def per_user_split(events: pd.DataFrame, frac: float = 0.2, min_items: int = 5) 
 
 
 def novelty(recs: dict[str, list[str]], popularity: pd.Series, n_users: int) -> float:
-    """Mean self-information -log2(p(i)) of recommended items, p = share of training users."""
+    """Mean self-information -log2(p(i)) of recommended items, p = share of training users.
+
+    Args:
+        recs: user_id -> recommended item ids.
+        popularity: item_id -> number of distinct training users (absent or 0: counts as 1).
+        n_users: the number of training users.
+
+    Returns:
+        The mean in bits over every recommended item of every list; 0.0 when there is none.
+    """
     vals = [-math.log2(max(popularity.get(i, 0), 1) / max(n_users, 1)) for items in recs.values() for i in items]
     return float(np.mean(vals)) if vals else 0.0
 
 
 def intra_list_diversity(recs: dict[str, list[str]], category: pd.Series) -> float:
-    """Mean share of item pairs within a list that are of different categories."""
+    """Mean share of item pairs within a list that are of different categories.
+
+    Args:
+        recs: user_id -> recommended item ids.
+        category: item_id -> category; items it lacks share the category ``"?"``.
+
+    Returns:
+        The mean over lists of at least two items; 0.0 when there is none.
+    """
     out = []
     for items in recs.values():
         cats = [category.get(i, "?") for i in items]
@@ -147,11 +218,26 @@ def intra_list_diversity(recs: dict[str, list[str]], category: pd.Series) -> flo
 
 def evaluate(recs: dict[str, list[str]], split: EvalSplit, items: pd.DataFrame | None = None,
              ks: tuple[int, ...] = (5, 10, 20), seed: int = 0) -> dict:
-    """Accuracy @K, coverage, novelty, diversity, per-segment NDCG@10 and bootstrap CIs."""
+    """Accuracy @K, coverage, novelty, diversity, per-segment NDCG@10 and bootstrap CIs.
+
+    Args:
+        recs: user_id -> ranked item ids, best first; users without a list count as misses.
+        split: the test items per user; its training data gives the catalog, popularity and segments.
+        items: items with item_id and category, for diversity; None or no category: no diversity.
+        ks: the cutoffs K.
+        seed: the seed of the bootstrap.
+
+    Returns:
+        ``split``, ``users`` and, per K, ``recall``, ``ndcg``, ``map``, ``hitrate``, ``mrr``, ``coverage``
+        (share of train and test items), ``novelty`` and ``diversity`` as ``{metric}@{K}``; with K = 10
+        among ``ks`` also ``ndcg@10_ci`` and ``recall@10_ci`` (95% bootstrap [lo, hi]) and, per segment
+        of SEGMENTS, ``ndcg@10_{segment}`` (None when empty) and ``users_{segment}``.
+    """
     catalog = pd.unique(pd.concat([split.train["item_id"], pd.Series([i for t in split.test.values() for i in t])]))
     popularity = split.train.groupby("item_id")["user_id"].nunique()
     n_users = split.train["user_id"].nunique()
-    category = items.set_index("item_id")["category"] if items is not None and "category" in items else pd.Series(dtype=object)
+    category = (items.set_index("item_id")["category"] if items is not None and "category" in items
+                else pd.Series(dtype=object))
     out: dict = {"split": split.name, "users": len(split.test)}
     per_user10 = None
     for k in ks:
@@ -178,12 +264,29 @@ def evaluate(recs: dict[str, list[str]], split: EvalSplit, items: pd.DataFrame |
     return out
 
 
-def recommend_all(recommend: Callable[[str, int, list[str], set[str]], list[str]], split: EvalSplit, k: int) -> dict[str, list[str]]:
-    """Top-k for every test user, excluding their training items."""
+def recommend_all(recommend: Callable[[str, int, list[str], set[str]], list[str]], split: EvalSplit,
+                  k: int) -> dict[str, list[str]]:
+    """Top-k for every test user, excluding their training items.
+
+    Args:
+        recommend: ``f(user_id, k, history newest first, items to exclude) -> ranked item ids``.
+        split: its test users, their histories (``EvalSplit.histories``) and exclusions (``excluded``).
+        k: how many items per user.
+
+    Returns:
+        user_id -> what ``recommend`` returned, for every test user.
+    """
     hist, seen = split.histories(), split.excluded()
     return {u: recommend(u, k, hist.get(u, []), seen.get(u, set())) for u in split.users}
 
 
 def generator_recommender(gen) -> Callable[[str, int, list[str], set[str]], list[str]]:
-    """Adapt a fitted generator (``recops.models.base.Recommender``) to ``recommend_all``."""
+    """Adapt a fitted generator (``recops.models.base.Recommender``) to ``recommend_all``.
+
+    Args:
+        gen: the fitted generator; its ``recommend`` returns (item_id, score) pairs.
+
+    Returns:
+        The ``recommend`` callable of ``recommend_all`` (scores dropped).
+    """
     return lambda u, k, hist, seen: [i for i, _ in gen.recommend(u, k, history=hist, exclude=seen)]

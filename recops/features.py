@@ -120,6 +120,21 @@ def entity_features(
 
     ``item_category`` (item_id -> category) and ``categories`` (the affinity vocabulary) are only
     used for user features (category affinity).
+
+    Args:
+        events: events with ``key``, ``timestamp`` and ``event_type`` (user features also read ``item_id``
+            and ``value``, the price paid); rows without ``key`` are ignored. Any order.
+        points: the ``(key, as_of)`` rows to compute features at; an event counts when its time is
+            ``<= as_of``, and within window ``w`` when it is also ``> as_of - w``.
+        key: the entity column, ``"user_id"`` or ``"item_id"``.
+        prefix: ``USER_PREFIX`` computes ``USER_FEATURES``, anything else (``ITEM_PREFIX``) ``ITEM_FEATURES``.
+        item_category: item_id -> category; ``None``: no category affinity (empty/zero affinity columns).
+        categories: the affinity vocabulary (``category_vocabulary``), most common first; ``None``/empty:
+            no category affinity.
+
+    Returns:
+        One row per row of ``points``, in that order: ``key`` (as ``str``), ``event_timestamp`` (``as_of``,
+        UTC) and the features; ``*_event_ts`` are epoch seconds, NaN when the entity had no events yet.
     """
     ev = events[events[key].notna()]
     ents = pd.Index(pd.unique(pd.concat([ev[key], points[key]], ignore_index=True).astype(str)))
@@ -135,8 +150,10 @@ def entity_features(
     hi = np.searchsorted(ev_keys, p_code * _SHIFT + p_ms, side="right")
     lo_all = np.searchsorted(ev_keys, p_code * _SHIFT, side="left")
 
-    out = pd.DataFrame({key: points[key].astype(str).to_numpy(), "event_timestamp": pd.to_datetime(points["as_of"], utc=True).to_numpy()})
-    lo_w = {w: np.searchsorted(ev_keys, p_code * _SHIFT + p_ms - int(w * 86_400_000), side="right") for w in WINDOWS_DAYS}
+    out = pd.DataFrame({key: points[key].astype(str).to_numpy(),
+                        "event_timestamp": pd.to_datetime(points["as_of"], utc=True).to_numpy()})
+    lo_w = {w: np.searchsorted(ev_keys, p_code * _SHIFT + p_ms - int(w * 86_400_000), side="right")
+            for w in WINDOWS_DAYS}
 
     def cum(mask: np.ndarray) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
@@ -163,7 +180,9 @@ def entity_features(
         pc = cum(is_p & (vals > 0))
         n_paid = pc[hi] - pc[lo_all]
         out["u_avg_price_paid"] = np.where(n_paid > 0, (pv[hi] - pv[lo_all]) / np.maximum(n_paid, 1), 0.0)
-        out["u_first_event_ts"] = np.where(has, ev_ts[np.minimum(lo_all, max(len(ev_ts) - 1, 0))] if len(ev_ts) else 0.0, np.nan)
+        out["u_first_event_ts"] = np.where(has,
+                                           ev_ts[np.minimum(lo_all, max(len(ev_ts) - 1, 0))] if len(ev_ts) else 0.0,
+                                           np.nan)
         _add_category_affinity(out, ev, order, hi, lo_all, item_category, categories)
     else:
         out["i_events_1d"] = c_all[hi] - c_all[lo_w[1]]
@@ -205,7 +224,14 @@ def _add_category_affinity(out, ev, order, hi, lo, item_category, categories) ->
 
 
 def recent_items(chronological: np.ndarray) -> str:
-    """The newest ``HISTORY_LEN`` distinct items of a chronological run, as a JSON list."""
+    """The newest ``HISTORY_LEN`` distinct items of a chronological run, as a JSON list.
+
+    Args:
+        chronological: item ids, oldest first (repeats allowed).
+
+    Returns:
+        A JSON list of at most ``HISTORY_LEN`` distinct item ids, newest first.
+    """
     return json.dumps(list(dict.fromkeys(chronological[::-1].tolist()))[:HISTORY_LEN])
 
 
@@ -213,7 +239,19 @@ def user_recent(events: pd.DataFrame, points: pd.DataFrame,
                 ratings: tuple[dict[str, float], float] | None = None) -> pd.DataFrame:
     """``RECENT_FEATURES`` of the users at the ``(user_id, as_of)`` rows of ``points``: the newest
     ``HISTORY_LEN`` distinct items and their implicit ratings (``ratings``: event-type weights and
-    half-life in days, default the built-in ones; ``recops.ratings`` semantics) as of then."""
+    half-life in days, default the built-in ones; ``recops.ratings`` semantics) as of then.
+
+    Args:
+        events: events with ``user_id``, ``item_id``, ``event_type`` and ``timestamp``; anonymous rows
+            (no ``user_id``) are ignored.
+        points: the ``(user_id, as_of)`` rows; events at or before ``as_of`` count.
+        ratings: ``(event-type weights, half-life in days)``; ``None``: the built-in defaults.
+
+    Returns:
+        One row per row of ``points``, in that order: ``user_id``, ``event_timestamp`` (``as_of``, UTC),
+        ``u_recent_items`` (JSON list, newest first, distinct; taken from the user's last
+        ``5 * HISTORY_LEN`` events) and ``u_recent_ratings`` (JSON ``{item: rating 0-5}``).
+    """
     ev = events[events["user_id"].notna()]
     weights, half_life = ratings or (DEFAULT_EVENT_WEIGHTS, RATING_HALF_LIFE_DAYS)
     ev = ev.assign(_ts=_ms(ev["timestamp"]) / 1000.0).sort_values(["user_id", "_ts"], kind="stable")
@@ -226,7 +264,8 @@ def user_recent(events: pd.DataFrame, points: pd.DataFrame,
     recent, rated = [], []
     for lo, top, t in zip(lo_all, hi_user, as_of):
         h = lo + int(np.searchsorted(ts[lo:top], t, side="right"))
-        mine = np.asarray(list(dict.fromkeys(codes[max(lo, h - 5 * HISTORY_LEN):h][::-1].tolist()))[:HISTORY_LEN], dtype=np.int64)
+        mine = np.asarray(list(dict.fromkeys(codes[max(lo, h - 5 * HISTORY_LEN):h][::-1].tolist()))[:HISTORY_LEN],
+                          dtype=np.int64)
         recent.append(json.dumps(names[mine].tolist()))
         rated.append(recent_ratings(mine, names, codes[lo:h], w[lo:h], ts[lo:h], t, half_life))
     return pd.DataFrame({"user_id": points["user_id"].astype(str).to_numpy(),
@@ -237,7 +276,21 @@ def user_recent(events: pd.DataFrame, points: pd.DataFrame,
 def recent_ratings(recent: np.ndarray, names: np.ndarray, codes: np.ndarray, weights: np.ndarray, ts: np.ndarray,
                    as_of: float, half_life_days: float) -> str:
     """The implicit ratings (``recops.ratings``: decayed weights summed per item, mapped to 0-5) of
-    the ``recent`` item codes from all of the user's events (``codes``) on them, as a JSON object."""
+    the ``recent`` item codes from all of the user's events (``codes``) on them, as a JSON object.
+
+    Args:
+        recent: distinct item codes to rate (newest first), indices into ``names``.
+        names: item ids by code.
+        codes: item codes of the user's events up to ``as_of`` (codes not in ``recent`` are ignored).
+        weights: event-type weight of each event, aligned with ``codes``.
+        ts: time of each event, epoch seconds, aligned with ``codes``.
+        as_of: the time the ratings are decayed to, epoch seconds.
+        half_life_days: decay half-life in days.
+
+    Returns:
+        A JSON object ``{item_id: rating 0-5}`` (4 decimals) in the order of ``recent``; ``"{}"`` when
+        ``recent`` is empty.
+    """
     if not len(recent):
         return "{}"
     order = np.argsort(recent)
@@ -252,12 +305,24 @@ def recent_ratings(recent: np.ndarray, names: np.ndarray, codes: np.ndarray, wei
 def session_states(events: pd.DataFrame, item_category: pd.Series | dict | None = None) -> pd.DataFrame:
     """The state of every session in ``events`` after its last event (``SESSION_FEATURES``), with
     ``session_id`` and ``event_timestamp`` (the last event's time). The same function builds the
-    offline table and the state /track pushes, so both agree."""
+    offline table and the state /track pushes, so both agree.
+
+    Args:
+        events: events with ``session_id``, ``user_id``, ``item_id``, ``event_type`` and ``timestamp``;
+            rows without ``session_id`` are ignored.
+        item_category: item_id -> category (``Series`` or ``dict``); unmapped items and ``None``: "unknown".
+
+    Returns:
+        One row per session: ``session_id``, ``event_timestamp`` (UTC) and ``SESSION_FEATURES``
+        (``s_user_id`` is the session's last known user, "" when anonymous; times in epoch seconds).
+        Empty (with those columns) when no event has a session.
+    """
     ev = events[events["session_id"].notna()].sort_values(["session_id", "timestamp"], kind="stable")
     cols = ["session_id", "event_timestamp", *SESSION_FEATURES]
     if ev.empty:
         return pd.DataFrame(columns=cols)
-    cat = ev["item_id"].map(item_category).fillna("unknown") if item_category is not None else pd.Series("unknown", index=ev.index)
+    cat = (ev["item_id"].map(item_category).fillna("unknown") if item_category is not None
+           else pd.Series("unknown", index=ev.index))
     sid = ev["session_id"].astype(str).to_numpy()
     bounds = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1], True])
     ts = _ms(ev["timestamp"]) / 1000.0
@@ -267,8 +332,9 @@ def session_states(events: pd.DataFrame, item_category: pd.Series | dict | None 
     for a, b in pairwise(bounds):
         u = [x for x in users[a:b] if isinstance(x, str)]
         n = b - a
-        rows.append((sid[a], ts[b - 1], u[-1] if u else "", recent_items(items[a:b]), _counts(cats[a:b]), _counts(types[a:b]),
-                     n, len(set(items[a:b].tolist())), ts[a], ts[b - 1], (ts[b - 1] - ts[a]) / (n - 1) if n > 1 else 0.0))
+        rows.append((sid[a], ts[b - 1], u[-1] if u else "", recent_items(items[a:b]), _counts(cats[a:b]),
+                     _counts(types[a:b]), n, len(set(items[a:b].tolist())), ts[a], ts[b - 1],
+                     (ts[b - 1] - ts[a]) / (n - 1) if n > 1 else 0.0))
     out = pd.DataFrame(rows, columns=cols)
     out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], unit="s", utc=True)
     return out
@@ -286,6 +352,14 @@ def snapshot_points(events: pd.DataFrame, key: str, until: pd.Timestamp | None =
     the days on which those events leave the 1/7/30-day windows, so that a point-in-time lookup at
     any midnight returns exact values; plus one at ``until`` (the data's end) for every entity, the
     latest state that is materialized to the online store.
+
+    Args:
+        events: events with ``key`` and a tz-aware ``timestamp``; rows without ``key`` are ignored.
+        key: the entity column, ``"user_id"`` or ``"item_id"``.
+        until: the data's end; ``None``: the newest event's time. Day-end snapshots at or after it are dropped.
+
+    Returns:
+        Distinct ``(key, as_of)`` rows (``key`` as ``str``), for ``entity_features``/``user_recent``.
     """
     ev = events[events[key].notna()]
     until = until if until is not None else ev["timestamp"].max()
@@ -299,22 +373,59 @@ def snapshot_points(events: pd.DataFrame, key: str, until: pd.Timestamp | None =
 
 
 def category_vocabulary(items: pd.DataFrame) -> list[str]:
-    """The affinity vocabulary: categories by catalog size (ties by name), stable for one catalog."""
+    """The affinity vocabulary: categories by catalog size (ties by name), stable for one catalog.
+
+    Args:
+        items: the catalog, with a ``category`` column (missing: "unknown").
+
+    Returns:
+        The ``MAX_CATEGORIES - 1`` largest categories at most, largest first.
+    """
     counts = items["category"].fillna("unknown").astype(str).value_counts()
     return sorted(counts.index, key=lambda c: (-counts[c], c))[: MAX_CATEGORIES - 1]
 
 
 def user_features(events: pd.DataFrame, points: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """``USER_FEATURES`` at the ``(user_id, as_of)`` rows of ``points`` (see ``entity_features``).
+
+    Args:
+        events: the events (``user_id``, ``item_id``, ``event_type``, ``timestamp``, ``value``).
+        points: the ``(user_id, as_of)`` rows.
+        items: the catalog (``item_id``, ``category``) for category affinity; empty: no affinity.
+
+    Returns:
+        One row per point: ``user_id``, ``event_timestamp`` and the user features.
+    """
     cat = items.set_index("item_id")["category"] if not items.empty else None
-    return entity_features(events, points, "user_id", USER_PREFIX, cat, category_vocabulary(items) if not items.empty else None)
+    return entity_features(events, points, "user_id", USER_PREFIX, cat,
+                           category_vocabulary(items) if not items.empty else None)
 
 
 def item_features(events: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
+    """``ITEM_FEATURES`` at the ``(item_id, as_of)`` rows of ``points`` (see ``entity_features``).
+
+    Args:
+        events: the events (``item_id``, ``event_type``, ``timestamp``).
+        points: the ``(item_id, as_of)`` rows.
+
+    Returns:
+        One row per point: ``item_id``, ``event_timestamp`` and the item features.
+    """
     return entity_features(events, points, "item_id", ITEM_PREFIX)
 
 
 def derive_values(last, first, now) -> tuple[np.ndarray, np.ndarray]:
-    """Recency (hours) and tenure (days) at ``now`` from stored first/last event times (None/NaN: unknown)."""
+    """Recency (hours) and tenure (days) at ``now`` from stored first/last event times (None/NaN: unknown).
+
+    Args:
+        last: last event time(s), epoch seconds (scalar or array-like; None/NaN/non-numeric: unknown).
+        first: first event time(s), epoch seconds, aligned with ``last``.
+        now: the request time, epoch seconds (a scalar or an array aligned with ``last``).
+
+    Returns:
+        ``(recency_hours, tenure_days)`` as float arrays; unknown recency is one year (8760 hours),
+        unknown tenure 0.
+    """
     last = np.asarray(pd.to_numeric(last, errors="coerce"), dtype=float)
     first = np.asarray(pd.to_numeric(first, errors="coerce"), dtype=float)
     recency = np.where(np.isnan(last), 24.0 * 365, (now - last) / 3600.0)
@@ -323,12 +434,30 @@ def derive_values(last, first, now) -> tuple[np.ndarray, np.ndarray]:
 
 
 def derive_user(frame: pd.DataFrame, now: float | np.ndarray) -> pd.DataFrame:
-    """Request-time features from stored timestamps (same code in training and serving)."""
-    frame["u_recency_hours"], frame["u_tenure_days"] = derive_values(frame["u_last_event_ts"], frame["u_first_event_ts"], now)
+    """Request-time features from stored timestamps (same code in training and serving).
+
+    Args:
+        frame: user feature rows with ``u_last_event_ts`` and ``u_first_event_ts`` (epoch seconds);
+            modified in place.
+        now: the request time(s), epoch seconds: one for all rows or one per row.
+
+    Returns:
+        ``frame`` itself, with ``u_recency_hours`` and ``u_tenure_days`` added.
+    """
+    frame["u_recency_hours"], frame["u_tenure_days"] = derive_values(frame["u_last_event_ts"],
+                                                                     frame["u_first_event_ts"], now)
     return frame
 
 
 def derive_user_dict(feats: dict, now: float) -> dict:
-    """``derive_user`` for one user's online feature dict."""
+    """``derive_user`` for one user's online feature dict.
+
+    Args:
+        feats: one user's features (``u_last_event_ts``/``u_first_event_ts`` may be missing or None).
+        now: the request time, epoch seconds.
+
+    Returns:
+        A copy of ``feats`` with ``u_recency_hours`` and ``u_tenure_days`` added.
+    """
     rec, ten = derive_values(feats.get("u_last_event_ts"), feats.get("u_first_event_ts"), now)
     return {**feats, "u_recency_hours": float(rec), "u_tenure_days": float(ten)}

@@ -24,6 +24,15 @@ def _feature_repo_dir() -> Path:
 
 
 def feature_store_yaml(settings: Settings) -> str:
+    """The ``feature_store.yaml`` for these settings, from the packaged template of the online store.
+
+    Args:
+        settings: selects the template (``online_store == "redis"``: scaleout, else local/SQLite) and
+            fills in the Feast project, the recops home (absolute) and the Redis address.
+
+    Returns:
+        The YAML text.
+    """
     tmpl = "scaleout" if settings.online_store == "redis" else "local"
     text = (_feature_repo_dir() / f"feature_store.{tmpl}.yaml").read_text()
     return text.format(project=settings.feast_project, home=Path(settings.home).resolve(), redis=settings.redis_url)
@@ -59,6 +68,7 @@ class FeatureStoreClient:
 
     @property
     def store(self):
+        """The Feast ``FeatureStore`` over ``repo_dir``, created (and Feast imported) on first access."""
         if self._store is None:
             from feast import FeatureStore
 
@@ -66,13 +76,24 @@ class FeatureStoreClient:
         return self._store
 
     def apply(self) -> None:
+        """Register the entities, sources and feature views (``feature_repo.definitions``) with Feast."""
         from recops.feature_repo.definitions import build
 
         self.store.apply(build(self.settings.feature_dir))
 
     def write_offline(self, user_feats: pd.DataFrame, item_feats: pd.DataFrame, sessions: pd.DataFrame,
                       recent: pd.DataFrame) -> None:
-        """Replace the offline parquet tables atomically (write to a temp file, then rename)."""
+        """Replace the offline parquet tables atomically (write to a temp file, then rename).
+
+        Each frame holds its key column, ``event_timestamp`` and the view's features; columns are cast
+        to the Feast types first.
+
+        Args:
+            user_feats: user feature snapshots (``recops.features.user_features``).
+            item_feats: item feature snapshots (``recops.features.item_features``).
+            sessions: session states (``recops.features.session_states``).
+            recent: the users' recent items and ratings (``recops.features.user_recent``).
+        """
         d = self.settings.feature_dir
         d.mkdir(parents=True, exist_ok=True)
         for view, df, spec in ((USER_VIEW, user_feats, USER_FEATURES), (ITEM_VIEW, item_feats, ITEM_FEATURES),
@@ -83,8 +104,14 @@ class FeatureStoreClient:
             tmp.replace(d / f"{name}.parquet")
 
     def materialize(self, end: pd.Timestamp) -> None:
+        """Load the latest offline rows up to ``end`` into the online store.
+
+        Args:
+            end: the newest feature timestamp to include (tz-aware); rows at ``end`` itself are included.
+        """
         start = pd.Timestamp("1990-01-01", tz="UTC")
-        self.store.materialize(start_date=start.to_pydatetime(), end_date=(end + pd.Timedelta(seconds=1)).to_pydatetime())
+        self.store.materialize(start_date=start.to_pydatetime(),
+                               end_date=(end + pd.Timedelta(seconds=1)).to_pydatetime())
 
     def historical(self, entity_df: pd.DataFrame, kind: str) -> pd.DataFrame:
         """Point-in-time features for ``entity_df`` (key column + ``event_timestamp``), same row order.
@@ -92,6 +119,15 @@ class FeatureStoreClient:
         Feast's file store drops rows that precede every feature row, collapses duplicates and
         reorders: the result is merged back onto the entity rows, so every input row is answered
         (with nulls where nothing was known yet).
+
+        Args:
+            entity_df: rows with the key column (``user_id`` or ``item_id``) and ``event_timestamp``, the
+                time each row's features are looked up at; other columns are ignored.
+            kind: ``"user"`` reads ``user_behavior`` by ``user_id``; anything else the item view by ``item_id``.
+
+        Returns:
+            One row per row of ``entity_df``, in that order: the key, ``event_timestamp`` (UTC) and the view's
+            features (null where nothing was known at that time).
         """
         key = "user_id" if kind == "user" else "item_id"
         refs = self.user_refs if kind == "user" else self.item_refs
@@ -146,12 +182,27 @@ class FeatureStoreClient:
     # Writes go straight to each view's online table (what a push does for every view its push source
     # feeds, without the registry lookup that cost ~8 ms per call).
     def push_user(self, feats: pd.DataFrame) -> None:
+        """Write user feature rows to the online store (no-op when empty).
+
+        Args:
+            feats: rows of ``user_id``, ``event_timestamp`` and ``USER_FEATURES``.
+        """
         self._write(USER_VIEW, feats, USER_FEATURES)
 
     def push_recent(self, recent: pd.DataFrame) -> None:
+        """Write the users' recent items and ratings to the online store (no-op when empty).
+
+        Args:
+            recent: rows of ``user_id``, ``event_timestamp`` and ``RECENT_FEATURES`` (``user_recent``).
+        """
         self._write(RECENT_VIEW, recent, RECENT_FEATURES)
 
     def push_sessions(self, states: pd.DataFrame) -> None:
+        """Write session states to the online store (no-op when empty).
+
+        Args:
+            states: rows of ``session_id``, ``event_timestamp`` and ``SESSION_FEATURES`` (``session_states``).
+        """
         self._write(SESSION_VIEW, states, SESSION_FEATURES)
 
     def _write(self, view: str, df: pd.DataFrame, spec: dict[str, str]) -> None:
@@ -161,4 +212,5 @@ class FeatureStoreClient:
                 self.store.write_to_online_store(view, frame)
 
     def teardown(self) -> None:
+        """Remove the infrastructure Feast created for the registered views (e.g. the online tables)."""
         self.store.teardown()

@@ -23,8 +23,8 @@ REGIONS = np.array(["north", "south", "east", "west", "central"])
 GENDERS = np.array(["F", "M"])
 DEVICES = np.array(["mobile", "desktop", "tablet"])
 CATEGORY_NAMES = np.array(
-    ["electronics", "books", "fashion", "home", "sports", "beauty", "toys", "grocery", "garden", "music", "games", "pets",
-     "auto", "office", "health", "jewelry"]
+    ["electronics", "books", "fashion", "home", "sports", "beauty", "toys", "grocery", "garden", "music", "games",
+     "pets", "auto", "office", "health", "jewelry"]
 )
 
 
@@ -52,7 +52,23 @@ def generate(
     complement_prob: float = 0.35,
     seed: int = 42,
 ) -> SyntheticData:
-    """Generate about ``n_events`` valid events (plus ``bad_share`` malformed ones)."""
+    """Generate about ``n_events`` valid events (plus ``bad_share`` malformed ones).
+
+    Args:
+        n_events: the target number of valid events (trimmed to it when the sessions yield more).
+        n_users: None: ``max(50, n_events // 40)``.
+        n_items: None: ``max(40, min(20_000, n_events // 150))``.
+        n_categories: how many categories, at most len(CATEGORY_NAMES).
+        days: the length of the period, in days.
+        end: the end of the period (UTC); None: today's midnight UTC.
+        bad_share: malformed rows appended, as a share of the valid events (at least one when > 0).
+        complement_prob: the probability that a session step goes to the previous item's complement.
+        seed: the random seed.
+
+    Returns:
+        Events, items, users and the planted ``truth``: complement, user_top_category,
+        segment_categories, price_sensitivity, rising_items, new_users, new_items, start, end.
+    """
     rng = np.random.default_rng(seed)
     n_users = n_users or max(50, n_events // 40)
     n_items = n_items or max(40, min(20_000, n_events // 150))
@@ -231,7 +247,8 @@ def generate(
         "item_id": [f"i{i}" for i in range(n_items)],
         "category": CATEGORY_NAMES[item_cat],
         "title": [f"{CATEGORY_NAMES[c]} item {i}" for i, c in enumerate(item_cat)],
-        "description": [f"A {'budget' if ch else 'premium'} {CATEGORY_NAMES[c]} product" for c, ch in zip(item_cat, cheap)],
+        "description": [f"A {'budget' if ch else 'premium'} {CATEGORY_NAMES[c]} product"
+                        for c, ch in zip(item_cat, cheap)],
         "price": price,
         "in_stock": in_stock,
         "created_at": pd.to_datetime(created, unit="s", utc=True),
@@ -300,7 +317,22 @@ def plant_sequences(events: pd.DataFrame, items: pd.DataFrame, sequence: list[st
     """``events`` plus ``n_sessions`` view sessions that walk ``sequence`` (default: 4 random catalog
     items) in order, each step preceded with probability ``noise`` by a random other catalog item,
     so a test can check that a next-item model recovers the chain. A ``user_share`` of the sessions
-    belong to random users of ``events``; the rest are anonymous (no user_id), as OTTO's are."""
+    belong to random users of ``events``; the rest are anonymous (no user_id), as OTTO's are.
+
+    Args:
+        events: the events to add to (timestamp and user_id used); the sessions start in their time span.
+        items: the catalog (item_id) the chain and the noise items come from.
+        sequence: the chain of item ids; None: see above.
+        n_sessions: how many sessions are planted.
+        seed: the random seed.
+        noise: the probability of a noise item before each chain step.
+        user_share: the share of sessions given to a user.
+        gap_seconds: the seconds between a session's consecutive views.
+
+    Returns:
+        ``events`` with the planted view events appended (a fresh index); their event and session ids
+        start with ``planted-{seed}-``.
+    """
     rng = np.random.default_rng(seed)
     catalog = items["item_id"].to_numpy(dtype=object)
     chain = np.asarray(sequence if sequence is not None else rng.choice(catalog, 4, replace=False), dtype=object)

@@ -32,7 +32,15 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def load_movielens(path: str | Path) -> Dataset:
-    """MovieLens 100K: every rating is a ``rate`` event with its 1-5 value; one session per user-day."""
+    """MovieLens 100K: every rating is a ``rate`` event with its 1-5 value; one session per user-day.
+
+    Args:
+        path: the unpacked ml-100k directory (u.data, u.item, u.genre, u.user).
+
+    Returns:
+        The events; items with the primary genre as category, all genres as description and the
+        release date as created_at; users with region ``zip`` + the first digit of their zip code.
+    """
     p = Path(path)
     r = pd.read_csv(p / "u.data", sep="\t", names=["user_id", "item_id", "rating", "ts"])
     ts = pd.to_datetime(r["ts"], unit="s", utc=True)
@@ -74,6 +82,13 @@ def load_online_retail(path: str | Path) -> Dataset:
 
     An invoice is a session; lines without a CustomerID stay anonymous (session only). The category
     is the product noun, the last word of the description (HOLDER, BAG, MUG, ...).
+
+    Args:
+        path: the CSV file, or a directory holding ``online_retail_sample_20k.csv``.
+
+    Returns:
+        Events with the unit price as value and country and quantity as context; items priced at their
+        median unit price; users with their most frequent country as region.
     """
     p = Path(path)
     f = p if p.is_file() else p / "online_retail_sample_20k.csv"
@@ -107,7 +122,15 @@ OTTO_TYPES = {"clicks": "click", "carts": "add_to_cart", "orders": "purchase"}
 
 
 def load_otto(path: str | Path) -> Dataset:
-    """OTTO jsonl: anonymous sessions; events carry a session_id and no user_id."""
+    """OTTO jsonl: anonymous sessions; events carry a session_id and no user_id.
+
+    Args:
+        path: the jsonl file (a session a line: ``session``, ``events`` of aid, ts in ms, type), or a
+            directory holding ``train_sample.jsonl``.
+
+    Returns:
+        The events only (clicks, carts, orders as click, add_to_cart, purchase); no items, no users.
+    """
     p = Path(path)
     f = p if p.is_file() else p / "train_sample.jsonl"
     rows = []
@@ -118,7 +141,8 @@ def load_otto(path: str | Path) -> Dataset:
                 rows.append((str(s["session"]), str(e["aid"]), OTTO_TYPES.get(e["type"], e["type"]), e["ts"]))
     df = pd.DataFrame(rows, columns=["session_id", "item_id", "event_type", "ts"])
     events = pd.DataFrame({
-        "event_id": "otto-" + df["session_id"] + "-" + df["item_id"] + "-" + df["ts"].astype(str) + "-" + df["event_type"],
+        "event_id": ("otto-" + df["session_id"] + "-" + df["item_id"] + "-" + df["ts"].astype(str) + "-"
+                     + df["event_type"]),
         "user_id": None,
         "item_id": df["item_id"],
         "event_type": df["event_type"],
@@ -139,6 +163,20 @@ def load_generic(
     """Any CSV/Parquet/JSONL with a column mapping ``{recops_column: file_column}``.
 
     Required (after mapping): user_id or session_id, item_id, event_type, timestamp.
+
+    Args:
+        events_path: the events file: .parquet/.pq, .jsonl/.ndjson, else CSV.
+        mapping: recops column -> file column, for the columns named differently; None: names match.
+        event_type_map: file event type -> recops event type; unlisted types are kept.
+        items_path: an items file (same formats, recops column names); None: no items.
+        users_path: a users file (same formats, recops column names); None: no users.
+        timestamp_unit: the unit of numeric timestamps (``"s"``, ``"ms"``, ...); None: parsed as dates.
+
+    Returns:
+        The normalized events, items and users.
+
+    Raises:
+        ValueError: a mapped column is not in the file, or a required column is missing.
     """
     raw = _read_table(Path(events_path))
     mapping = mapping or {}

@@ -25,7 +25,16 @@ BATCH = 5_000  # prefixes ranked at once: bounds memory, big enough to stay vect
 
 
 def split_sessions(events: pd.DataFrame, test_share: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test) events: the ``test_share`` of sessions that ended last are test."""
+    """(train, test) events: the ``test_share`` of sessions that ended last are test.
+
+    Args:
+        events: events with item_id, timestamp and session_id (no session_id: the user's day, see
+            ``session_key``).
+        test_share: the share of sessions held out (the train count is rounded).
+
+    Returns:
+        The train and the test events; each session lies wholly in one of them.
+    """
     group = session_key(events)
     end = events["timestamp"].groupby(group.to_numpy()).max().sort_values(kind="stable")
     train_groups = end.index[: round(len(end) * (1.0 - test_share))]
@@ -36,7 +45,15 @@ def split_sessions(events: pd.DataFrame, test_share: float = 0.2) -> tuple[pd.Da
 def split_events(events: pd.DataFrame, test_share: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, test) events: the last ``test_share`` of events by time are test. Sessions running
     at the cut continue in test; pass train as ``context`` to ``evaluate_next_item`` so that
-    their earlier steps are history (OTTO's protocol: predict the rest of ongoing sessions)."""
+    their earlier steps are history (OTTO's protocol: predict the rest of ongoing sessions).
+
+    Args:
+        events: events with a timestamp.
+        test_share: the share of events held out; the cut is that quantile of the timestamps.
+
+    Returns:
+        The events before the cut and those at or after it.
+    """
     is_train = (events["timestamp"] < events["timestamp"].quantile(1.0 - test_share)).to_numpy()
     return events[is_train], events[~is_train]
 
@@ -46,7 +63,18 @@ def prefix_predictions(model, sessions: pd.DataFrame, k: int = 20, final: bool =
     """Top-``k`` after every prefix of every session: columns session_id, step, item_id, rank
     (1 = best). Step t ranks candidates for step t + 1 given steps 1..t; step ``len`` is the
     prediction after the whole session (what an app shows next), which ``final=False`` leaves out.
-    Histories hold at most the ``history_len`` newest steps (what an app would send)."""
+    Histories hold at most the ``history_len`` newest steps (what an app would send).
+
+    Args:
+        model: a ``score_batch`` model or a ranking callable (see the module docstring).
+        sessions: the events of the sessions to predict.
+        k: how many items per prefix.
+        final: also predict after the whole session.
+        history_len: the most steps a history holds.
+
+    Returns:
+        One row per proposed item, ``rank`` 1..k (fewer rows when the model proposes fewer items).
+    """
     steps = touches(sessions)
     group, step, histories = _prefixes(steps, final, history_len)
     row, rank, items = _rank(model, histories, k)
@@ -57,7 +85,19 @@ def evaluate_next_item(model_or_callable, test_sessions: pd.DataFrame, k: int = 
                        context: pd.DataFrame | None = None, history_len: int = 50) -> dict[str, float]:
     """HR@k and MRR@k over all prefixes of the test sessions (the target of step t is step t + 1),
     and ``n``, the number of predictions they average over. ``context``: earlier events of the
-    same sessions, history only (never a target)."""
+    same sessions, history only (never a target).
+
+    Args:
+        model_or_callable: a ``score_batch`` model or a ranking callable (see the module docstring).
+        test_sessions: the events of the sessions to score.
+        k: the cutoff.
+        context: earlier events, e.g. the train part of ``split_events``; those of other sessions are
+            ignored. None: none.
+        history_len: the most steps a history holds.
+
+    Returns:
+        ``{"hr": ..., "mrr": ..., "n": ...}``; hr and mrr are 0 when there is no prediction.
+    """
     frame, n_context = test_sessions, None
     if context is not None:
         context = context[session_key(context).isin(session_key(test_sessions)).to_numpy()]

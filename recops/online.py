@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import queue
 import sqlite3
 import threading
@@ -27,7 +28,19 @@ log = logging.getLogger("recops.online")
 def refresh(store: EventStore, fs: FeatureStoreClient, user_ids, session_ids, items: pd.DataFrame,
             as_of: pd.Timestamp | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Recompute and push the online features of ``user_ids`` as of ``as_of`` (default: now) and
-    the state of ``session_ids``; returns both frames. Implicit-rating semantics: ``fs.settings``."""
+    the state of ``session_ids``; returns both frames. Implicit-rating semantics: ``fs.settings``.
+
+    Args:
+        store: the event store the touched users' and sessions' events are read from.
+        fs: the feature store the results are written to (user features, recent items, session states).
+        user_ids: users to refresh (iterable; empty/None ids and duplicates are dropped).
+        session_ids: sessions to refresh (iterable; empty/None ids and duplicates are dropped).
+        items: the catalog (``item_id``, ``category``) for category affinity and session categories.
+        as_of: the time the user features are computed at; ``None``: now (UTC).
+
+    Returns:
+        ``(user features, session states)`` as pushed, each empty when there was nothing to refresh.
+    """
     users = sorted({u for u in user_ids if u})
     sessions = sorted({s for s in session_ids if s})
     if not users and not sessions:
@@ -85,8 +98,14 @@ class Refresher:
             self._q.put((self._seq, [i for kind, i in lost if kind == "u"], [i for kind, i in lost if kind == "s"]))
 
     def submit(self, users, sessions) -> None:
+        """Queue a refresh of these users and sessions (non-blocking; starts or restarts the child).
+
+        Args:
+            users: user ids whose online features to recompute.
+            sessions: session ids whose state to recompute.
+        """
         with self._lock:
-            if self._proc is None or not self._proc.is_alive():
+            if not self._alive():
                 self._start()
             self._seq += 1
             for kind, ids in (("u", users), ("s", sessions)):
@@ -97,8 +116,32 @@ class Refresher:
                 done = self._done.value
                 self._queued = {k: v for k, v in self._queued.items() if v > done}
 
+    def _alive(self) -> bool:
+        """Whether the child runs. ``is_alive`` alone is not enough: when something else in the
+        server reaps the dead child first (waitpid on any child), it keeps answering True."""
+        if self._proc is None or not self._proc.is_alive():
+            return False
+        try:
+            os.kill(self._proc.pid, 0)
+            with open(f"/proc/{self._proc.pid}/stat") as f:
+                return f.read().rsplit(") ", 1)[1][:1] != "Z"  # a zombie: dead, not reaped yet
+        except (ProcessLookupError, FileNotFoundError):
+            return False
+        except OSError:  # no /proc (not Linux): trust is_alive
+            return True
+
     def wait(self, user: str | None = None, session: str | None = None, timeout: float = 10.0) -> bool:
-        """Block until the refreshes queued for ``user``/``session`` have landed (False: timed out)."""
+        """Block until the refreshes queued for ``user``/``session`` have landed (False: timed out).
+
+        Args:
+            user: the user whose online state is about to be read; ``None``: no user.
+            session: the session whose online state is about to be read; ``None``: no session.
+            timeout: the longest wait, in seconds.
+
+        Returns:
+            True when nothing queued for them is outstanding (at once if nothing was ever queued),
+            False when ``timeout`` passed first.
+        """
         with self._lock:
             target = max(self._queued.get(("u", user), 0), self._queued.get(("s", session), 0))
         if not target or self._done.value >= target:
@@ -107,7 +150,15 @@ class Refresher:
             return self._cond.wait_for(lambda: self._done.value >= target, timeout)
 
     def is_pending(self, user: str | None = None, session: str | None = None) -> bool:
-        """Whether a refresh queued for ``user``/``session`` has not landed yet."""
+        """Whether a refresh queued for ``user``/``session`` has not landed yet.
+
+        Args:
+            user: a user id; ``None``: no user.
+            session: a session id; ``None``: no session.
+
+        Returns:
+            True when a refresh queued for either has not finished yet.
+        """
         with self._lock:
             target = max(self._queued.get(("u", user), 0), self._queued.get(("s", session), 0))
         return bool(target) and self._done.value < target
@@ -118,17 +169,25 @@ class Refresher:
         return self._proc.pid if self._proc is not None else None
 
     def pending(self) -> int:
+        """How many submitted refreshes have not landed yet.
+
+        Returns:
+            Submits not yet covered by a finished refresh cycle (0 before the first submit).
+        """
         return 0 if self._proc is None else self._seq - self._done.value
 
     @property
     def refreshes(self) -> int:
+        """Refresh cycles the current child has run (each may cover many submits; 0 before the first)."""
         return 0 if self._proc is None else self._count.value
 
     @property
     def last_error(self) -> str | None:
+        """The failure of the latest refresh cycle (``Type: message``), None when it succeeded or none ran."""
         return (self._error.value.decode(errors="replace") or None) if self._proc is not None else None
 
     def close(self) -> None:
+        """Stop the child after it drains its queue; terminate it when that takes over 10 seconds."""
         if self._proc is not None and self._proc.is_alive():
             self._q.put(None)
             self._proc.join(timeout=10)

@@ -79,14 +79,25 @@ class Catalog:
 
     @classmethod
     def of(cls, items: pd.DataFrame | Catalog) -> Catalog:
+        """The catalog of an items table; a Catalog is returned as is.
+
+        Args:
+            items: items with item_id and optionally category (absent or null: ``"unknown"``) and price
+                (unparseable, non-finite or non-positive: unknown); a repeated item_id's last row counts.
+
+        Returns:
+            The catalog.
+        """
         if isinstance(items, Catalog):
             return items
         cat = items.drop_duplicates("item_id", keep="last").set_index("item_id")
         cat.index = cat.index.astype(str)
-        category = cat["category"].fillna("unknown").astype(str) if "category" in cat else pd.Series("unknown", index=cat.index)
+        category = (cat["category"].fillna("unknown").astype(str) if "category" in cat
+                    else pd.Series("unknown", index=cat.index))
         price = pd.to_numeric(cat["price"], errors="coerce") if "price" in cat else pd.Series(np.nan, index=cat.index)
         price = price.where(np.isfinite(price) & (price > 0))
-        info = pd.DataFrame({"category": category, "price": price, "median": price.groupby(category).transform("median")})
+        info = pd.DataFrame({"category": category, "price": price,
+                             "median": price.groupby(category).transform("median")})
         return cls(info, max(int(category.nunique()), 2))
 
 
@@ -267,7 +278,16 @@ def _features(ev: pd.DataFrame, as_of: pd.Timestamp, n_categories: int) -> pd.Da
 def profile_features(events: pd.DataFrame, items: pd.DataFrame | Catalog, as_of) -> pd.DataFrame:
     """One row per user with events at or before ``as_of`` (sorted by user_id): ``user_id`` and the
     PROFILE_FEATURES columns. ``events`` needs user_id, item_id, event_type, timestamp, session_id;
-    ``items`` item_id, category, price."""
+    ``items`` item_id, category, price.
+
+    Args:
+        events: the events (any users); those without a user_id or after ``as_of`` are ignored.
+        items: the items table, or a Catalog built from it (see Catalog.of).
+        as_of: the profile time, anything ``pd.Timestamp`` takes (naive: UTC).
+
+    Returns:
+        The profile table; no rows when no event counts.
+    """
     as_of = _utc(as_of)
     catalog = Catalog.of(items)
     return _features(_prepare(events, catalog, as_of), as_of, catalog.n_categories)
@@ -313,12 +333,27 @@ def user_profile(events_of_user: pd.DataFrame, items: pd.DataFrame | Catalog, us
     The features come from ``profile_features`` run on this user's events, so they equal the user's
     row of the offline table. The user is ``user_id``, else ``user_row["user_id"]``, else the one
     user of ``events_of_user``; other users' events are ignored. No events: EMPTY_FEATURES.
+
+    Args:
+        events_of_user: the user's events (columns as for profile_features).
+        items: the items table, or a Catalog (build it once when profiling many users).
+        user_row: the user's row of the users table (``EventStore.user_row``); None: no static attributes.
+        as_of: the profile time (naive: UTC); None: now.
+        user_id: the user; None: see above.
+        top_categories: how many categories the preferences list.
+
+    Returns:
+        ``user_id`` (None when none could be told), ``static`` (age, gender, region; None where
+        unknown), ``preferences`` (top_categories with their share of events, price_range p25/p75,
+        favourite_event_type, active_hours in UTC; empty or None without events) and ``features``
+        (PROFILE_FEATURES name -> value), all JSON-ready.
     """
     as_of = _utc(as_of if as_of is not None else pd.Timestamp.now(tz="UTC"))
     uid = user_id or (user_row or {}).get("user_id")
     if uid is None and events_of_user["user_id"].notna().any():
         uid = str(events_of_user["user_id"].dropna().iloc[0])
-    mine = events_of_user[events_of_user["user_id"].astype(str) == str(uid)] if uid is not None else events_of_user.iloc[:0]
+    mine = (events_of_user[events_of_user["user_id"].astype(str) == str(uid)] if uid is not None
+            else events_of_user.iloc[:0])
     catalog = Catalog.of(items)
     ev = _prepare(mine, catalog, as_of)
     table = _features(ev, as_of, catalog.n_categories)  # the offline code, on one user's events

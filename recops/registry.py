@@ -14,7 +14,15 @@ CHALLENGER, CHAMPION = "challenger", "champion"
 
 
 def setup(settings: Settings):
-    """Point MLflow at the settings' backend; create the experiment with an explicit artifact root."""
+    """Point MLflow at the settings' backend; create the experiment with an explicit artifact root.
+
+    Args:
+        settings: its ``tracking_uri`` (also the registry URI), ``mlflow_experiment`` and ``artifact_root``
+            (the experiment's artifacts go to ``{artifact_root}/{mlflow_experiment}``).
+
+    Returns:
+        An ``MlflowClient`` on that backend; the experiment is also made the active one.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -28,6 +36,11 @@ def setup(settings: Settings):
 
 
 def pip_requirements() -> list[str]:
+    """The pip requirements logged with the model: its runtime packages at their installed versions.
+
+    Returns:
+        ``package==version`` strings.
+    """
     from importlib.metadata import version
 
     return [f"{p}=={version(p)}" for p in ("lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "mlflow")]
@@ -35,7 +48,20 @@ def pip_requirements() -> list[str]:
 
 def log_model(settings: Settings, model, params: dict, metrics: dict, extra: dict | None = None,
               figures: dict | None = None) -> dict:
-    """One run: params, metrics, figures, the feature list and the packaged model, registered as @challenger."""
+    """One run: params, metrics, figures, the feature list and the packaged model, registered as @challenger.
+
+    Args:
+        settings: the MLflow backend, experiment and registered model name (``model_name``).
+        model: the fitted ``RecopsModel``; with a ranker, its feature importance (gain) is logged too.
+        params: the run's parameters.
+        metrics: the run's metrics (values cast to float).
+        extra: artifact file name -> a dict logged under that name (JSON); None: none.
+        figures: artifact file name -> a matplotlib figure; None: none.
+
+    Returns:
+        ``run_id``, ``version`` (the new registered version, a string) and ``model_uri``
+        (``models:/{model_name}/{version}``).
+    """
     import mlflow
 
     from recops.models.packaging import RecopsPyfunc
@@ -65,25 +91,52 @@ def log_model(settings: Settings, model, params: dict, metrics: dict, extra: dic
 
 
 def alias_version(settings: Settings, alias: str) -> str | None:
-    """The version an alias points at, or None (no registered model or no such alias)."""
+    """The version an alias points at, or None (no registered model or no such alias).
+
+    Args:
+        settings: the MLflow backend and registered model name.
+        alias: the alias, e.g. CHALLENGER or CHAMPION.
+
+    Returns:
+        The version number as a string, or None.
+
+    Raises:
+        Exception: any MLflow error other than "not found" (e.g. an unreachable backend) is re-raised.
+    """
     client = setup(settings)
     try:
         return str(client.get_model_version_by_alias(settings.model_name, alias).version)
     except Exception as exc:  # MLflow raises RestException/MlflowException for "not found"
-        if "not found" in str(exc).lower() or "does not exist" in str(exc).lower() or "RESOURCE_DOES_NOT_EXIST" in str(exc):
+        if ("not found" in str(exc).lower() or "does not exist" in str(exc).lower()
+                or "RESOURCE_DOES_NOT_EXIST" in str(exc)):
             return None
         raise
 
 
 def latest_version(settings: Settings) -> str | None:
-    """The newest registered version (the one the last train registered), or None."""
+    """The newest registered version (the one the last train registered), or None.
+
+    Args:
+        settings: the MLflow backend and registered model name.
+
+    Returns:
+        The highest version number as a string, or None when the model has no version.
+    """
     client = setup(settings)
     versions = client.search_model_versions(f"name='{settings.model_name}'")
     return str(max(int(v.version) for v in versions)) if versions else None
 
 
 def load_version(settings: Settings, version: str):
-    """The RecopsModel of a registered version."""
+    """The RecopsModel of a registered version.
+
+    Args:
+        settings: the MLflow backend and registered model name.
+        version: the version number, e.g. from alias_version.
+
+    Returns:
+        The unwrapped ``RecopsModel`` (not the pyfunc wrapper).
+    """
     import mlflow
 
     setup(settings)

@@ -14,6 +14,15 @@ METRICS = {"ndcg": "NDCG", "recall": "Recall", "hitrate": "HitRate", "map": "MAP
 
 
 def metric_vs_k(curve: dict, baseline: dict | None = None):
+    """One panel per metric of METRICS: its value at each K, the model's next to the baseline's.
+
+    Args:
+        curve: K -> the model's metrics at K, keyed ``{metric}_at_{K}`` (e.g. ``ndcg_at_10``).
+        baseline: the same for the popularity baseline; None: the model only.
+
+    Returns:
+        The matplotlib figure (free it with ``close``).
+    """
     ks = sorted(curve)
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
     for ax, m in zip(axes, METRICS):
@@ -30,6 +39,16 @@ def metric_vs_k(curve: dict, baseline: dict | None = None):
 
 
 def per_segment(segments: dict, baseline: dict | None, k: int):
+    """NDCG@k per user segment as bars, the model's next to the baseline's.
+
+    Args:
+        segments: the model's ``ndcg_at_{k}_{segment}`` and ``users_{segment}`` (user count) values.
+        baseline: the popularity baseline's ``ndcg_at_{k}_{segment}`` values; None: the model only.
+        k: the cutoff in the keys.
+
+    Returns:
+        The matplotlib figure.
+    """
     names = [key.rsplit("_", 1)[1] for key in segments if key.startswith(f"ndcg_at_{k}_")]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -46,6 +65,16 @@ def per_segment(segments: dict, baseline: dict | None, k: int):
 
 
 def feature_importance(names: list[str], gains: np.ndarray, top: int = 25):
+    """The ranker's features with the largest total gain as horizontal bars, the largest on top.
+
+    Args:
+        names: the feature names.
+        gains: each feature's total gain, aligned with ``names``.
+        top: how many features are shown.
+
+    Returns:
+        The matplotlib figure.
+    """
     order = np.argsort(gains)[::-1][:top][::-1]
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(order) + 1.2))
     ax.barh([names[i] for i in order], gains[order])
@@ -56,17 +85,33 @@ def feature_importance(names: list[str], gains: np.ndarray, top: int = 25):
 
 
 def training_figures(model, evaluation: dict, k: int) -> dict:
-    """``{artifact file name: figure}`` for one training run."""
+    """``{artifact file name: figure}`` for one training run.
+
+    Args:
+        model: the trained ``RecopsModel``; without a ranker there is no feature importance figure.
+        evaluation: the training evaluation; its ``curve``/``baseline_curve`` (see metric_vs_k) and
+            ``segments``/``baseline_segments`` (see per_segment) are plotted when present.
+        k: the cutoff of the segment figure.
+
+    Returns:
+        The figures by artifact path (``plots/*.png``); free them with ``close`` once logged.
+    """
     figs = {}
     if "curve" in evaluation:
         figs["plots/metric_vs_k.png"] = metric_vs_k(evaluation["curve"], evaluation.get("baseline_curve"))
     if "segments" in evaluation:
         figs["plots/ndcg_by_segment.png"] = per_segment(evaluation["segments"], evaluation.get("baseline_segments"), k)
     if model.ranker is not None:
-        figs["plots/feature_importance.png"] = feature_importance(model.feature_names, model.ranker.feature_importance("gain"))
+        figs["plots/feature_importance.png"] = feature_importance(model.feature_names,
+                                                                  model.ranker.feature_importance("gain"))
     return figs
 
 
 def close(figs: dict) -> None:
+    """Close the figures, which pyplot otherwise keeps in memory.
+
+    Args:
+        figs: artifact name -> figure, as from training_figures.
+    """
     for f in figs.values():
         plt.close(f)

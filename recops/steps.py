@@ -29,11 +29,24 @@ _listeners: list = []
 
 
 def add_listener(fn) -> None:
-    """``fn(step, phase, seconds)`` is called when a step starts and ends (the CLI's progress bar)."""
+    """``fn(step, phase, seconds)`` is called when a step starts and ends (the CLI's progress bar).
+
+    Args:
+        fn: called with the step's name, ``"start"`` or ``"end"``, and the step's duration in seconds
+            (0.0 at the start).
+    """
     _listeners.append(fn)
 
 
 def remove_listener(fn) -> None:
+    """Stop calling a listener registered with ``add_listener``.
+
+    Args:
+        fn: the registered callable.
+
+    Raises:
+        ValueError: ``fn`` is not registered.
+    """
     _listeners.remove(fn)
 
 
@@ -57,7 +70,28 @@ def _timed(fn):
 def ingest(settings: Settings, source: str = "synthetic", path: str | None = None, n_events: int = 100_000,
            seed: int = 42, bad_share: float = 0.01, end: str | None = None, mapping: dict | None = None,
            items_path: str | None = None, users_path: str | None = None) -> dict:
-    """Load a source into a staging batch (parquet); nothing reaches the event store before validation."""
+    """Load a source into a staging batch (parquet); nothing reaches the event store before validation.
+
+    Args:
+        settings: the settings (the batch goes under ``staging_dir``).
+        source: ``"synthetic"`` (generated data), ``"file"`` (a generic CSV/Parquet events file) or a named
+            public data set (``recops.importers.SOURCES``).
+        path: the data set's directory or the events file; required unless ``source`` is synthetic.
+        n_events: synthetic only: about how many valid events to generate.
+        seed: synthetic only: the random seed.
+        bad_share: synthetic only: share of malformed events added (for validation to catch).
+        end: synthetic only: the time the data ends (parseable by ``pd.Timestamp``, UTC); None: today, 00:00 UTC.
+        mapping: file only: ``{recops_column: file_column}``.
+        items_path: file only: an optional items (catalog) file.
+        users_path: file only: an optional users file.
+
+    Returns:
+        ``batch_id``, ``source``, the ``events``, ``items`` and ``users`` row counts, ``staging`` (the
+        batch's directory) and ``seconds``.
+
+    Raises:
+        StepFailed: unknown source, a missing ``path``, or a file that cannot be read or mapped.
+    """
     from recops import importers
     from recops.generate import generate
 
@@ -97,6 +131,19 @@ def validate(settings: Settings, batch_id: str, now: pd.Timestamp | None = None)
 
     When the bad share exceeds ``max_bad_share`` the batch is quarantined but not loaded and the
     step fails: the store keeps its previous good state.
+
+    Args:
+        settings: the settings (validation limits, staging and reports directories, event store).
+        batch_id: the staged batch, as returned by ``ingest``.
+        now: the reference time for the too-old/in-the-future checks; None: the current time.
+
+    Returns:
+        ``batch_id``, ``rows``, ``bad_rows``, ``bad_share``, ``quarantined``, ``report`` (the HTML report's
+        path), ``failed_expectations`` (expectation -> failing rows), ``loaded`` (events added),
+        ``total_events`` (in the store afterwards) and ``seconds``.
+
+    Raises:
+        StepFailed: no such staged batch, or its bad share exceeds ``max_bad_share``.
     """
     from recops.validation import validate_events, write_report
 
@@ -106,17 +153,20 @@ def validate(settings: Settings, batch_id: str, now: pd.Timestamp | None = None)
     events = pd.read_parquet(d / "events.parquet")
     outcome = validate_events(events, list(settings.event_types), settings.max_value, settings.max_event_age_days,
                               settings.future_tolerance_seconds, now=now)
-    report = write_report([outcome], settings.reports_dir / f"validation-{batch_id}.html", f"Validation of batch {batch_id}")
+    report = write_report([outcome], settings.reports_dir / f"validation-{batch_id}.html",
+                          f"Validation of batch {batch_id}")
     store = EventStore(settings.event_store_uri)
     bad = events.loc[outcome.bad_index]
     quarantined = store.quarantine_rows(bad, outcome.reasons, batch_id=batch_id)
-    result = {"batch_id": batch_id, "rows": outcome.rows, "bad_rows": len(bad), "bad_share": round(outcome.bad_share, 5),
-              "quarantined": quarantined, "report": str(report),
-              "failed_expectations": {s["expectation"]: s["unexpected"] for s in outcome.per_expectation if s["unexpected"]}}
+    result = {"batch_id": batch_id, "rows": outcome.rows, "bad_rows": len(bad),
+              "bad_share": round(outcome.bad_share, 5), "quarantined": quarantined, "report": str(report),
+              "failed_expectations": {s["expectation"]: s["unexpected"] for s in outcome.per_expectation
+                                      if s["unexpected"]}}
     if outcome.bad_share > settings.max_bad_share:
         store.dispose()
         raise StepFailed(
-            f"batch {batch_id}: {outcome.bad_share:.2%} of rows failed validation (limit {settings.max_bad_share:.2%}); "
+            f"batch {batch_id}: {outcome.bad_share:.2%} of rows failed validation "
+            f"(limit {settings.max_bad_share:.2%}); "
             f"{quarantined} rows quarantined, nothing loaded. Report: {report}"
         )
     good = events.drop(index=outcome.bad_index)
@@ -135,7 +185,20 @@ def validate(settings: Settings, batch_id: str, now: pd.Timestamp | None = None)
 # -- features -----------------------------------------------------------------------------------
 @_timed
 def build_features(settings: Settings, until: pd.Timestamp | None = None) -> dict:
-    """Compute the offline feature tables, validate them, write parquet, materialize online."""
+    """Compute the offline feature tables, validate them, write parquet, materialize online.
+
+    Args:
+        settings: the settings (event store, Feast, reports directory, rating semantics).
+        until: the data's end: the time of the latest snapshot, materialized online; None: the newest
+            event's time.
+
+    Returns:
+        ``user_rows`` and ``item_rows`` (snapshot rows written), ``users`` and ``items`` (distinct
+        entities), ``until``, ``report`` (the HTML validation report's path) and ``seconds``.
+
+    Raises:
+        StepFailed: the event store is empty, or a feature table fails validation (nothing is written).
+    """
     from recops.features import item_features, session_states, snapshot_points, user_features, user_recent
     from recops.featurestore import FeatureStoreClient
     from recops.validation import run_suite, write_report
@@ -151,16 +214,19 @@ def build_features(settings: Settings, until: pd.Timestamp | None = None) -> dic
     uf = user_features(users_ev, snapshot_points(users_ev, "user_id", until), items)
     itf = item_features(events, snapshot_points(events, "item_id", until))
     outcomes = [run_suite(uf, "user_features"), run_suite(itf, "item_features")]
-    report = write_report(outcomes, settings.reports_dir / f"features-{int(time.time())}.html", "Feature table validation")
+    report = write_report(outcomes, settings.reports_dir / f"features-{int(time.time())}.html",
+                          "Feature table validation")
     failed = [o for o in outcomes if not o.success]
     if failed:
-        raise StepFailed("feature tables failed validation (" + ", ".join(f"{o.suite}: {dict(o.reasons.value_counts())}" for o in failed)
+        raise StepFailed("feature tables failed validation ("
+                         + ", ".join(f"{o.suite}: {dict(o.reasons.value_counts())}" for o in failed)
                          + f"); the previous features keep serving. Report: {report}")
     fs = FeatureStoreClient(settings)
     # sessions still open for serving: those active in the last day of the data (the view's TTL is 2 days)
     recent = events[events["timestamp"] > until - pd.Timedelta(days=1)]
     latest = pd.DataFrame({"user_id": pd.unique(users_ev["user_id"].astype(str)), "as_of": until})
-    fs.write_offline(uf, itf, session_states(recent, items.set_index("item_id")["category"] if not items.empty else None),
+    fs.write_offline(uf, itf,
+                     session_states(recent, items.set_index("item_id")["category"] if not items.empty else None),
                      user_recent(users_ev, latest, (settings.event_types, settings.decay_half_life_days)))
     fs.apply()
     fs.materialize(until)
@@ -171,7 +237,18 @@ def build_features(settings: Settings, until: pd.Timestamp | None = None) -> dic
 # -- train --------------------------------------------------------------------------------------
 @_timed
 def train(settings: Settings) -> dict:
-    """Train on the event store with point-in-time features; log to MLflow; register @challenger."""
+    """Train on the event store with point-in-time features; log to MLflow; register @challenger.
+
+    Args:
+        settings: the settings (event store, Feast, MLflow, training and rule settings).
+
+    Returns:
+        ``run_id``, ``version`` and ``model_uri`` of the registered model, ``metrics`` (the logged holdout
+        metrics, rounded), ``split_cut`` and ``seconds``.
+
+    Raises:
+        StepFailed: the event store is empty, or the data cannot be split or trained on.
+    """
     from recops import registry, reporting
     from recops.featurestore import FeatureStoreClient
     from recops.training import train_model
@@ -194,11 +271,13 @@ def train(settings: Settings) -> dict:
     for curve in ev.get("baseline_curve", {}).values():
         metrics.update({f"baseline_{m}": v for m, v in curve.items()})
     metrics.update(ev["segments"])
-    metrics.update({f"baseline_{m}": v for m, v in ev.get("baseline_segments", {}).items() if not m.startswith("users_")})
+    metrics.update({f"baseline_{m}": v for m, v in ev.get("baseline_segments", {}).items()
+                    if not m.startswith("users_")})
     metrics.update({k_: v for k_, v in rep["ranker"].items()})
-    params = {"k": k, "holdout_days": settings.holdout_days, "candidates_per_source": settings.candidates_per_source,
-              "generators": ",".join(model.generators), "n_events": len(events), "split_inner_cuts": split["inner_cuts"],
-              "split_cut": split["cut"], "split_end": split["end"], "decay_half_life_days": settings.decay_half_life_days,
+    params = {"k": k, "holdout_days": settings.holdout_days,
+              "candidates_per_source": settings.candidates_per_source, "generators": ",".join(model.generators),
+              "n_events": len(events), "split_inner_cuts": split["inner_cuts"], "split_cut": split["cut"],
+              "split_end": split["end"], "decay_half_life_days": settings.decay_half_life_days,
               "event_weights": json.dumps(settings.event_types, sort_keys=True), "ranker": "lightgbm-lambdarank",
               "num_features": len(model.feature_names), **{f"tuned_{k_}": v for k_, v in rep["tuned"].items()},
               **{f"scorer_{seg}": v for seg, v in model.scorer.items()}}
@@ -215,7 +294,16 @@ def train(settings: Settings) -> dict:
 
 
 def model_params(model) -> dict:
-    """Hyper-parameters of the ranker and every generator, flat, for MLflow."""
+    """Hyper-parameters of the ranker and every generator, flat, for MLflow.
+
+    Args:
+        model: A trained ``RecopsModel`` (its ranker may be None).
+
+    Returns:
+        ``ranker_<param>`` (without the run-time ones such as threads and verbosity) and
+        ``gen_<generator>_<attribute>`` (public scalar attributes, not fitted state) -> value; list
+        values joined with commas.
+    """
     out = {}
     if model.ranker is not None:
         skip = {"num_threads", "verbosity", "force_col_wise", "deterministic", "metric", "objective"}
@@ -230,7 +318,22 @@ def model_params(model) -> dict:
 # -- evaluate -----------------------------------------------------------------------------------
 @_timed
 def evaluate(settings: Settings) -> dict:
-    """Compare @challenger with @champion on the same holdout (paired bootstrap CI of the NDCG gap)."""
+    """Compare @challenger with @champion on the same holdout (paired bootstrap CI of the NDCG gap).
+
+    The results are also recorded as tags of the challenger's version (read by ``promote``).
+
+    Args:
+        settings: the settings (event store, Feast, MLflow registry, ``k``, split settings).
+
+    Returns:
+        ``challenger``, ``champion`` (None when there is none), ``holdout_cut``, ``k``,
+        ``challenger_metrics``, ``baseline_metrics``, ``seconds`` and, when a different champion
+        exists, ``champion_metrics``, ``ndcg_delta`` (challenger minus champion, mean per user) and
+        ``ndcg_delta_ci`` (95% bootstrap interval ``[lo, hi]``).
+
+    Raises:
+        StepFailed: no @challenger, or the events cannot be split into train and holdout.
+    """
     from recops import registry
     from recops.featurestore import FeatureStoreClient
     from recops.models.metrics import bootstrap_ci
@@ -272,7 +375,19 @@ def evaluate(settings: Settings) -> dict:
 # -- promote ------------------------------------------------------------------------------------
 @_timed
 def promote(settings: Settings, force: bool = False) -> dict:
-    """Move @champion to @challenger when it is not worse (or when forced); record why in tags."""
+    """Move @champion to @challenger when it is not worse (or when forced); record why in tags.
+
+    Args:
+        settings: the settings (MLflow registry, ``promote_tolerance``: how much NDCG may be lost).
+        force: promote without (or regardless of) an evaluation against the champion.
+
+    Returns:
+        ``promoted`` (bool), ``reason``, ``champion`` (the champion version afterwards),
+        ``previous_champion`` (None when there was none) and ``seconds``.
+
+    Raises:
+        StepFailed: there is no @challenger.
+    """
     from recops import registry
 
     client = registry.setup(settings)
@@ -292,13 +407,17 @@ def promote(settings: Settings, force: bool = False) -> dict:
     else:
         cmp = json.loads(tags["eval_vs_champion"])
         if cmp["champion"] != champion:
-            promoted, why = False, f"evaluated against v{cmp['champion']}, but the champion is now v{champion}: evaluate again"
+            promoted, why = False, (f"evaluated against v{cmp['champion']}, but the champion is now v{champion}: "
+                                    "evaluate again")
         else:
             delta = cmp["ndcg_delta"]
             promoted = delta >= -settings.promote_tolerance
-            why = (f"NDCG@{settings.k} delta vs v{champion}: {delta:+.5f} (95% CI {cmp['ci95'][0]:+.5f}..{cmp['ci95'][1]:+.5f}); "
-                   + ("not worse: promoted" if promoted else f"worse than tolerance {settings.promote_tolerance}: kept champion"))
-    client.set_model_version_tag(settings.model_name, challenger, "promotion_decision", "promoted" if promoted else "rejected")
+            why = (f"NDCG@{settings.k} delta vs v{champion}: {delta:+.5f} "
+                   f"(95% CI {cmp['ci95'][0]:+.5f}..{cmp['ci95'][1]:+.5f}); "
+                   + ("not worse: promoted" if promoted
+                      else f"worse than tolerance {settings.promote_tolerance}: kept champion"))
+    client.set_model_version_tag(settings.model_name, challenger, "promotion_decision",
+                                 "promoted" if promoted else "rejected")
     client.set_model_version_tag(settings.model_name, challenger, "promotion_reason", why)
     if promoted:
         client.set_registered_model_alias(settings.model_name, registry.CHAMPION, challenger)
@@ -317,6 +436,21 @@ def recommend_users(settings: Settings, users_path: str, out_path: str, k: int |
     The model is a named version, an alias's version, or else the newest registered version (the
     one just trained). Scoring runs the HTTP service's own code (``recops.serving.Serving``) on the
     same event store and online features, so a user gets the list the service would answer.
+
+    Args:
+        settings: the settings (registry, event store, Feast, rules).
+        users_path: the users file (see ``read_user_ids``).
+        out_path: the CSV to write (parent directories are created).
+        k: items per user; None: ``settings.k``.
+        version: the model version to score with; wins over ``alias``.
+        alias: A registry alias (e.g. ``"champion"``) whose version to score with.
+
+    Returns:
+        ``out`` (the CSV's absolute path), ``users``, ``rows``, ``k``, ``version``, ``fallback_users``
+        (users answered by the fallback, not the model) and ``seconds``.
+
+    Raises:
+        StepFailed: the users file is missing or has no ids, or no model version can be loaded.
     """
     k = k or settings.k
     ids = read_user_ids(users_path)
@@ -348,7 +482,8 @@ def _batch_serving(settings: Settings, version: str | None, alias: str | None):
     except Exception as exc:
         raise StepFailed(f"cannot load version {version} of model {settings.model_name!r}: {exc}") from exc
     if serving.champion.get() is None:
-        raise StepFailed(f"cannot load version {version} of model {settings.model_name!r}: {serving.champion.load_error}")
+        raise StepFailed(f"cannot load version {version} of model {settings.model_name!r}: "
+                         f"{serving.champion.load_error}")
     return serving, str(version)
 
 
@@ -357,7 +492,24 @@ def next_items_batch(settings: Settings, sessions_path: str, out_path: str, k: i
                      version: str | None = None, alias: str | None = None) -> dict:
     """Offline next-item evaluation input: for every prefix of every session in a CSV (session_id,
     item_id, timestamp), the served model's top-``k`` next items, written as CSV (session_id, step,
-    item_id, rank); step t means "given the first t items, predict item t+1"."""
+    item_id, rank); step t means "given the first t items, predict item t+1".
+
+    Args:
+        settings: the settings (registry, event store, Feast).
+        sessions_path: CSV of session events: ``session_id``, ``item_id``, ``timestamp`` (any order).
+        out_path: the CSV to write (parent directories are created).
+        k: next items per prefix.
+        version: the model version to use; wins over ``alias``.
+        alias: A registry alias whose version to use; neither: the newest registered version.
+
+    Returns:
+        ``out`` (the CSV's absolute path), ``sessions`` (distinct sessions), ``rows``, ``k``, ``version``
+        and ``seconds``.
+
+    Raises:
+        StepFailed: the file is missing, lacks a column or has incomplete rows, no model version can
+            be loaded, or the version has no next-item model.
+    """
     from recops.nextitem import prefix_predictions
 
     p = Path(sessions_path)
@@ -386,7 +538,17 @@ def next_items_batch(settings: Settings, sessions_path: str, out_path: str, k: i
 
 
 def read_user_ids(path: str) -> list[str]:
-    """User ids from a CSV with a ``user_id`` column, or a headerless one-id-per-line file."""
+    """User ids from a CSV with a ``user_id`` column, or a headerless one-id-per-line file.
+
+    Args:
+        path: the file; ``.parquet``/``.pq`` files are read as Parquet (and need a ``user_id`` column).
+
+    Returns:
+        The distinct ids in file order, stripped, empty ones dropped.
+
+    Raises:
+        StepFailed: the file is missing, has no ``user_id`` column (and is not a one-column CSV) or no ids.
+    """
     p = Path(path)
     if not p.exists():
         raise StepFailed(f"users file {path} does not exist")
@@ -417,5 +579,13 @@ def _np_default(o):
 
 
 def to_json(result: dict) -> str:
+    """A step's result as indented JSON with sorted keys (numpy values, timestamps and paths converted).
+
+    Args:
+        result: A step's result dict; its ``per_user_ndcg`` and ``users`` entries are left out.
+
+    Returns:
+        The JSON text.
+    """
     clean = {k: v for k, v in result.items() if k not in ("per_user_ndcg", "users")}
     return json.dumps(clean, default=_np_default, indent=2, sort_keys=True)

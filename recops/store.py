@@ -105,6 +105,7 @@ class EventStore:
 
     @property
     def dialect(self) -> str:
+        """The engine's dialect name: ``sqlite`` or ``postgresql`` (writes refuse any other)."""
         return self.engine.dialect.name
 
     def _insert(self, table: sa.Table):
@@ -127,7 +128,15 @@ class EventStore:
 
     # -- writes ---------------------------------------------------------------------------------
     def add_events(self, df: pd.DataFrame) -> int:
-        """Store events (schema of ``recops.schema.normalize_events``); returns how many were new."""
+        """Store events (schema of ``recops.schema.normalize_events``); returns how many were new.
+
+        Args:
+            df: normalized events with every EVENT_COLUMNS column; ``timestamp`` as datetimes (stored as
+                UTC epoch seconds); ``ingested_at`` is set to now.
+
+        Returns:
+            How many events were new (an event_id already stored, or repeated in ``df``, counts once).
+        """
         if df.empty:
             return 0
         frame = df[EVENT_COLUMNS].copy()
@@ -138,7 +147,15 @@ class EventStore:
     def insert_events(self, rows: list[dict]) -> list[str]:
         """Insert rows in the table's own shape (epoch timestamps, JSON context); returns the ids
         that were new. A repeated event_id, in the table or in ``rows``, is stored once; the count
-        comes from the insert itself (RETURNING), so concurrent writers cannot skew it."""
+        comes from the insert itself (RETURNING), so concurrent writers cannot skew it.
+
+        Args:
+            rows: one dict per event with the events table's columns: ``timestamp`` and ``ingested_at`` in
+                UTC epoch seconds, ``context`` a JSON string or None.
+
+        Returns:
+            The event_ids that were stored by this call (those already in the table are left out).
+        """
         stmt = self._insert(events).on_conflict_do_nothing(index_elements=["event_id"]).returning(events.c.event_id)
         new: list[str] = []
         with self.engine.begin() as conn:
@@ -147,6 +164,12 @@ class EventStore:
         return new
 
     def upsert_items(self, df: pd.DataFrame) -> None:
+        """Insert new items and overwrite the stored columns of known ones (by item_id).
+
+        Args:
+            df: items with every items-table column (``recops.schema.normalize_items``); ``created_at``
+                as datetimes, optional (absent: NULL).
+        """
         if df.empty:
             return
         frame = df.copy()
@@ -155,13 +178,28 @@ class EventStore:
         self._write(items, _records(frame[cols]), upsert_keys=[c for c in cols if c != "item_id"])
 
     def upsert_users(self, df: pd.DataFrame) -> None:
+        """Insert new users and overwrite the stored demographics of known ones (by user_id).
+
+        Args:
+            df: users with the columns user_id, age, gender, region (``recops.schema.normalize_users``).
+        """
         if df.empty:
             return
         cols = [c.name for c in users.columns]
         self._write(users, _records(df[cols]), upsert_keys=[c for c in cols if c != "user_id"])
 
     def quarantine_rows(self, df: pd.DataFrame, reasons: pd.Series, batch_id: str | None = None) -> int:
-        """Keep rejected rows with the reason they were rejected; nothing is silently dropped."""
+        """Keep rejected rows with the reason they were rejected; nothing is silently dropped.
+
+        Args:
+            df: the rejected rows, any columns; each is stored whole as JSON, its ``event_id`` (when it has
+                one) also in a column of its own.
+            reasons: why each row was rejected, indexed like ``df``.
+            batch_id: the import batch the rows came from; None: a new random 12-hex-digit id.
+
+        Returns:
+            How many rows were quarantined.
+        """
         if df.empty:
             return 0
         batch_id = batch_id or uuid.uuid4().hex[:12]
@@ -182,11 +220,24 @@ class EventStore:
 
     # -- reads ----------------------------------------------------------------------------------
     def count_events(self) -> int:
+        """How many events the store holds.
+
+        Returns:
+            The number of rows of the events table.
+        """
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())
 
     def events(self, since: float | None = None, until: float | None = None) -> pd.DataFrame:
-        """All events (optionally in [since, until)), timestamps as UTC pandas datetimes."""
+        """All events (optionally in [since, until)), timestamps as UTC pandas datetimes.
+
+        Args:
+            since: the earliest timestamp kept, UTC epoch seconds (inclusive); None: no lower bound.
+            until: the end, UTC epoch seconds (exclusive); None: no upper bound.
+
+        Returns:
+            The events with the EVENT_COLUMNS columns, in no particular order.
+        """
         q = sa.select(*[events.c[c] for c in EVENT_COLUMNS])
         if since is not None:
             q = q.where(events.c.timestamp >= since)
@@ -197,6 +248,15 @@ class EventStore:
         return _from_epoch(df)
 
     def user_events(self, user_id: str, since: float | None = None) -> pd.DataFrame:
+        """One user's events, oldest first, timestamps as UTC pandas datetimes.
+
+        Args:
+            user_id: the user.
+            since: the earliest timestamp kept, UTC epoch seconds (inclusive); None: all the user's events.
+
+        Returns:
+            The events with the EVENT_COLUMNS columns, sorted by timestamp.
+        """
         q = sa.select(*[events.c[c] for c in EVENT_COLUMNS]).where(events.c.user_id == user_id)
         if since is not None:
             q = q.where(events.c.timestamp >= since)
@@ -205,7 +265,16 @@ class EventStore:
         return _from_epoch(pd.DataFrame(rows, columns=EVENT_COLUMNS))
 
     def events_of(self, user_ids: list[str], session_ids: list[str] = ()) -> pd.DataFrame:
-        """Every event of these users and of these sessions, in one query (the /track refresh)."""
+        """Every event of these users and of these sessions, in one query (the /track refresh).
+
+        Args:
+            user_ids: the users whose events are wanted.
+            session_ids: the sessions whose events are wanted (anonymous events included).
+
+        Returns:
+            The events matching either list, oldest first, with the EVENT_COLUMNS columns and UTC
+            datetimes; empty when both lists are.
+        """
         conds = []
         if user_ids:
             conds.append(events.c.user_id.in_(list(user_ids)))
@@ -226,6 +295,16 @@ class EventStore:
         Same semantics as ``EvalSplit.histories``/``excluded`` (the batch versions used in training).
         On the /recommend hot path: plain SQL through the driver (4x cheaper than a Core statement
         whose expanding IN defeats the compile cache).
+
+        Args:
+            user_id: the user; when given, ``session_id`` is ignored.
+            session_id: the session, used when ``user_id`` is None.
+            n: how many recent items ``history`` and ``last_seen`` hold at most.
+            exclude_types: event types whose items go into ``excluded``; empty: nothing is excluded.
+
+        Returns:
+            ``UserState``: ``history`` newest first (ties by item_id), ``last_seen`` aligned with it, and
+            ``excluded`` over all of the actor's events, not only the ``n`` recent items.
         """
         col = "user_id" if user_id is not None else "session_id"
         key = user_id if user_id is not None else session_id
@@ -239,7 +318,16 @@ class EventStore:
         return UserState([r[0] for r in rows[:n]], {r[0] for r in rows if r[2]}, [float(r[1]) for r in rows[:n]])
 
     def popular_items(self, days: float = 30.0, n: int = 100) -> list[tuple[str, int]]:
-        """Most interacted-with items of the last ``days`` days of data (the model-free fallback)."""
+        """Most interacted-with items of the last ``days`` days of data (the model-free fallback).
+
+        Args:
+            days: the window, counted back from the newest stored event (not from now).
+            n: the most items returned.
+
+        Returns:
+            ``(item_id, event count)`` pairs, most events first, ties by item_id; empty when the store
+            holds no events.
+        """
         with self.engine.connect() as conn:
             newest = conn.execute(sa.select(sa.func.max(events.c.timestamp))).scalar()
             if newest is None:
@@ -250,6 +338,11 @@ class EventStore:
             return [(r[0], int(r[1])) for r in conn.execute(q)]
 
     def items(self) -> pd.DataFrame:
+        """The items table.
+
+        Returns:
+            One row per item, ``created_at`` as UTC datetimes, a missing ``in_stock`` read as True.
+        """
         with self.engine.connect() as conn:
             df = pd.read_sql(sa.select(items), conn)
         df["created_at"] = pd.to_datetime(df["created_at"], unit="s", utc=True)
@@ -257,20 +350,38 @@ class EventStore:
         return df
 
     def user_row(self, user_id: str) -> dict | None:
-        """One user's demographics (age, gender, region), or None when the users table has no row."""
+        """One user's demographics (age, gender, region), or None when the users table has no row.
+
+        Args:
+            user_id: the user.
+
+        Returns:
+            The user's row as a dict (user_id, age, gender, region), or None.
+        """
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(users).where(users.c.user_id == user_id)).mappings().first()
         return dict(row) if row else None
 
     def users(self) -> pd.DataFrame:
+        """The users table.
+
+        Returns:
+            One row per user: user_id, age, gender, region.
+        """
         with self.engine.connect() as conn:
             return pd.read_sql(sa.select(users), conn)
 
     def quarantined(self) -> pd.DataFrame:
+        """Every quarantined row.
+
+        Returns:
+            The quarantine table: id, batch_id, event_id, reason, the row as JSON, quarantined_at (epoch s).
+        """
         with self.engine.connect() as conn:
             return pd.read_sql(sa.select(quarantine), conn)
 
     def dispose(self) -> None:
+        """Close the engine's pooled connections (a later call opens new ones)."""
         self.engine.dispose()
 
 

@@ -48,6 +48,20 @@ from recops.vocabulary import HISTORY_LEN
 
 # -- generators -----------------------------------------------------------------------------------
 def make_generator(name: str, settings: Settings, **overrides) -> Recommender:
+    """A fresh, unfitted candidate generator by name.
+
+    Args:
+        name: one of popularity, covisit, itemknn, ease, svd, session, content, demographic.
+        settings: the event-type weights, and the middle value of each tuning grid (``ease_l2``,
+            ``svd_factors``, ``itemknn_neighbors``) as the untuned default.
+        **overrides: attributes set on the generator after construction.
+
+    Returns:
+        The generator.
+
+    Raises:
+        ValueError: unknown ``name``.
+    """
     from recops.models.content import ContentSimilarity
     from recops.models.covisit import CoVisitation
     from recops.models.demographic import DemographicPopularity
@@ -76,12 +90,26 @@ def make_generator(name: str, settings: Settings, **overrides) -> Recommender:
 
 
 def default_generators(settings: Settings) -> dict[str, Recommender]:
-    """The candidate generators the settings name (unfitted)."""
+    """The candidate generators the settings name (unfitted).
+
+    Args:
+        settings: ``generators`` names them; see ``make_generator``.
+
+    Returns:
+        Name -> unfitted generator, in the order of ``settings.generators``.
+    """
     return {name: make_generator(name, settings) for name in settings.generators}
 
 
 def tunable(settings: Settings) -> dict[str, tuple[str, list]]:
-    """Generator hyper-parameters recops tunes itself: generator -> (parameter, settings' grid)."""
+    """Generator hyper-parameters recops tunes itself: generator -> (parameter, settings' grid).
+
+    Args:
+        settings: the grids ``ease_l2``, ``svd_factors`` and ``itemknn_neighbors``.
+
+    Returns:
+        Generator name -> (attribute name, candidate values; ints for factors and neighbors).
+    """
     return {"ease": ("l2", list(settings.ease_l2)), "svd": ("factors", [int(f) for f in settings.svd_factors]),
             "itemknn": ("neighbors", [int(f) for f in settings.itemknn_neighbors])}
 
@@ -89,7 +117,20 @@ def tunable(settings: Settings) -> dict[str, tuple[str, list]]:
 def tune_generators(generators: dict, split: EvalSplit, items: pd.DataFrame, users: pd.DataFrame | None,
                     settings: Settings) -> tuple[dict, dict]:
     """Pick each tunable generator's parameter by the generator's own NDCG on ``split`` (a slice
-    carved out of train); returns the generators with their choices and the choices."""
+    carved out of train); returns the generators with their choices and the choices.
+
+    Args:
+        generators: name -> unfitted generator (not modified); generators absent from ``tunable`` or
+            with a grid of fewer than two values keep their parameter.
+        split: the tuning split: fitted on its train, scored on its test users.
+        items: the catalog.
+        users: user attributes, or None.
+        settings: ``k`` (NDCG@k) and the grids.
+
+    Returns:
+        ``(generators, chosen)``: the generators with the chosen values set (tuned ones are copies), and
+        ``"<generator>_<parameter>"`` -> chosen value.
+    """
     from recops.evaluation import evaluate
 
     generators, chosen = dict(generators), {}
@@ -112,7 +153,17 @@ def tune_generators(generators: dict, split: EvalSplit, items: pd.DataFrame, use
 
 def fit_generators(generators: dict, events: pd.DataFrame, items: pd.DataFrame | None,
                    users: pd.DataFrame | None) -> dict:
-    """Fresh fitted copies of ``generators``."""
+    """Fresh fitted copies of ``generators``.
+
+    Args:
+        generators: name -> generator (not modified).
+        events: the training events.
+        items: the catalog, or None.
+        users: user attributes, or None.
+
+    Returns:
+        Name -> fitted deep copy.
+    """
     return {n: copy.deepcopy(g).fit(events, items, users) for n, g in generators.items()}
 
 
@@ -125,11 +176,30 @@ class DirectFeatures:
         self.events, self.items = events, items
 
     def user_rows(self, users: list[str], cuts: list[pd.Timestamp]) -> list[dict | None]:
+        """Each user's features as of their cut, computed from the events.
+
+        Args:
+            users: user ids.
+            cuts: each user's as-of time, aligned with ``users``.
+
+        Returns:
+            Per user, in input order: the stored features plus the derived ``u_recency_hours`` and
+            ``u_tenure_days``, or None when the user has no event up to the cut.
+        """
         uev = self.events[self.events["user_id"].notna()]
         uf = user_features(uev, pd.DataFrame({"user_id": users, "as_of": cuts}), self.items)
         return _user_records(uf, cuts)
 
     def item_rows(self, item_ids: np.ndarray, cuts: pd.DatetimeIndex) -> np.ndarray:
+        """Stored item features as of each row's cut, computed from the events.
+
+        Args:
+            item_ids: one item per row (repeats allowed).
+            cuts: each row's as-of time, aligned with ``item_ids``.
+
+        Returns:
+            One row per input row, columns in model order (``stored_item_matrix``); shape (0, 1) when empty.
+        """
         pts = pd.DataFrame({"item_id": item_ids, "as_of": cuts})
         return stored_item_matrix(item_features(self.events, pts)) if len(pts) else np.zeros((0, 1))
 
@@ -141,12 +211,31 @@ class FeastFeatures:
         self.fs = fs
 
     def user_rows(self, users: list[str], cuts: list[pd.Timestamp]) -> list[dict | None]:
+        """Each user's features as of their cut, by point-in-time lookup in Feast.
+
+        Args:
+            users: user ids.
+            cuts: each user's as-of time, aligned with ``users``.
+
+        Returns:
+            Per user, in input order: the stored features plus the derived ``u_recency_hours`` and
+            ``u_tenure_days``, or None when nothing was stored for the user by the cut.
+        """
         if not users:
             return []
         feats = self.fs.historical(pd.DataFrame({"user_id": users, "event_timestamp": cuts}), "user")
         return _user_records(feats, cuts)
 
     def item_rows(self, item_ids: np.ndarray, cuts: pd.DatetimeIndex) -> np.ndarray:
+        """Stored item features as of each row's cut, by point-in-time lookup in Feast.
+
+        Args:
+            item_ids: one item per row (repeats allowed; each distinct (item, cut) is looked up once).
+            cuts: each row's as-of time, aligned with ``item_ids``.
+
+        Returns:
+            One row per input row, columns in model order (``stored_item_matrix``); shape (0, 1) when empty.
+        """
         if not len(item_ids):
             return np.zeros((0, 1))
         ents = pd.DataFrame({"item_id": item_ids, "event_timestamp": cuts})
@@ -163,7 +252,17 @@ def _user_records(feats: pd.DataFrame, cuts: list[pd.Timestamp]) -> list[dict | 
 
 
 def item_table_at(fs, items: pd.DataFrame, events: pd.DataFrame, t: pd.Timestamp) -> ItemTable:
-    """The serving item table: every known item with its stored features as of ``t`` (from Feast)."""
+    """The serving item table: every known item with its stored features as of ``t`` (from Feast).
+
+    Args:
+        fs: the ``FeatureStoreClient``.
+        items: the catalog.
+        events: events whose items are included too (items missing from the catalog).
+        t: the as-of time of the features (tz-aware).
+
+    Returns:
+        The table of the catalog's and the events' items.
+    """
     ids = pd.unique(pd.concat([items["item_id"], events["item_id"]], ignore_index=True).astype(str))
     feats = fs.historical(pd.DataFrame({"item_id": ids, "event_timestamp": t}), "item")
     return ItemTable.build(feats, items)
@@ -185,12 +284,26 @@ def _candidates(model: RecopsModel, users: list[str], hist: dict, excl: dict,
 
 def rows_at_cuts(model: RecopsModel, users: list[str], cuts: dict, hist: dict, excl: dict, provider):
     """Every user's candidate rows with user and item features as of the user's own cut:
-    (X, per-user row slices, item indexes). No lookup sees an event after the user's cut."""
+    (X, per-user row slices, item indexes). No lookup sees an event after the user's cut.
+
+    Args:
+        model: the model whose generators (fitted) propose the candidates; its ranker is not used.
+        users: the user ids.
+        cuts: user -> as-of time.
+        hist: user -> recent items, newest first.
+        excl: user -> items removed from the user's candidates.
+        provider: the feature provider (``DirectFeatures`` or ``FeastFeatures``).
+
+    Returns:
+        ``(x, slices, idx)``: the rows (columns ``model.feature_names``), each user's ``(start, end)``
+        rows of ``x`` in ``users`` order, and each user's candidate positions in ``model.items``.
+    """
     cand = _candidates(model, users, hist, excl, cuts)
     cut_of = [pd.Timestamp(cuts[u]) for u in users]
     lens = [len(c[0]) for c in cand]
     ids = model.items.ids[np.concatenate([c[0] for c in cand])] if cand else np.array([], dtype=object)
-    stored = provider.item_rows(ids, pd.DatetimeIndex(cut_of).repeat(lens) if cand else pd.DatetimeIndex([], tz="UTC"))
+    stored = provider.item_rows(ids, pd.DatetimeIndex(cut_of).repeat(lens) if cand
+                                else pd.DatetimeIndex([], tz="UTC"))
     ufeats = dict(zip(users, provider.user_rows(users, cut_of)))
     blocks, slices, start = [], [], 0
     for u, cut, (idx, gen) in zip(users, cut_of, cand):
@@ -209,7 +322,19 @@ def rows_at_cuts(model: RecopsModel, users: list[str], cuts: dict, hist: dict, e
 def recommend_at_cuts(model: RecopsModel, split: EvalSplit, items: pd.DataFrame, k: int,
                       rules: BusinessRules | None = None, provider=None) -> dict[str, list[str]]:
     """Top-``k`` for every test user of ``split`` as of their cut, under the business rules
-    (None: none, the research protocol that peers are measured under too)."""
+    (None: none, the research protocol that peers are measured under too).
+
+    Args:
+        model: the fitted model.
+        split: its test users, their cuts, histories and exclusions.
+        items: the catalog (for the default provider).
+        k: items per user.
+        rules: the business rules; None: none (not even in-stock only).
+        provider: the feature provider; None: ``DirectFeatures`` on ``split.train``.
+
+    Returns:
+        Test user -> up to ``k`` item ids, best first.
+    """
     rules = rules or BusinessRules(in_stock_only=False)
     provider = provider or DirectFeatures(split.train, items)
     users = split.users
@@ -229,7 +354,18 @@ def recommend_at_cuts(model: RecopsModel, split: EvalSplit, items: pd.DataFrame,
 # -- the ranker ------------------------------------------------------------------------------------
 def labelled_rows(model: RecopsModel, split: EvalSplit, provider):
     """Candidate rows of ``split``'s users with their labels (graded when the split has grades):
-    (X, per-user slices, labels per user, histories)."""
+    (X, per-user slices, labels per user, histories).
+
+    Args:
+        model: the model fitted on ``split.train`` (generators; its ranker is not used).
+        split: the labelled window: test users, cuts, test items (and grades), exclusions.
+        provider: the feature provider.
+
+    Returns:
+        ``(x, slices, labels, hist)``: the rows and per-user ``(start, end)`` slices as in ``rows_at_cuts``,
+        user -> label per candidate row (the grade, or 1.0 for a test item; 0.0 otherwise), and user ->
+        recent items, newest first.
+    """
     hist = split.histories(HISTORY_LEN)
     x, slices, idx_all = rows_at_cuts(model, split.users, split.cut, hist, split.excluded(), provider)
     labels = {}
@@ -251,7 +387,22 @@ def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: S
     Validation rotates over the windows: each is held out once while a fit on the others stops
     early on it, and its users' out-of-fold NDCG (full candidate lists) feeds the per-segment scorer
     choice (``choose_scorers``). The final fit uses every window for the median number of rounds.
-    With a single window, its 20% of users with the latest cuts are the validation slice."""
+    With a single window, its 20% of users with the latest cuts are the validation slice.
+
+    Args:
+        windows: ``(model, split, provider)`` per window, newest first; the first model's feature
+            names and generators are used.
+        settings: ``random_state``, ``num_threads`` and ``k`` (the validation NDCG@k).
+        neg_per_user: the most negatives sampled per user for training (all positives are kept).
+
+    Returns:
+        ``(booster, scorer, stats, calibration)``: the LightGBM ranker fitted on every window, segment ->
+        scorer name (``choose_scorers``), counts and validation scores for MLflow, and the score-gap
+        calibration (``calibrate``).
+
+    Raises:
+        ValueError: no training user's candidates hold a labelled item.
+    """
     rng = np.random.default_rng(settings.random_state)
     data = []  # per window: rows, slices, labels, histories, split, labelled groups (negatives sampled)
     for model, split, provider in windows:
@@ -269,7 +420,8 @@ def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: S
             grp.append((u, x[sel], y))
         data.append((x, slices, labels, hist, split, grp))
     model = windows[0][0]
-    stack = lambda gs: (np.vstack([g[1] for g in gs]), np.concatenate([g[2] for g in gs]), np.array([len(g[2]) for g in gs])) if gs else (None, None, np.array([]))
+    stack = lambda gs: (np.vstack([g[1] for g in gs]), np.concatenate([g[2] for g in gs]),
+                        np.array([len(g[2]) for g in gs])) if gs else (None, None, np.array([]))
     params = {"num_threads": settings.num_threads, "seed": settings.random_state}
     folds, rounds = [], []
     if len(data) > 1:
@@ -294,7 +446,8 @@ def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: S
                       labels, hist))
     scorer, scores = choose_scorers(list(model.generators), folds, settings.k)
     xa, ya, ga = stack([g for d in data for g in d[5]])
-    booster = train_ranker(xa, ya, ga, model.feature_names, params={"num_boost_round": max(int(np.median(rounds)), 1)}, **params)
+    booster = train_ranker(xa, ya, ga, model.feature_names, params={"num_boost_round": max(int(np.median(rounds)), 1)},
+                           **params)
     stats = {"ranker_windows": len(windows), "ranker_train_groups": len(ga), "ranker_train_rows": len(ya),
              "ranker_best_iteration": int(np.median(rounds)), **scores}
     return booster, scorer, stats, calibrate(folds)
@@ -304,7 +457,15 @@ def calibrate(folds: list) -> IsotonicRegression:
     """P(the user interacts with the item in the holdout | its ranker score's gap to the user's best
     candidate), fitted on the out-of-fold candidate lists. LambdaRank scores only order one user's
     list; the gap to that list's top is comparable across users (and across refits), the raw score
-    is not. Monotone (isotonic): a smaller gap never gets a lower probability."""
+    is not. Monotone (isotonic): a smaller gap never gets a lower probability.
+
+    Args:
+        folds: ``(fitted ranker, rows, [(user, slice, n relevant)], labels, histories)`` per held-out
+            window (see ``choose_scorers``).
+
+    Returns:
+        The fitted isotonic regression: gap (score minus the list's top score, <= 0) -> probability in [0, 1].
+    """
     gaps, hits = [], []
     for fit, x, users, labels, _ in folds:
         for u, (a, b), _ in users:
@@ -323,7 +484,18 @@ def choose_scorers(generators: list[str], folds: list, k: int) -> tuple[dict[str
     over the out-of-fold windows) by more than one standard error of the paired difference; then
     that generator. Small or odd data can leave the ranker little to learn; this keeps recops as
     good as its best source there. ``folds``: (fitted ranker, rows, [(user, slice, n relevant)],
-    labels, histories)."""
+    labels, histories).
+
+    Args:
+        generators: the generator names, in the order of the model's generator feature columns.
+        folds: per held-out window: the ranker fitted without it, its rows, ``(user, (start, end), number
+            of relevant items)`` per validation user, user -> labels per row, user -> history.
+        k: the list length NDCG is measured at.
+
+    Returns:
+        ``(scorer, scores)``: segment -> ``"ranker"`` or a generator name, and the validation scores
+        (``valid_ndcg_<segment>_<scorer>`` and ``valid_users_<segment>``).
+    """
     names = ["ranker", *generators]
     g = 2 * len(generators)
     disc = 1.0 / np.log2(np.arange(2, k + 2))
@@ -362,13 +534,29 @@ def train_on_split(train: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
     previous one's train (``inner_windows``): more labelled users for the ranker on small data.
     ``provider`` gives features as of the cuts (default: ``DirectFeatures`` on each inner split's
     train). It must not see events a split holds out (a per-user split holds out other users' later
-    items too), or training features would differ from the ones the model is evaluated with."""
+    items too), or training features would differ from the ones the model is evaluated with.
+
+    Args:
+        train: the outer split's training events.
+        items: the catalog.
+        users: user attributes, or None.
+        settings: the training settings (sample sizes, candidates per source, ranker, grids).
+        inner: the inner split(s), see above.
+        generators: name -> unfitted generator; None: ``default_generators(settings)``.
+        provider: the feature provider, see above.
+
+    Returns:
+        The model: generators fitted on ``train``, the ranker, per-segment scorers, calibration, and
+        ``meta`` with the ranker's stats and the tuned parameters.
+    """
     generators = generators if generators is not None else default_generators(settings)
-    windows = [w.sample(settings.ranker_max_users, settings.random_state) for w in (inner if isinstance(inner, list) else [inner])]
+    windows = [w.sample(settings.ranker_max_users, settings.random_state)
+               for w in (inner if isinstance(inner, list) else [inner])]
     tune_on = windows[0].sample(settings.tuning_users, settings.random_state)
     generators, tuned = tune_generators(generators, tune_on, items, users, settings)
     table = ItemTable.build(pd.DataFrame({"item_id": pd.unique(train["item_id"])}), items)
-    fitted = [(RecopsModel(fit_generators(generators, w.train, items, users), None, table, settings.candidates_per_source),
+    fitted = [(RecopsModel(fit_generators(generators, w.train, items, users), None, table,
+                           settings.candidates_per_source),
                w, provider or DirectFeatures(w.train, items)) for w in windows]
     ranker, scorer, stats, calibration = fit_ranker(fitted, settings)
     return RecopsModel(fit_generators(generators, train, items, users), ranker, table, settings.candidates_per_source,
@@ -378,7 +566,20 @@ def train_on_split(train: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
 def inner_windows(train: pd.DataFrame, carve, n: int, enough_users: int | None = None) -> list[EvalSplit]:
     """Up to ``n`` inner splits, newest first, each carved by ``carve`` out of the previous one's
     train; stops early when the history runs out or the windows hold ``enough_users`` test users
-    (older windows only help when labelled users are scarce)."""
+    (older windows only help when labelled users are scarce).
+
+    Args:
+        train: the events to carve the first window out of.
+        carve: events -> ``EvalSplit``; raises ``ValueError`` when the events cannot be split.
+        n: the most windows.
+        enough_users: stop once the windows hold this many test users together; None: no limit.
+
+    Returns:
+        The windows, newest first (at least one).
+
+    Raises:
+        ValueError: ``carve`` cannot split ``train`` itself.
+    """
     out = [carve(train)]
     while len(out) < n and (enough_users is None or sum(len(w.test) for w in out) < enough_users):
         try:
@@ -396,7 +597,22 @@ def evaluate_model(model: RecopsModel, split: EvalSplit, items: pd.DataFrame, us
                    settings: Settings, provider=None, with_baseline: bool = True) -> dict:
     """Refit ``model``'s generators on ``split.train``, rank for the test users as of their cuts
     under the business rules, and score: metrics at K (1, 5, k, 20), per segment, bootstrap CI, and
-    the popularity baseline on the same users. Per-user NDCG (in ``users`` order) for paired tests."""
+    the popularity baseline on the same users. Per-user NDCG (in ``users`` order) for paired tests.
+
+    Args:
+        model: the trained model; its generators are refit, its ranker and scorers reused.
+        split: the evaluation split.
+        items: the catalog.
+        users: user attributes, or None.
+        settings: ``k``, the business rules and the event-type weights (baseline).
+        provider: the feature provider; None: ``DirectFeatures`` on ``split.train``.
+        with_baseline: also score the popularity baseline.
+
+    Returns:
+        ``model`` (metrics at k, with ``ndcg_ci_low``/``ndcg_ci_high``), ``per_user_ndcg`` (array aligned
+        with ``users``, the sorted test users), ``curve`` (K -> metrics), ``segments`` (NDCG@k and users
+        per segment) and, with the baseline, ``baseline``, ``baseline_curve`` and ``baseline_segments``.
+    """
     k = settings.k
     rules = BusinessRules.from_settings(settings)
     provider = provider or DirectFeatures(split.train, items)
@@ -443,7 +659,19 @@ def _segments(ndcg: np.ndarray, sizes: np.ndarray, k: int) -> dict[str, float]:
 # -- the pipeline's procedure ----------------------------------------------------------------------
 def pipeline_split(events: pd.DataFrame, settings: Settings) -> EvalSplit:
     """The pipeline's evaluation split: a global cut ``holdout_days`` before the newest event, under
-    the serving protocol (business-rule exclusions, graded relevance)."""
+    the serving protocol (business-rule exclusions, graded relevance).
+
+    Args:
+        events: the events.
+        settings: ``holdout_days``, ``exclude_event_types`` and the event-type weights (grades).
+
+    Returns:
+        The ``"global"`` split (``recops.evaluation.global_split``).
+
+    Raises:
+        ValueError: no event has a user_id, the cut is not after the first identified event, or no user
+            has a test item.
+    """
     return global_split(events, settings.holdout_days, exclude_types=tuple(settings.exclude_event_types),
                         weights=settings.event_types)
 
@@ -451,9 +679,26 @@ def pipeline_split(events: pd.DataFrame, settings: Settings) -> EvalSplit:
 def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None, fs,
                 settings: Settings) -> tuple[RecopsModel, dict]:
     """The whole training procedure on point-in-time features from Feast; returns the model to
-    serve (generators refit on every event) and a report of the split, ranker and evaluation."""
+    serve (generators refit on every event) and a report of the split, ranker and evaluation.
+
+    Args:
+        events: every event (the outer split is carved out of them).
+        items: the catalog.
+        users: user attributes, or None.
+        fs: the ``FeatureStoreClient`` holding the point-in-time features.
+        settings: the training settings.
+
+    Returns:
+        ``(model, report)``: the model to serve (with cold-start and next-item models), and ``split``
+        (``inner_cuts``, ``cut``, ``end`` as strings), ``ranker`` (stats), ``tuned`` (chosen
+        parameters) and ``eval`` (``evaluate_model`` on the outer split).
+
+    Raises:
+        ValueError: the events cannot be split, or the ranker has nothing to learn from.
+    """
     outer = pipeline_split(events, settings)
-    inner = inner_windows(outer.train, lambda e: pipeline_split(e, settings), settings.ranker_windows, settings.ranker_max_users)
+    inner = inner_windows(outer.train, lambda e: pipeline_split(e, settings), settings.ranker_windows,
+                          settings.ranker_max_users)
     provider = FeastFeatures(fs)
     model = train_on_split(outer.train, items, users, settings, inner, default_generators(settings), provider)
     ev = evaluate_model(model, outer, items, users, settings, provider)

@@ -38,10 +38,12 @@ class ValidationOutcome:
 
     @property
     def bad_share(self) -> float:
+        """The share of rows that failed at least one expectation (0.0 without rows)."""
         return len(self.bad_index) / self.rows if self.rows else 0.0
 
     @property
     def success(self) -> bool:
+        """True when no row failed an expectation."""
         return len(self.bad_index) == 0
 
 
@@ -70,6 +72,17 @@ def _batch_definition(name: str):
 
 
 def load_suite(name: str):
+    """The GX expectation suite of ``expectations/{name}.json``.
+
+    Args:
+        name: the suite's file name without ``.json``, e.g. ``"events"``.
+
+    Returns:
+        The ``ExpectationSuite``.
+
+    Raises:
+        ValueError: an expectation of the file is no valid GX expectation type (GX would drop it silently).
+    """
     from great_expectations.core import ExpectationSuite
 
     raw = json.loads((_suite_dir() / f"{name}.json").read_text())
@@ -85,7 +98,20 @@ def _label(cfg) -> str:
 
 
 def run_suite(df: pd.DataFrame, name: str, parameters: dict | None = None) -> ValidationOutcome:
-    """Validate ``df`` against ``expectations/{name}.json``; failing row labels come from df.index."""
+    """Validate ``df`` against ``expectations/{name}.json``; failing row labels come from df.index.
+
+    Args:
+        df: the frame to validate.
+        name: the suite, see load_suite.
+        parameters: the values of the suite's ``$PARAMETER`` references; None: none.
+
+    Returns:
+        The outcome: failing row labels in ``df`` order with the expectations each failed, and one
+        summary per expectation (sorted by label), with up to 5 example values.
+
+    Raises:
+        RuntimeError: an expectation could not be evaluated (so it neither passes nor hides as a data failure).
+    """
     t0 = time.perf_counter()
     suite = load_suite(name)
     batch = _batch_definition(name).get_batch(batch_parameters={"dataframe": df})
@@ -99,7 +125,8 @@ def run_suite(df: pd.DataFrame, name: str, parameters: dict | None = None) -> Va
             isinstance(v, dict) and v.get("raised_exception") for v in info.values()
         )
         if errored:  # a broken expectation must not look like (or hide) a data failure
-            msgs = [v.get("exception_message") for v in info.values() if isinstance(v, dict)] or [info.get("exception_message")]
+            msgs = ([v.get("exception_message") for v in info.values() if isinstance(v, dict)]
+                    or [info.get("exception_message")])
             raise RuntimeError(f"expectation {_label(cfg)} could not be evaluated: {msgs}")
         failed = r.result.get("unexpected_index_list") or []
         for idx in failed:
@@ -117,7 +144,19 @@ def run_suite(df: pd.DataFrame, name: str, parameters: dict | None = None) -> Va
 
 def validate_events(df: pd.DataFrame, event_types: list[str], max_value: float, max_age_days: float,
                     future_tolerance_seconds: float, now: pd.Timestamp | None = None) -> ValidationOutcome:
-    """Validate normalized events. ``actor_id`` (user_id, else session_id) must be present."""
+    """Validate normalized events. ``actor_id`` (user_id, else session_id) must be present.
+
+    Args:
+        df: normalized events (``recops.schema.normalize_events``); failing rows are named by its index.
+        event_types: the allowed event types.
+        max_value: the largest allowed ``value`` (the smallest is 0).
+        max_age_days: events older than this many days before ``now`` fail.
+        future_tolerance_seconds: events more than this many seconds after ``now`` fail.
+        now: the reference time (UTC); None: the current time.
+
+    Returns:
+        The outcome of the ``events`` suite.
+    """
     now = now or pd.Timestamp.now(tz="UTC")
     frame = df.assign(actor_id=df["user_id"].where(df["user_id"].notna(), df["session_id"]))
     params = {
@@ -130,7 +169,16 @@ def validate_events(df: pd.DataFrame, event_types: list[str], max_value: float, 
 
 
 def write_report(outcomes: list[ValidationOutcome], path: Path, title: str) -> Path:
-    """A self-contained HTML summary of one or more suite runs."""
+    """A self-contained HTML summary of one or more suite runs.
+
+    Args:
+        outcomes: the suite runs, one section each.
+        path: the HTML file to write; missing parent directories are created.
+        title: the page's title and heading.
+
+    Returns:
+        ``path``.
+    """
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              ("<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px}"
               ".ok{color:#080}.bad{color:#b00}</style></head><body>"), f"<h1>{html.escape(title)}</h1>"]

@@ -33,7 +33,8 @@ class TrackEvent(BaseModel):
     item_id: Id = Field(examples=["i42"])
     event_type: Annotated[str, Field(min_length=1, max_length=64)] = Field(examples=["add_to_cart"])
     timestamp: datetime | None = Field(default=None, description="ISO 8601; default: now. Naive times are UTC.")
-    value: Annotated[float, Field(ge=0, le=1_000_000)] | None = Field(default=None, description="price, quantity or rating")
+    value: Annotated[float, Field(ge=0, le=1_000_000)] | None = Field(default=None,
+                                                                       description="price, quantity or rating")
     context: dict[str, Any] | None = None
 
     @field_validator("event_type")
@@ -65,10 +66,12 @@ class TrackResponse(BaseModel):
     accepted: int = Field(examples=[1])
     stored: int = Field(description="new events (a repeated event_id is stored once)")
     duplicates: int
-    unknown_items: list[str] = Field(default_factory=list, description="item ids not in the catalog (accepted, flagged)")
+    unknown_items: list[str] = Field(default_factory=list,
+                                     description="item ids not in the catalog (accepted, flagged)")
     online_updated: list[str] = Field(default_factory=list, description="users whose online features are being "
                                       "refreshed (in the background, in milliseconds; reads of them wait for it)")
-    sessions_updated: list[str] = Field(default_factory=list, description="sessions whose live state is being refreshed")
+    sessions_updated: list[str] = Field(default_factory=list,
+                                        description="sessions whose live state is being refreshed")
     warning: str | None = None
 
 
@@ -77,8 +80,10 @@ class RecommendedItem(BaseModel):
     rank: int = Field(examples=[1])
     score: float = Field(description="the ranker's score (or the answering generator's); comparable within one list")
     reason: str = Field(examples=["Often viewed together with Trail Shoe 12, which you looked at recently"])
-    confidence: float = Field(0.0, ge=0, le=1, description="how much to trust it: evidence about the person x agreement of the generators")
-    sources: list[str] = Field(default_factory=list, description="the candidate generators that proposed it", examples=[["covisit", "ease"]])
+    confidence: float = Field(0.0, ge=0, le=1, description="how much to trust it: evidence about the person "
+                                                           "x agreement of the generators")
+    sources: list[str] = Field(default_factory=list, description="the candidate generators that proposed it",
+                               examples=[["covisit", "ease"]])
 
 
 class RankedList(BaseModel):
@@ -128,8 +133,8 @@ class PredictResponse(BaseModel):
     score_gap: float = Field(description="score minus the user's best candidate's score (0: the top item)")
     rank: int = Field(description="the item's rank among the user's candidates (before business rules)", examples=[3])
     candidates: int = Field(description="how many candidates the user's list was ranked from")
-    probability: float | None = Field(description="calibrated P(the user interacts with the item soon), from held-out data",
-                                      examples=[0.12])
+    probability: float | None = Field(
+        description="calibrated P(the user interacts with the item soon), from held-out data", examples=[0.12])
     proposed_by: list[str] = Field(description="the candidate generators that proposed it", examples=[["covisit"]])
     known_user: bool
     model_version: str | None
@@ -154,7 +159,8 @@ class ExplainResponse(BaseModel):
     user_id: str
     item_id: str
     model_version: str | None
-    scorer: str = Field(description="what ranked this user's list: the ranker, or a generator chosen for the user's segment")
+    scorer: str = Field(
+        description="what ranked this user's list: the ranker, or a generator chosen for the user's segment")
     score: float
     rank: int
     proposed_by: list[GeneratorVote]
@@ -170,10 +176,10 @@ class ProfileResponse(BaseModel):
                                    examples=[{"age": 31, "gender": "f", "region": "north"}])
     preferences: dict[str, Any] = Field(description="top categories, price range, favourite action, active hours, "
                                         "category affinity")
-    features: dict[str, float | int | None] = Field(description="behavioral profile features (recops.profile."
-                                                    "PROFILE_FEATURES): activity, engagement, conversion, peak hours "
-                                                    "and days, recency score, diversity, exploration, price sensitivity",
-                                                    examples=[{"p_view_to_purchase": 0.08, "p_peak_hour": 20}])
+    features: dict[str, float | int | None] = Field(
+        description="behavioral profile features (recops.profile.PROFILE_FEATURES): activity, engagement, conversion, "
+                    "peak hours and days, recency score, diversity, exploration, price sensitivity",
+        examples=[{"p_view_to_purchase": 0.08, "p_peak_hour": 20}])
     online_features: dict[str, Any] = Field(description="the stored online features (Feast user_behavior), plus "
                                             "recency and tenure derived at request time")
     recent_items: list[str] = Field(description="recent distinct items, newest first", examples=[["i42", "i7"]])
@@ -195,7 +201,8 @@ class Deal(BaseModel):
     title: str
     list_price: float = Field(examples=[40.0])
     deal_price: float = Field(description="never below the floor price, never above the list price", examples=[34.0])
-    discount: float = Field(ge=0, le=1, description="share off the list price, at most the policy's cap", examples=[0.15])
+    discount: float = Field(ge=0, le=1, description="share off the list price, at most the policy's cap",
+                            examples=[0.15])
     expires_at: datetime
     reason: str = Field(examples=["15% off this kitchen item: you often choose lower-priced items"])
     score: float
@@ -218,7 +225,8 @@ class NextItemsResponse(BaseModel):
 
     items: list[RecommendedItem]
     model_version: str | None
-    unknown_items: list[str] = Field(default_factory=list, description="recent items the model has never seen (ignored)")
+    unknown_items: list[str] = Field(default_factory=list,
+                                     description="recent items the model has never seen (ignored)")
 
 
 class OnlineRefresh(BaseModel):

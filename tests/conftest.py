@@ -88,10 +88,12 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, **settings.to_env()}
         bentoml = Path(sys.executable).with_name("bentoml")
-        self.log = open(Path(settings.home) / f"server-{port}.log", "w")
-        self.proc = subprocess.Popen([str(bentoml), "serve", "recops.services.service:Recops", "--host", "127.0.0.1",
-                                      "--port", str(port)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.log_path = Path(settings.home) / f"server-{port}.log"
+        # the server gets its own copy of the descriptor, so ours can close once it has started
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen([str(bentoml), "serve", "recops.services.service:Recops", "--host",
+                                          "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self, timeout: float = 120) -> Server:
         import httpx
@@ -99,14 +101,14 @@ class Server:
         t0 = time.time()
         while time.time() - t0 < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {Path(self.log.name).read_text()[-3000:]}")
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise TimeoutError(Path(self.log.name).read_text()[-3000:])
+        raise TimeoutError(self.log_path.read_text()[-3000:])
 
     def stop(self) -> None:
         try:
@@ -114,7 +116,6 @@ class Server:
             self.proc.wait(timeout=20)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
 
 
 @pytest.fixture(scope="session")

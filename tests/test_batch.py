@@ -28,7 +28,8 @@ def clean_env():
 def test_train_on_any_events_file_then_score_users_from_a_file(prefect_harness, synthetic, tmp_path, clean_env):
     ev = synthetic.events.dropna(subset=["user_id", "item_id", "event_type", "timestamp"])
     ev = ev[ev["event_type"].isin(["view", "click", "add_to_cart", "purchase"])]
-    ev = ev[["user_id", "item_id", "event_type", "timestamp", "session_id", "value"]].rename(columns={"user_id": "customer"})
+    ev = ev[["user_id", "item_id", "event_type", "timestamp", "session_id", "value"]].rename(
+        columns={"user_id": "customer"})
     ev.to_csv(tmp_path / "events.csv", index=False)
     synthetic.items.to_csv(tmp_path / "items.csv", index=False)
     home = str(tmp_path / "home")
@@ -44,13 +45,15 @@ def test_train_on_any_events_file_then_score_users_from_a_file(prefect_harness, 
     out = pd.read_csv(tmp_path / "out.csv", dtype={"user_id": str, "item_id": str})
     assert list(out.columns) == ["user_id", "item_id", "rank", "score"]
     assert (out.groupby("user_id").size() == 7).all() and set(out["user_id"]) == set(buyers) | {"never-seen"}
-    assert (out.groupby("user_id")["rank"].apply(list) == pd.Series([list(range(1, 8))] * 21, index=sorted(set(out["user_id"])))).all()
+    assert (out.groupby("user_id")["rank"].apply(list)
+            == pd.Series([list(range(1, 8))] * 21, index=sorted(set(out["user_id"])))).all()
     assert set(out["item_id"]) <= set(synthetic.items["item_id"])
     bought = ev[ev["event_type"] == "purchase"].groupby("customer")["item_id"].agg(set)
     assert not any(i in bought.get(u, set()) for u, i in zip(out["user_id"], out["item_id"]))  # no repeats
     # bad input: a clear message and a non-zero exit, nothing written
     pd.DataFrame({"customer": ["a"], "x": [1]}).to_csv(tmp_path / "bad.csv", index=False)
-    r = runner.invoke(app, ["--home", home, "recommend", "--users", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "no.csv")])
+    r = runner.invoke(app, ["--home", home, "recommend", "--users", str(tmp_path / "bad.csv"),
+                            "--out", str(tmp_path / "no.csv")])
     assert r.exit_code == 1 and "needs a user_id column" in r.output and not (tmp_path / "no.csv").exists()
     r = runner.invoke(app, ["--home", home, "train", "--events", str(tmp_path / "missing.csv")])
     assert r.exit_code == 2 and "does not exist" in r.output
@@ -80,7 +83,8 @@ def test_batch_scoring_gives_the_served_top_k(client, trained, tmp_path, monkeyp
     assert batch == served
 
 
-def test_session_only_training_and_next_items_recover_a_planted_sequence(prefect_harness, synthetic, tmp_path, clean_env):
+def test_session_only_training_and_next_items_recover_a_planted_sequence(prefect_harness, synthetic, tmp_path,
+                                                                         clean_env):
     """Anonymous shoppers only (a session_id, no user_id): `recops train --events` trains on them, and
     `recops next-items` recovers the chain A -> B -> C -> D planted in the data, step by step."""
     items = synthetic.items["item_id"]
@@ -107,5 +111,6 @@ def test_session_only_training_and_next_items_recover_a_planted_sequence(prefect
     assert [top[1], top[2], top[3]] == chain[1:]  # step t: given the first t items, item t+1 ranks first
 
     pd.DataFrame({"session_id": ["s"], "item_id": ["i1"]}).to_csv(tmp_path / "bad.csv", index=False)
-    r = runner.invoke(app, ["--home", home, "next-items", "--sessions", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "no.csv")])
+    r = runner.invoke(app, ["--home", home, "next-items", "--sessions", str(tmp_path / "bad.csv"),
+                            "--out", str(tmp_path / "no.csv")])
     assert r.exit_code == 1 and "timestamp" in r.output and not (tmp_path / "no.csv").exists()

@@ -31,12 +31,13 @@ def test_implicit_rating_matches_the_offline_computation_and_moves_with_tracked_
     assert r.status_code == 200, r.text
     body = r.json()
     mine = ev[(ev["user_id"] == user) & (ev["item_id"] == item)]
-    offline = implicit_ratings(mine, settings.event_types, settings.decay_half_life_days, as_of=pd.Timestamp.now(tz="UTC"))
+    offline = implicit_ratings(mine, settings.event_types, settings.decay_half_life_days,
+                               as_of=pd.Timestamp.now(tz="UTC"))
     assert np.isclose(body["rating"], offline["rating"].iloc[0], rtol=1e-3)
     assert body["events"] == mine["event_type"].value_counts().to_dict() and body["events"]["purchase"] >= 1
     assert body["known_user"] and body["known_item"] and 0 < body["rating"] <= 5
 
-    untouched = sorted(set(ev["item_id"]) - set(ev.loc[ev["user_id"] == user, "item_id"]))[0]
+    untouched = min(set(ev["item_id"]) - set(ev.loc[ev["user_id"] == user, "item_id"]))
     none = client.get("/implicit-rating", params={"user_id": user, "item_id": untouched}).json()
     assert none["rating"] == 0 and none["events"] == {} and none["known_user"]
 
@@ -65,8 +66,10 @@ def test_anonymous_session_gets_intent_aware_recommendations(client, trained):
     assert client.post("/session/recommend", json={"session_id": sid, "k": 5}).json()["fallback"] is True  # new visit
 
     t0 = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=10)
-    views = [{"session_id": sid, "item_id": i, "event_type": et, "timestamp": (t0 + pd.Timedelta(seconds=45 * n)).isoformat()}
-             for n, (i, et) in enumerate([(chosen[0], "view"), (chosen[1], "view"), (chosen[0], "click"), (chosen[2], "view")])]
+    views = [{"session_id": sid, "item_id": i, "event_type": et,
+              "timestamp": (t0 + pd.Timedelta(seconds=45 * n)).isoformat()}
+             for n, (i, et) in enumerate([(chosen[0], "view"), (chosen[1], "view"), (chosen[0], "click"),
+                                          (chosen[2], "view")])]
     t = client.post("/track/batch", json=views)
     assert t.status_code == 200 and t.json()["sessions_updated"] == [sid] and t.json()["online_updated"] == []
     r = client.post("/session/recommend", json={"session_id": sid, "k": 10})
@@ -122,7 +125,8 @@ def test_predict_and_explain(client, trained):
     e = e.json()
     assert {g["generator"] for g in e["proposed_by"]} == set(p1["proposed_by"]) and e["reason"]
     if e["scorer"] == "ranker":
-        assert 1 <= len(e["contributions"]) <= 5 and all(c["reason"].startswith(("raises", "lowers")) for c in e["contributions"])
+        assert 1 <= len(e["contributions"]) <= 5
+        assert all(c["reason"].startswith(("raises", "lowers")) for c in e["contributions"])
         mags = [abs(c["contribution"]) for c in e["contributions"]]
         assert mags == sorted(mags, reverse=True)
 
@@ -155,7 +159,8 @@ def test_profile_features_equal_the_offline_computation(client, trained):
             assert np.isclose(float(online[name]), float(uf[name]), equal_nan=True), name
     recent = user_recent(events, pd.DataFrame({"user_id": [user], "as_of": [until]}),
                          (settings.event_types, settings.decay_half_life_days)).iloc[0]
-    assert body["recent_items"] == json.loads(recent["u_recent_items"]) and body["events"] == (events["user_id"] == user).sum()
+    assert body["recent_items"] == json.loads(recent["u_recent_items"])
+    assert body["events"] == (events["user_id"] == user).sum()
     rated = implicit_ratings(events[events["user_id"] == user], settings.event_types, settings.decay_half_life_days,
                              as_of=until).set_index("item_id")["rating"]
     assert set(body["recent_ratings"]) == set(body["recent_items"])
@@ -178,7 +183,8 @@ def test_deals_never_exceed_the_cap_or_fall_below_the_floor(client, trained, dat
     # the user may first cart a few items (cheap or dear): their price sensitivity moves, the caps must not
     carts = data.draw(st.lists(st.sampled_from(items.index.tolist()), max_size=4))
     if carts:
-        assert client.post("/track/batch", json=[{"user_id": user, "item_id": i, "event_type": "add_to_cart"} for i in carts]).status_code == 200
+        carted = [{"user_id": user, "item_id": i, "event_type": "add_to_cart"} for i in carts]
+        assert client.post("/track/batch", json=carted).status_code == 200
     k = data.draw(st.integers(1, 50))
     r = client.post("/deals", json={"user_id": user, "k": k})
     assert r.status_code == 200, r.text

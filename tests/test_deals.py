@@ -21,7 +21,8 @@ region_factors = st.dictionaries(st.sampled_from(["north", "south", "east"]), st
 def policies(draw):
     hi = draw(st.floats(0.0, 0.9))
     return DealPolicy(max_discount=hi, min_discount=draw(st.floats(0.0, hi)), floor_ratio=draw(st.floats(0.0, 1.0)),
-                      ttl_hours=draw(st.floats(0.1, 1000.0)), season_boost=draw(factors), region_factor=draw(region_factors))
+                      ttl_hours=draw(st.floats(0.1, 1000.0)), season_boost=draw(factors),
+                      region_factor=draw(region_factors))
 
 
 def _check(result, price, policy):
@@ -48,7 +49,7 @@ def test_monotone_in_sensitivity_and_demand(price, s1, s2, d1, d2, month, region
     lo_s, hi_s = sorted([s1, s2], key=lambda x: (math.isnan(x), x))
     lo_d, hi_d = sorted([d1, d2], key=lambda x: (math.isnan(x), x))
     if not (math.isnan(hi_s) or math.isnan(hi_d)):  # NaN is neutral, not ordered
-        args = dict(price=price, month=month, region=region, policy=policy)
+        args = {"price": price, "month": month, "region": region, "policy": policy}
         more_sensitive = price_deal(price_sensitivity=hi_s, demand=lo_d, **args)[0]
         assert price_deal(price_sensitivity=lo_s, demand=lo_d, **args)[0] <= more_sensitive
         assert price_deal(price_sensitivity=hi_s, demand=hi_d, **args)[0] <= more_sensitive  # lower demand, more off
@@ -56,7 +57,7 @@ def test_monotone_in_sensitivity_and_demand(price, s1, s2, d1, d2, month, region
 
 def test_deal_prices_are_whole_cents_and_direction_is_sensible():
     for price in (19.99, 0.07, 1234.5, 3.0):
-        discount, deal = price_deal(price, 0.5, 0.5, 3, None)
+        _discount, deal = price_deal(price, 0.5, 0.5, 3, None)
         assert abs(deal * 100 - round(deal * 100)) < 1e-6 and deal >= 0.6 * price
     keen, indifferent = price_deal(100.0, 1.0, 0.5, 3, None)[0], price_deal(100.0, 0.0, 0.5, 3, None)[0]
     assert keen > indifferent
@@ -67,9 +68,10 @@ def test_deal_prices_are_whole_cents_and_direction_is_sensible():
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(max_discount=0.95), dict(max_discount=-0.1), dict(min_discount=0.6, max_discount=0.5), dict(min_discount=-0.01),
-    dict(floor_ratio=1.5), dict(floor_ratio=-0.1), dict(ttl_hours=0), dict(max_discount=float("nan")),
-    dict(season_boost={13: 1.2}), dict(season_boost={1: 0.0}), dict(region_factor={"north": float("inf")}),
+    {"max_discount": 0.95}, {"max_discount": -0.1}, {"min_discount": 0.6, "max_discount": 0.5},
+    {"min_discount": -0.01}, {"floor_ratio": 1.5}, {"floor_ratio": -0.1}, {"ttl_hours": 0},
+    {"max_discount": float("nan")}, {"season_boost": {13: 1.2}}, {"season_boost": {1: 0.0}},
+    {"region_factor": {"north": float("inf")}},
 ])
 def test_policy_rejects_bad_caps(kwargs):
     with pytest.raises(ValueError):
@@ -96,7 +98,8 @@ def test_make_deals_skips_unpriced_items_and_explains():
     a = deals[0]
     assert a["title"] == "Kettle" and a["list_price"] == 25.0 and a["deal_price"] < 25.0
     assert pd.Timestamp(a["expires_at"]) == now + pd.Timedelta(hours=48)
-    assert a["reason"].startswith(f"{round(a['discount'] * 100)}% off this kitchen item: you often choose lower-priced items")
+    assert a["reason"].startswith(
+        f"{round(a['discount'] * 100)}% off this kitchen item: you often choose lower-priced items")
     assert "fewer shoppers" in a["reason"] and "fewer shoppers" not in deals[1]["reason"]
     assert deals[1]["title"] == "b" and len(make_deals(cands, info, 0.8, "north", now, k=1)) == 1
 

@@ -55,7 +55,8 @@ def test_mlflow_run_has_metrics_features_and_model(trained):
     logged, returned = run.data.metrics, res["train"]["metrics"]
     # the run holds the evaluation the train step reported: metrics at K, per segment, the baseline alongside
     for key in ("recall_at_10", "ndcg_at_10", "map_at_10", "coverage_at_10", "baseline_ndcg_at_10", "ndcg_at_1",
-                "ndcg_at_5", "ndcg_at_20", "baseline_ndcg_at_20", "ndcg_at_10_heavy", "users_new", "baseline_ndcg_at_10_new"):
+                "ndcg_at_5", "ndcg_at_20", "baseline_ndcg_at_20", "ndcg_at_10_heavy", "users_new",
+                "baseline_ndcg_at_10_new"):
         assert logged[key] == pytest.approx(returned[key], abs=1e-5), key
     assert 0 < logged["ndcg_at_10"] <= 1 and 0 < logged["coverage_at_10"] <= 1
     assert logged["ndcg_at_10"] > logged["baseline_ndcg_at_10"]  # the planted structure beats popularity
@@ -112,7 +113,8 @@ def test_recommendations_follow_tracked_events(client, trained):
     user = f"fresh-{time.time_ns()}"
     before = client.post("/recommend", json={"user_id": user, "k": 10}).json()
     assert before["fallback"] is True
-    t = client.post("/track/batch", json=[{"user_id": user, "item_id": i, "event_type": "view", "session_id": "s-fresh"} for i in chosen])
+    t = client.post("/track/batch", json=[{"user_id": user, "item_id": i, "event_type": "view", "session_id": "s-fresh"}
+                                          for i in chosen])
     assert t.status_code == 200 and t.json()["stored"] == 4 and t.json()["online_updated"] == [user]
     after = client.post("/recommend", json={"user_id": user, "k": 10}).json()
     assert after["fallback"] is False

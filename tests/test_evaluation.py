@@ -35,8 +35,8 @@ def test_per_user_split_holds_out_the_last_fifth_of_distinct_items():
 
 
 def test_global_split_tests_only_new_items():
-    rows = [("a", "x", "view", T), ("a", "x", "view", T + pd.Timedelta(days=9)), ("a", "y", "view", T + pd.Timedelta(days=9)),
-            ("b", "x", "view", T + pd.Timedelta(days=9))]
+    rows = [("a", "x", "view", T), ("a", "x", "view", T + pd.Timedelta(days=9)),
+            ("a", "y", "view", T + pd.Timedelta(days=9)), ("b", "x", "view", T + pd.Timedelta(days=9))]
     s = global_split(_ev(rows), cut=T + pd.Timedelta(days=5))
     assert s.test == {"a": {"y"}, "b": {"x"}} and len(s.train) == 1
 
@@ -59,7 +59,8 @@ def test_evaluate_reports_everything_and_ranks_a_perfect_list_first(synthetic):
     assert 0 < base["ndcg@10"] < res["ndcg@10"]
     lo, hi = base["ndcg@10_ci"]
     assert lo <= base["ndcg@10"] <= hi
-    for key in ("recall@5", "map@20", "mrr@10", "coverage@10", "novelty@10", "diversity@10", "ndcg@10_heavy", "users_light"):
+    for key in ("recall@5", "map@20", "mrr@10", "coverage@10", "novelty@10", "diversity@10", "ndcg@10_heavy",
+                "users_light"):
         assert key in base
     assert sum(base[f"users_{s}"] for s in ("new", "light", "heavy")) == base["users"]
     # nothing a user saw in training is recommended
@@ -67,7 +68,8 @@ def test_evaluate_reports_everything_and_ranks_a_perfect_list_first(synthetic):
     seen = split.seen()
     assert all(not (set(r) & seen.get(u, set())) for u, r in recs.items())
     assert np.isclose(base["coverage@10"], len({i for r in recs.values() for i in r[:10]}) /
-                      len(pd.unique(pd.concat([split.train["item_id"], pd.Series([i for t in split.test.values() for i in t])]))))
+                      len(pd.unique(pd.concat([split.train["item_id"],
+                                               pd.Series([i for t in split.test.values() for i in t])]))))
 
 
 def test_split_trained_ranker_beats_its_generators_alone(synthetic):
@@ -85,7 +87,8 @@ def test_split_trained_ranker_beats_its_generators_alone(synthetic):
     assert model.scorer == {"known": "ranker"} and model.meta["ranker"]["ranker_windows"] == 3
     ours = evaluate(recommend_at_cuts(model, split, synthetic.items, 10), split, synthetic.items, ks=(10,))["ndcg@10"]
     for g in gens.values():
-        alone = evaluate(recommend_all(generator_recommender(g.fit(split.train)), split, 10), split, synthetic.items, ks=(10,))
+        alone = evaluate(recommend_all(generator_recommender(g.fit(split.train)), split, 10), split, synthetic.items,
+                         ks=(10,))
         assert ours > alone["ndcg@10"], (ours, alone["ndcg@10"])
 
 
@@ -104,7 +107,8 @@ def test_scorer_choice_falls_back_to_the_best_generator_when_the_ranker_learned_
         def score(self, history, k, user_id=None):
             return np.array([]), np.array([])
 
-    model = RecopsModel({"a": Fixed(), "b": Fixed()}, None, ItemTable.build(pd.DataFrame({"item_id": ["x"]}), pd.DataFrame()))
+    model = RecopsModel({"a": Fixed(), "b": Fixed()}, None,
+                        ItemTable.build(pd.DataFrame({"item_id": ["x"]}), pd.DataFrame()))
     rng = np.random.default_rng(0)
     x_parts, valid, labels, hist, start = [], [], {}, {}, 0
     for n in range(200):
@@ -117,7 +121,8 @@ def test_scorer_choice_falls_back_to_the_best_generator_when_the_ranker_learned_
         labels[u], hist[u] = rel.astype(float), ["something"] if n % 2 else []
         valid.append((u, (start, start + 30), max(int(rel.sum()), 1)))
         start += 30
-    scorer, scores = choose_scorers(list(model.generators), [(NoiseRankerStub(), np.vstack(x_parts), valid, labels, hist)], 10)
+    scorer, scores = choose_scorers(list(model.generators),
+                                    [(NoiseRankerStub(), np.vstack(x_parts), valid, labels, hist)], 10)
     assert scorer == {"known": "b", "new": "b"}, scores
     assert scores["valid_ndcg_known_b"] > scores["valid_ndcg_known_ranker"] + 0.2
 

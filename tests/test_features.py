@@ -60,14 +60,17 @@ def test_snapshot_points_cover_window_exits():
 
 
 def test_item_trend_and_conversion():
-    ev = _ev([("u1", "a", "view", T - pd.Timedelta(hours=1), None), ("u2", "a", "view", T - pd.Timedelta(hours=2), None),
-              ("u1", "a", "purchase", T - pd.Timedelta(minutes=5), 10.0), ("u3", "b", "view", T - pd.Timedelta(days=5), None)])
+    ev = _ev([("u1", "a", "view", T - pd.Timedelta(hours=1), None),
+              ("u2", "a", "view", T - pd.Timedelta(hours=2), None),
+              ("u1", "a", "purchase", T - pd.Timedelta(minutes=5), 10.0),
+              ("u3", "b", "view", T - pd.Timedelta(days=5), None)])
     f = item_features(ev, pd.DataFrame({"item_id": ["a", "b"], "as_of": [T, T]})).set_index("item_id")
     assert f.loc["a", "i_conversion_30d"] == 0.5 and f.loc["a", "i_trend"] > f.loc["b", "i_trend"]
 
 
 def test_implicit_ratings_weights_decay_and_range():
-    ev = _ev([("u", "a", "purchase", T, 10.0), ("u", "b", "view", T, None), ("u", "c", "view", T - pd.Timedelta(days=60), None)])
+    ev = _ev([("u", "a", "purchase", T, 10.0), ("u", "b", "view", T, None),
+              ("u", "c", "view", T - pd.Timedelta(days=60), None)])
     r = implicit_ratings(ev, {"purchase": 5.0, "view": 1.0}, half_life_days=30, as_of=T).set_index("item_id")
     assert r.loc["a", "rating"] > r.loc["b", "rating"] > r.loc["c", "rating"] > 0
     assert abs(r.loc["c", "score"] - 0.25) < 1e-9  # two half-lives

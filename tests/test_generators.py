@@ -31,13 +31,14 @@ def test_collaborative_generators_recover_the_tribes(gen):
     ev = two_tribes()
     gen.fit(ev)
     for tribe in ("a", "b"):
-        recs = [i for i, _ in gen.recommend(None, 4, history=[f"{tribe}0", f"{tribe}1"], exclude={f"{tribe}0", f"{tribe}1"})]
+        recs = [i for i, _ in gen.recommend(None, 4, history=[f"{tribe}0", f"{tribe}1"],
+                                            exclude={f"{tribe}0", f"{tribe}1"})]
         assert len(recs) == 4 and all(r.startswith(tribe) for r in recs), (tribe, recs)
         sim = [i for i, _ in gen.similar_items(f"{tribe}2", 3)]
         assert all(s.startswith(tribe) for s in sim), sim
     # a known user's fitted row counts even with no fresh history
     known = [i for i, _ in gen.recommend("u0", 3, history=[])]
-    assert known and all(r.startswith("a") or r.startswith("n") for r in known)
+    assert known and all(r.startswith(("a", "n")) for r in known)
 
 
 def test_ease_caps_the_catalog_and_stays_sparse():
@@ -49,7 +50,8 @@ def test_ease_caps_the_catalog_and_stays_sparse():
 def test_content_similarity_finds_items_with_similar_text():
     items = pd.DataFrame({"item_id": ["r1", "r2", "r3", "l1", "l2"],
                           "category": ["shoes", "shoes", "shoes", "lamps", "lamps"],
-                          "title": ["red running shoe", "red trail shoe", "blue running shoe", "desk lamp", "floor lamp"],
+                          "title": ["red running shoe", "red trail shoe", "blue running shoe", "desk lamp",
+                                    "floor lamp"],
                           "description": ["", "", "", "warm light", "warm light"]})
     c = ContentSimilarity().fit(two_tribes(), items)
     recs = [i for i, _ in c.recommend(None, 2, history=["r1"])]

@@ -33,7 +33,8 @@ def test_otto():
 
 def test_generic_csv_with_mapping(tmp_path):
     f = tmp_path / "ev.csv"
-    pd.DataFrame({"who": ["a", "b"], "what": ["x", "y"], "action": ["buy", "look"], "when": [1.7e9, 1.7e9 + 5]}).to_csv(f, index=False)
+    pd.DataFrame({"who": ["a", "b"], "what": ["x", "y"], "action": ["buy", "look"],
+                  "when": [1.7e9, 1.7e9 + 5]}).to_csv(f, index=False)
     ds = load_generic(f, mapping={"user_id": "who", "item_id": "what", "event_type": "action", "timestamp": "when"},
                       event_type_map={"buy": "purchase", "look": "view"}, timestamp_unit="s")
     assert list(ds.events["event_type"]) == ["purchase", "view"] and ds.events["timestamp"].notna().all()

@@ -53,7 +53,8 @@ def test_nothing_accepted_is_lost_across_good_bad_and_repeated_requests(client, 
     store = EventStore(trained[0].event_store_uri)
     n0 = store.count_events()
     tag = f"acc-{time.time_ns()}"
-    good = [{"event_id": f"{tag}-{n}", "user_id": f"{tag}-u{n % 3}", "item_id": f"i{n}", "event_type": "view"} for n in range(30)]
+    good = [{"event_id": f"{tag}-{n}", "user_id": f"{tag}-u{n % 3}", "item_id": f"i{n}", "event_type": "view"}
+            for n in range(30)]
     requests = [
         ("/track", good[0]), ("/track", good[0]),  # a retry: stored once
         ("/track/batch", good[1:20]), ("/track/batch", good[10:30]),  # overlapping batches
@@ -62,7 +63,8 @@ def test_nothing_accepted_is_lost_across_good_bad_and_repeated_requests(client, 
         ("/track", {"user_id": "x", "item_id": "i1", "event_type": "view", "timestamp": "2999-01-01T00:00:00Z"}),
         ("/track", {"user_id": "x", "item_id": "i1", "event_type": "view", "price": 3}),  # unknown field
         ("/track/batch", []),
-        ("/track", {"session_id": f"{tag}-anon", "item_id": "not-in-catalog", "event_type": "click"}),  # accepted, flagged
+        # accepted, flagged
+        ("/track", {"session_id": f"{tag}-anon", "item_id": "not-in-catalog", "event_type": "click"}),
     ]
     stored = accepted = 0
     for path, body in requests:
@@ -87,7 +89,8 @@ def test_new_user_with_demographics_gets_their_segment_then_session_recommendati
     users = store.users()
     ref = users.iloc[0]
     new = f"newbie-{time.time_ns()}"
-    store.upsert_users(pd.DataFrame([{"user_id": new, "age": ref["age"], "gender": ref["gender"], "region": ref["region"]}]))
+    store.upsert_users(pd.DataFrame([{"user_id": new, "age": ref["age"], "gender": ref["gender"],
+                                      "region": ref["region"]}]))
     items = store.items()
     store.dispose()
     body = client.post("/recommend", json={"user_id": new, "k": 6}).json()
@@ -98,4 +101,5 @@ def test_new_user_with_demographics_gets_their_segment_then_session_recommendati
     after = client.post("/recommend", json={"user_id": new, "k": 6}).json()
     assert after["strategy"] == "session" and len(after["items"]) == 6
     nobody = client.post("/recommend", json={"user_id": f"ghost-{time.time_ns()}", "k": 3}).json()
-    assert nobody["strategy"] == "trending" and nobody["fallback"] and all(it["confidence"] <= 0.2 for it in nobody["items"])
+    assert nobody["strategy"] == "trending" and nobody["fallback"]
+    assert all(it["confidence"] <= 0.2 for it in nobody["items"])

@@ -46,7 +46,8 @@ def test_covisitation_recovers_planted_complements(synthetic):
 
 def test_directional_covisitation_knows_the_order():
     t = pd.Timestamp("2026-10-10", tz="UTC")
-    rows = [("u", f"s{n}", it, "view", t + pd.Timedelta(seconds=k)) for n in range(5) for k, it in enumerate(["a", "b"])]
+    rows = [("u", f"s{n}", it, "view", t + pd.Timedelta(seconds=k))
+            for n in range(5) for k, it in enumerate(["a", "b"])]
     ev = normalize_events(pd.DataFrame(rows, columns=["user_id", "session_id", "item_id", "event_type", "timestamp"]))
     d = CoVisitation(directional=True).fit(ev)
     assert d.similar_items("a", 1)[0][0] == "b" and d.similar_items("b", 1) == []
@@ -54,7 +55,7 @@ def test_directional_covisitation_knows_the_order():
 
 
 def test_top_k_is_deterministic_on_ties():
-    ids, scores = top_k(np.array(list("abcd"), dtype=object), np.array([1.0, 2.0, 2.0, 0.5]), 3)
+    ids, _scores = top_k(np.array(list("abcd"), dtype=object), np.array([1.0, 2.0, 2.0, 0.5]), 3)
     assert list(ids) == ["b", "c", "a"]
 
 
@@ -94,8 +95,10 @@ def test_reason_cites_the_history_item_that_contributes_most():
     rows += [(f"r{n}", it, t + pd.Timedelta(seconds=k)) for n in range(6) for k, it in enumerate(["b", "c"])]
     ev = normalize_events(pd.DataFrame([("u", s, i, "view", ts) for s, i, ts in rows],
                                        columns=["user_id", "session_id", "item_id", "event_type", "timestamp"]))
-    items = pd.DataFrame({"item_id": ["a", "b", "c"], "category": ["x", "x", "y"], "title": ["A", "B", "C"], "price": [1.0] * 3})
-    m = RecopsModel({"covisit": CoVisitation().fit(ev)}, None, ItemTable.build(pd.DataFrame({"item_id": ["a", "b", "c"]}), items))
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "category": ["x", "x", "y"], "title": ["A", "B", "C"],
+                          "price": [1.0] * 3})
+    m = RecopsModel({"covisit": CoVisitation().fit(ev)}, None,
+                    ItemTable.build(pd.DataFrame({"item_id": ["a", "b", "c"]}), items))
     # b co-occurs with c 6 times, a 4 times: b wins when newest, a wins when b is older (6/2 < 4)
     assert "B" in m.recommend(RecommendRequest(k=1, user_id="u", history=("b", "a")))[0].reason
     assert "A" in m.recommend(RecommendRequest(k=1, user_id="u", history=("a", "b")))[0].reason

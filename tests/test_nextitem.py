@@ -102,6 +102,6 @@ def test_unknown_history_gets_a_full_popular_list(planted):
     assert len(recs) == 20 and len({i for i, _ in recs}) == 20
     assert all(s == 0.0 for _, s in recs)  # pure backfill
     assert recs[0][0] == model.item_ids_[model.popular_[0]]
-    idx, scores = model.score_indices([CHAIN[0]], 20)
+    idx, _scores = model.score_indices([CHAIN[0]], 20)
     assert len(idx) == 20 and CHAIN[0] not in set(model.item_ids_[idx])  # the newest item is never proposed
     assert model.predict([CHAIN[0]], 3, exclude=[CHAIN[1]])[0][0] != CHAIN[1]

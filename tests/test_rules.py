@@ -38,8 +38,8 @@ def _model():
     rows = [(f"u{n}", f"s{n}", it, "view", t + pd.Timedelta(seconds=k)) for n in range(20)
             for k, it in enumerate(["a1", "a2", "a3", "b1", "b2", "c1"][: 2 + n % 5])]
     ev = normalize_events(pd.DataFrame(rows, columns=["user_id", "session_id", "item_id", "event_type", "timestamp"]))
-    items = pd.DataFrame({"item_id": ["a1", "a2", "a3", "b1", "b2", "c1"], "category": list("aaabbc"), "price": [1.0] * 6,
-                          "in_stock": [True, True, True, True, False, True]})
+    items = pd.DataFrame({"item_id": ["a1", "a2", "a3", "b1", "b2", "c1"], "category": list("aaabbc"),
+                          "price": [1.0] * 6, "in_stock": [True, True, True, True, False, True]})
     gens = {"popularity": Popularity().fit(ev), "covisit": CoVisitation().fit(ev)}
     return RecopsModel(gens, None, ItemTable.build(pd.DataFrame({"item_id": items["item_id"]}), items))
 

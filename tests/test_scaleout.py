@@ -69,8 +69,9 @@ def test_scaleout_pipeline_on_postgres_and_redis(scaleout):
     r = redis.Redis(host="127.0.0.1", port=6379, db=0)
     assert any(s.feast_project.encode() in k for k in r.scan_iter(count=1000))
     now = pd.Timestamp.now(tz="UTC")
-    ev = pd.DataFrame({"event_id": [f"so-{uuid.uuid4().hex}"], "user_id": [user], "item_id": ["i1"], "event_type": ["purchase"],
-                       "timestamp": [now], "session_id": ["so"], "value": [12.5], "context": [None]})
+    ev = pd.DataFrame({"event_id": [f"so-{uuid.uuid4().hex}"], "user_id": [user], "item_id": ["i1"],
+                       "event_type": ["purchase"], "timestamp": [now], "session_id": ["so"], "value": [12.5],
+                       "context": [None]})
     assert store.add_events(ev) == 1
     refresh(store, fs, [user], [], store.items(), as_of=now)
     after = fs.online_user(user)

@@ -37,7 +37,8 @@ def test_offline_point_in_time_equals_online_push(trained):
             assert np.isclose(d_off["u_recency_hours"], d_on["u_recency_hours"])
         # and both agree with a direct count from the raw events
         u = users[0]
-        raw = events[(events["user_id"] == u) & (events["timestamp"] <= t) & (events["timestamp"] > t - pd.Timedelta(days=7))]
+        raw = events[(events["user_id"] == u) & (events["timestamp"] <= t)
+                     & (events["timestamp"] > t - pd.Timedelta(days=7))]
         assert offline.loc[u, "u_view_7d"] == (raw["event_type"] == "view").sum()
     finally:
         refresh(store, fs, users, [], items)  # back to the current state for the other tests

@@ -11,7 +11,8 @@ NOW = pd.Timestamp("2026-11-02", tz="UTC")
 
 def _validate(ev):
     s = load_settings()
-    return validate_events(ev, list(s.event_types), s.max_value, s.max_event_age_days, s.future_tolerance_seconds, now=NOW)
+    return validate_events(ev, list(s.event_types), s.max_value, s.max_event_age_days, s.future_tolerance_seconds,
+                           now=NOW)
 
 
 def test_every_planted_bad_row_is_caught_with_a_reason():
@@ -45,13 +46,15 @@ def test_custom_event_types_are_allowed():
     ev = normalize_events(pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "event_type": ["share"],
                                         "timestamp": [NOW - pd.Timedelta(hours=1)]}))
     s = load_settings(custom_event_types={"share": 2.0})
-    out = validate_events(ev, list(s.event_types), s.max_value, s.max_event_age_days, s.future_tolerance_seconds, now=NOW)
+    out = validate_events(ev, list(s.event_types), s.max_value, s.max_event_age_days, s.future_tolerance_seconds,
+                          now=NOW)
     assert out.success
 
 
 def test_feature_suite_fails_on_impossible_rates(tmp_path):
-    df = pd.DataFrame({"user_id": ["a", "b"], "event_timestamp": [NOW, NOW], "u_events_30d": [1, 2], "u_view_30d": [1, 1],
-                       "u_purchase_30d": [0, 0], "u_view_to_click_30d": [0.5, 1.5], "u_view_to_cart_30d": [0, 0],
+    df = pd.DataFrame({"user_id": ["a", "b"], "event_timestamp": [NOW, NOW], "u_events_30d": [1, 2],
+                       "u_view_30d": [1, 1], "u_purchase_30d": [0, 0], "u_view_to_click_30d": [0.5, 1.5],
+                       "u_view_to_cart_30d": [0, 0],
                        "u_cart_to_purchase_30d": [0, 0], "u_top_category_share": [1, 1], "u_avg_price_paid": [0, 0]})
     out = run_suite(df, "user_features")
     assert list(out.bad_index) == [1]
@@ -62,7 +65,8 @@ def test_feature_suite_fails_on_impossible_rates(tmp_path):
 def test_broken_suite_file_is_an_error(monkeypatch, tmp_path):
     import recops.validation as v
 
-    (tmp_path / "broken.json").write_text('{"name": "broken", "expectations": [{"type": "expect_nothing_at_all", "kwargs": {}}]}')
+    (tmp_path / "broken.json").write_text(
+        '{"name": "broken", "expectations": [{"type": "expect_nothing_at_all", "kwargs": {}}]}')
     monkeypatch.setattr(v, "_suite_dir", lambda: tmp_path)
     with pytest.raises(ValueError, match="not valid"):
         v.load_suite("broken")

@@ -173,7 +173,8 @@ class Behavior:
         """
         recs = self.recommendations.recommend(user_id, min(3 * k, 100))
         ev, row = self.store.user_events(user_id), self.store.user_row(user_id) or {}
-        sensitivity = user_profile(ev, self.catalog.profile_catalog, row, user_id=user_id)["features"]["p_price_sensitivity"]
+        prof = user_profile(ev, self.catalog.profile_catalog, row, user_id=user_id)
+        sensitivity = prof["features"]["p_price_sensitivity"]
         deals = make_deals([(it.item_id, it.score) for it in recs.items], self.catalog.deal_info, sensitivity,
                            row.get("region"), pd.Timestamp.now(tz="UTC"), self.deal_policy, k)
         return DealsResponse(user_id=user_id, deals=deals, price_sensitivity=sensitivity,

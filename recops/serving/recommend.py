@@ -83,7 +83,8 @@ class Recommendations:
         if served is None:
             return answer(self.fallback(session_id, k, excl, None, self.slot.why_none()))
         try:
-            return answer(self._answer(session_id, self.requests.for_session(session_id, visit, intent, k, excl), served))
+            request = self.requests.for_session(session_id, visit, intent, k, excl)
+            return answer(self._answer(session_id, request, served))
         except Exception as exc:
             log.exception("model failed for session %s", session_id)
             return answer(self.fallback(session_id, k, excl, served, f"model error: {type(exc).__name__}"))
@@ -117,8 +118,8 @@ class Recommendations:
         ids, scores, key = demo.score_profile(row, 3 * k + len(gone))
         who = ", ".join(str(row[c]) for c in ("region", "gender") if row.get(c)) or "your segment"
         top = float(scores[0]) if len(scores) and scores[0] > 0 else 1.0
-        reason = lambda i: f"Popular with shoppers like you ({who})" if key else f"Popular now in {self.catalog.category_of(i)}"
-        recs = [Recommendation(str(i), float(s), reason(i), ["demographic"],
+        recs = [Recommendation(str(i), float(s), f"Popular with shoppers like you ({who})" if key
+                               else f"Popular now in {self.catalog.category_of(i)}", ["demographic"],
                                round(DEMOGRAPHIC_CONFIDENCE * max(float(s), 0.0) / top, 4))
                 for i, s in zip(ids, scores) if i not in gone][:k]
         if len(recs) < k:

@@ -116,7 +116,11 @@ class RequestBuilder:
                                 features=derive_user_dict(feats, now) if feats else None, rules=self.rules)
 
     def unavailable(self) -> frozenset[str]:
-        """Items no list may show now: out of stock in the live catalog (when the rules say so)."""
+        """Items no list may show now.
+
+        Returns:
+            The live catalog's out-of-stock items when the rules keep lists in stock, else none.
+        """
         return self.catalog.out_of_stock if self.rules.in_stock_only else frozenset()
 
     def user_features(self, user_id: str) -> dict | None:

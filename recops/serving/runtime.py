@@ -46,7 +46,11 @@ class Serving:
                                  self.refresher, self.recommendations)
 
     def run_reloader(self, stop: threading.Event) -> None:
-        """Until ``stop`` is set: every ``reload_interval_seconds``, follow the alias and re-read the catalog."""
+        """Every ``reload_interval_seconds``, follow the alias and re-read the catalog (a thread's loop).
+
+        Args:
+            stop: set it to end the loop.
+        """
         while not stop.wait(self.settings.reload_interval_seconds):
             self.champion.reload()
             try:
@@ -55,8 +59,12 @@ class Serving:
                 log.exception("could not refresh the catalog")
 
     def health(self) -> dict:
-        """Liveness plus what is served: the version, why nothing is (if so), events stored, and the
-        online refresher's backlog."""
+        """Liveness plus what is served.
+
+        Returns:
+            The version, why nothing is served (if so), the events stored and the online refresher's
+            backlog (``HealthResponse``'s fields).
+        """
         served = self.champion.get()
         return {"status": "ok", "model_version": served.version if served else None, "model_loaded": served is not None,
                 "load_error": self.champion.load_error, "events": self.store.count_events(),
@@ -64,8 +72,12 @@ class Serving:
                                    "last_error": self.refresher.last_error}}
 
     def model_info(self) -> dict:
-        """The served model: registry name, alias, version, when it was loaded, its generators,
-        features and training metadata."""
+        """The served model.
+
+        Returns:
+            Registry name, alias, version, when it was loaded, its generators, features and training
+            metadata (``ModelInfoResponse``'s fields).
+        """
         served = self.champion.get()
         m = served.model if served else None
         return {"name": self.settings.model_name, "alias": self.champion.alias,

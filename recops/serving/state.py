@@ -62,12 +62,19 @@ class ModelSlot:
             log.exception("could not load @%s", self.alias)
 
     def get(self) -> Served | None:
-        """The served model and its version, or None while nothing is loaded."""
+        """The model being served.
+
+        Returns:
+            The model and its version read together, or None while nothing is loaded.
+        """
         with self._lock:
             return self._served
 
     def require(self) -> Served:
-        """The served model and its version.
+        """The model being served, for endpoints that cannot answer without one.
+
+        Returns:
+            The model and its version.
 
         Raises:
             NoModel: nothing is loaded (the message says why).
@@ -78,7 +85,11 @@ class ModelSlot:
         return served
 
     def why_none(self) -> str:
-        """Why nothing is served, for a fallback reason or a 503."""
+        """Why nothing is served.
+
+        Returns:
+            A sentence for a fallback reason or a 503's detail.
+        """
         return f"no {self.alias} model: {self.load_error or 'not loaded'}"
 
 
@@ -106,5 +117,12 @@ class LiveCatalog:
             demand=lambda d: demand_percentile(recent.reindex(d.index).fillna(0.0)))
 
     def category_of(self, item_id: str) -> str:
-        """The item's category, for a reason ("the catalog" when the item is unknown)."""
+        """The item's category, for a reason.
+
+        Args:
+            item_id: the item.
+
+        Returns:
+            Its category, or "the catalog" when the catalog does not know it.
+        """
         return self.category.get(item_id, "the catalog")

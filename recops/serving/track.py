@@ -60,6 +60,6 @@ def event_row(e: TrackEvent, now: float) -> dict:
     ts = e.timestamp.timestamp() if e.timestamp else now
     event_id = e.event_id or make_event_id(e.user_id, e.item_id, e.event_type, pd.Timestamp(ts, unit="s", tz="UTC"),
                                            e.session_id)
-    return {"event_id": event_id, "user_id": e.user_id, "item_id": e.item_id, "event_type": e.event_type, "timestamp": ts,
-            "session_id": e.session_id, "value": e.value,
+    return {"event_id": event_id, "user_id": e.user_id, "item_id": e.item_id, "event_type": e.event_type,
+            "timestamp": ts, "session_id": e.session_id, "value": e.value,
             "context": json.dumps(e.context, sort_keys=True) if e.context else None, "ingested_at": now}
