@@ -20,6 +20,14 @@ class ContentSimilarity(Recommender):
 
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
             users: pd.DataFrame | None = None) -> ContentSimilarity:
+        """L2-normalized TF-IDF vectors of every catalog item's category (counted twice), title and
+        description; ``events`` and ``users`` are not used.
+
+        See Recommender.fit.
+
+        Raises:
+            ValueError: ``items`` is None or empty.
+        """
         if items is None or items.empty:
             raise ValueError("content similarity needs an items table with category/title/description")
         it = items.drop_duplicates("item_id")
@@ -34,6 +42,11 @@ class ContentSimilarity(Recommender):
 
     def score(self, history: list[str], k: int, user_id: str | None = None,
               as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine similarity to the history's profile (its items' vectors weighted 1/(1+position)); the
+        history itself and items with no similarity are left out. Ignores ``user_id`` and ``as_of``.
+
+        See Recommender.score.
+        """
         pos = self.index_.get_indexer(history)
         ok = pos >= 0
         if not ok.any():

@@ -12,7 +12,15 @@ from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, RATE
 
 
 def session_groups(events: pd.DataFrame) -> pd.Series:
-    """The session of each event: its session_id, else its user's day (events that belong together)."""
+    """The session of each event: its session_id, else its user's day (events that belong together).
+
+    Args:
+        events: events with session_id, user_id and timestamp (UTC datetimes).
+
+    Returns:
+        One key per event, aligned with ``events``: the session_id, else "<user_id>|<YYYYMMDD>" (events
+        with neither share one key per day).
+    """
     day = events["timestamp"].dt.strftime("%Y%m%d")
     return events["session_id"].where(events["session_id"].notna(), events["user_id"].astype(str) + "|" + day)
 
@@ -37,6 +45,11 @@ class CoVisitation(Recommender):
 
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
             users: pd.DataFrame | None = None) -> CoVisitation:
+        """Pair weights of the touches within ``window`` steps in a session (see the class), decayed
+        from the newest event; each item keeps its ``max_neighbors`` strongest. ``items``, ``users``: unused.
+
+        See Recommender.fit.
+        """
         ev = events[["user_id", "session_id", "item_id", "event_type", "timestamp"]].copy()
         ev["group"] = session_groups(ev)
         w = ev["event_type"].map({**self.weights, RATE: 1.0}).fillna(0.0).clip(lower=0.0)
@@ -80,7 +93,14 @@ class CoVisitation(Recommender):
         return self
 
     def neighbors(self, item_id: str) -> dict[str, float]:
-        """The item's kept neighbors and their weights (empty for an unknown item)."""
+        """The item's kept neighbors and their weights (empty for an unknown item).
+
+        Args:
+            item_id: the item.
+
+        Returns:
+            neighbor id -> pair weight, strongest first.
+        """
         i = self.index_.get(item_id)
         if i is None:
             return {}
@@ -89,7 +109,11 @@ class CoVisitation(Recommender):
 
     def score_indices(self, history: list[str], k: int, user_id: str | None = None,
                       as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Sum of neighbor weights over the history, newer items counting more (1/(1+position))."""
+        """Sum of neighbor weights over the history, newer items counting more (1/(1+position)); history
+        items are not left out. Ignores ``user_id`` and ``as_of``: the weights are as of fit.
+
+        See Recommender.score_indices.
+        """
         rows, pos = self._rows(history)
         owner, items, w = gather_rows(self.neighbors_, rows)
         if not len(items):
@@ -105,7 +129,15 @@ class CoVisitation(Recommender):
 
     def strongest_source(self, history: list[str], items: list[str]) -> dict[str, str]:
         """For each of ``items``: the history item that contributes most to its score (same
-        1/(1+position) weighting as ``score``); items no history item points to are left out."""
+        1/(1+position) weighting as ``score``); items no history item points to are left out.
+
+        Args:
+            history: the user's or session's recent items, newest first (unknown items are skipped).
+            items: items this generator proposed.
+
+        Returns:
+            item -> the history item behind it.
+        """
         rows, pos = self._rows(history)
         owner, cols, w = gather_rows(self.neighbors_, rows)
         want = np.array([self.index_.get(i, -1) for i in items], dtype=np.int64)

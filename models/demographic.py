@@ -17,7 +17,15 @@ AGE_BANDS = [25, 35, 45, 55]
 
 
 def segment_keys(users: pd.DataFrame) -> pd.DataFrame:
-    """Segment keys from finest to coarsest for each user: (age, gender, region), (age, gender), (region,)."""
+    """Segment keys from finest to coarsest for each user: (age, gender, region), (age, gender), (region,).
+
+    Args:
+        users: users with user_id, age, gender and region (any may be missing).
+
+    Returns:
+        One row per user, in order: user_id, k3 ("<band>|<gender>|<region>"), k2 ("<band>|<gender>") and
+        k1 ("r|<region>"); the band is the age's position among ``AGE_BANDS`` (0-4), missing values "?".
+    """
     band = np.digitize(pd.to_numeric(users["age"], errors="coerce").fillna(-1), AGE_BANDS).astype(str)
     band = np.where(pd.to_numeric(users["age"], errors="coerce").isna(), "?", band)
     g = users["gender"].fillna("?").astype(str).to_numpy()
@@ -40,6 +48,12 @@ class DemographicPopularity(Recommender):
 
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
             users: pd.DataFrame | None = None) -> DemographicPopularity:
+        """Decayed weighted counts per item (a rating counts as one interaction; events without a user_id
+        are dropped), overall and per segment of ``users`` with at least ``min_interactions`` of weight,
+        each list cut to ``top_n``. Without ``users`` only the global list; ``items`` is not used.
+
+        See Recommender.fit.
+        """
         ev = events[events["user_id"].notna()]
         ev = ev.assign(value=np.where(ev["event_type"] == RATE, 1.0, ev["value"]))
         w = np.clip(event_scores(ev, self.weights, self.half_life_days, ev["timestamp"].max()), 0, None)
@@ -67,7 +81,15 @@ class DemographicPopularity(Recommender):
 
     def score_profile(self, profile: dict, k: int) -> tuple[np.ndarray, np.ndarray, str | None]:
         """Top-``k`` for someone known only by their demographics (age, gender, region; any may be
-        missing): the finest segment with enough data, and that segment's key (None: global)."""
+        missing): the finest segment with enough data, and that segment's key (None: global).
+
+        Args:
+            profile: any of ``age``, ``gender``, ``region``.
+            k: how many items at most.
+
+        Returns:
+            (item ids, scores, segment key), best first; the key is None when the global list answered.
+        """
         keys = segment_keys(pd.DataFrame([{"user_id": "", **profile}])).iloc[0]
         for key in (keys["k3"], keys["k2"], keys["k1"]):
             if key in self.tables_:
@@ -78,6 +100,11 @@ class DemographicPopularity(Recommender):
 
     def score(self, history: list[str], k: int, user_id: str | None = None,
               as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The list of the user's finest segment with enough data, else the global list (also for unknown
+        or anonymous users). Ignores ``history`` and ``as_of``.
+
+        See Recommender.score.
+        """
         for key in self.user_keys_.get(user_id, ()):
             if key in self.tables_:
                 ids, scores = self.tables_[key]

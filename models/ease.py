@@ -26,6 +26,11 @@ class EASE(ItemKNN):
         self.binary = binary
 
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> EASE:
+        """EASE weights of the (0/1 if ``binary``) user-item matrix of the ``max_items`` most interacted-with
+        items, each item's ``neighbors`` strongest positive weights kept; scoring is ItemKNN's.
+
+        See Recommender.fit.
+        """
         self.data_ = interactions(events, self.weights, self.half_life_days, max_items=self.max_items)
         x = self.data_.matrix
         if self.binary:  # EASE works best on 0/1 interactions

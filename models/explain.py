@@ -21,7 +21,16 @@ _WINDOW = re.compile(rf"^([ui])_({'|'.join(_VERB)})_(\d+)d$")
 
 
 def describe(feature: str, value: float, category: str) -> str:
-    """What a feature's value says about this user and item, in a sentence fragment."""
+    """What a feature's value says about this user and item, in a sentence fragment.
+
+    Args:
+        feature: a ranker feature name (e.g. ``covisit_rank``, ``i_view_7d``, ``x_price_ratio``).
+        value: its value for this user and item.
+        category: the item's category, for the category features.
+
+    Returns:
+        The fragment; for a feature it has no words for, "<feature> = <value>".
+    """
     gen, _, part = feature.partition("_")
     if gen in GENERATOR_TEXT and part in ("score", "rank", "score_rel"):
         if part == "rank" and value > 100:

@@ -44,7 +44,16 @@ def _loads(raw) -> dict:
 
 
 def infer_intent(state: dict | None) -> Intent:
-    """The intent of a session from its state (``recops.features.SESSION_FEATURES``)."""
+    """The intent of a session from its state (``recops.features.SESSION_FEATURES``).
+
+    Args:
+        state: the session's state (``s_event_mix`` and ``s_categories`` as JSON strings); None or
+            empty: a new visit.
+
+    Returns:
+        The intent: its name (one of ``INTENTS``), the signals it was read from (events, items, carts,
+        purchases, dwell_seconds, category_focus, click_rate; empty for a new visit) and why, in words.
+    """
     if not state:
         return Intent("browsing", {}, "a new visit")
     mix, cats = _loads(state.get("s_event_mix")), _loads(state.get("s_categories"))
@@ -67,7 +76,15 @@ def infer_intent(state: dict | None) -> Intent:
 
 
 def intent_rules(intent: str | None, rules: BusinessRules) -> BusinessRules:
-    """Browsing gets a diverse list: at most two items per category (unless a stricter cap is set)."""
+    """Browsing gets a diverse list: at most two items per category (unless a stricter cap is set).
+
+    Args:
+        intent: the session's intent name (None: unknown).
+        rules: the request's rules.
+
+    Returns:
+        ``rules`` with ``max_per_category`` 2 for browsing; otherwise ``rules`` itself.
+    """
     if intent == "browsing" and not 0 < rules.max_per_category <= 2:
         return dataclasses.replace(rules, max_per_category=2)
     return rules
@@ -77,7 +94,18 @@ def intent_scores(intent: str | None, scores: np.ndarray, complements: np.ndarra
                   category_share: np.ndarray) -> np.ndarray:
     """Tilt one list's scores toward what the intent wants, by at most one spread of the list:
     complements (proposed by co-visitation) for transactional sessions, items of the session's own
-    categories (``category_share``: the category's share of the session's events) for research."""
+    categories (``category_share``: the category's share of the session's events) for research.
+
+    Args:
+        intent: the session's intent name (None: no tilt).
+        scores: the ranker's scores of the list's candidates.
+        complements: per candidate, whether it is a complement (bool).
+        category_share: per candidate, its category's share of the session's events, in [0, 1].
+
+    Returns:
+        The tilted scores, shaped like ``scores`` (the spread is their std, 1 when 0); ``scores`` itself
+        for browsing or no intent.
+    """
     spread = float(scores.std()) or 1.0
     if intent == "transactional":
         return scores + spread * complements.astype(float)

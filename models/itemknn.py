@@ -25,6 +25,11 @@ class ItemKNN(Recommender):
 
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
             users: pd.DataFrame | None = None) -> ItemKNN:
+        """Item-item cosine similarities of the decayed implicit-rating matrix, top ``neighbors`` per item
+        (an item is not its own neighbor). ``items``, ``users``: unused.
+
+        See Recommender.fit.
+        """
         self.data_ = interactions(events, self.weights, self.half_life_days)
         x = self.data_.matrix.tocsc()
         norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
@@ -59,7 +64,12 @@ class ItemKNN(Recommender):
     def score_indices(self, history: list[str], k: int, user_id: str | None = None,
                       as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Sum over the user's items of weight x similarity (a sparse row-times-matrix product, done
-        on the arrays: ~10x cheaper per request than building a scipy row)."""
+        on the arrays: ~10x cheaper per request than building a scipy row). The user's items are the
+        history (``history_weight``/(1+position)) plus their row as of fit; they are not left out.
+        Ignores ``as_of``: the similarities are as of fit.
+
+        See Recommender.score_indices.
+        """
         if not hasattr(self, "col_index_"):  # fitted before these indexes existed
             self._index()
         cols, w = self._user_weights(history, user_id)

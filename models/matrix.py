@@ -18,7 +18,14 @@ class Interactions:
     items: pd.Index
 
     def row(self, history: list[str]) -> sp.csr_matrix:
-        """A pseudo-user row from recent items (newest first, weight 1/(1+position))."""
+        """A pseudo-user row from recent items (newest first, weight 1/(1+position)).
+
+        Args:
+            history: recent item ids, newest first; unknown items are skipped but keep their position.
+
+        Returns:
+            A 1 x items CSR row; a repeated item keeps its newest weight.
+        """
         pos = self.items.get_indexer(history)
         ok = pos >= 0
         w = 1.0 / (1.0 + np.arange(len(history)))[ok]
@@ -28,7 +35,18 @@ class Interactions:
 
 def interactions(events: pd.DataFrame, weights: dict[str, float], half_life_days: float = 30.0,
                  max_items: int | None = None) -> Interactions:
-    """Implicit ratings as a sparse matrix; ``max_items`` keeps the most interacted-with items."""
+    """Implicit ratings as a sparse matrix; ``max_items`` keeps the most interacted-with items.
+
+    Args:
+        events: the recops event schema; events without a user_id are ignored.
+        weights: event type -> weight.
+        half_life_days: the decay's half-life, ages measured from the newest event with a user_id.
+        max_items: keep only the items rated by the most users; None: all.
+
+    Returns:
+        The users x items matrix of ratings in (0, 5] (no zero entries) with its user and item ids, in
+        order of first appearance.
+    """
     r = implicit_ratings(events, weights, half_life_days)
     r = r[r["rating"] > 0]
     if max_items is not None:
@@ -44,7 +62,16 @@ def interactions(events: pd.DataFrame, weights: dict[str, float], half_life_days
 
 def gather_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The entries of CSR rows ``rows``: (position in ``rows`` of each entry, column, value). Pure
-    numpy, so cheaper than scipy's fancy indexing for the handful of rows a request needs."""
+    numpy, so cheaper than scipy's fancy indexing for the handful of rows a request needs.
+
+    Args:
+        m: a CSR matrix.
+        rows: row numbers (repeats allowed).
+
+    Returns:
+        (owner, columns, values), one per stored entry, row by row in the order of ``rows``: owner is
+        the position in ``rows`` (int64); columns and values keep ``m``'s dtypes. Empty when the rows are.
+    """
     rows = np.asarray(rows, dtype=np.int64)
     starts, ends = m.indptr[rows], m.indptr[rows + 1]
     lens = ends - starts
@@ -58,7 +85,15 @@ def gather_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def keep_top_per_row(dense: np.ndarray, k: int) -> sp.csr_matrix:
-    """Sparsify a dense item-item matrix to each row's ``k`` largest positive entries."""
+    """Sparsify a dense item-item matrix to each row's ``k`` largest positive entries.
+
+    Args:
+        dense: a 2-D array.
+        k: how many entries per row at most (>= 1; more than the columns means all).
+
+    Returns:
+        A CSR matrix shaped like ``dense``; zero and negative entries are dropped.
+    """
     n = dense.shape[0]
     k = min(k, dense.shape[1])
     part = np.argpartition(-dense, k - 1, axis=1)[:, :k]
@@ -69,7 +104,15 @@ def keep_top_per_row(dense: np.ndarray, k: int) -> sp.csr_matrix:
 
 
 def keep_top_csr(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep each row's ``k`` largest entries, rows sorted by descending weight."""
+    """Keep each row's ``k`` largest entries, rows sorted by descending weight.
+
+    Args:
+        m: a CSR matrix.
+        k: how many entries per row at most.
+
+    Returns:
+        A CSR matrix shaped like ``m``, each row's entries stored largest first.
+    """
     indptr, indices, data = [0], [], []
     for r in range(m.shape[0]):
         lo, hi = m.indptr[r], m.indptr[r + 1]

@@ -15,9 +15,26 @@ from recops.models.request import RecommendRequest
 
 class RecopsPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
+        """Load the RecopsModel logged as the ``model`` artifact (MLflow calls this once, at load).
+
+        Args:
+            context: MLflow's PythonModelContext; ``context.artifacts["model"]`` is the saved model's local path.
+        """
         self.model = RecopsModel.load(context.artifacts["model"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """Recommend for each row of ``model_input``, leaving out what the model's item table marks out
+        of stock; a row the model has nothing for gets the most popular items.
+
+        Args:
+            context: MLflow's PythonModelContext (unused: ``load_context`` loaded the model).
+            model_input: one request per row: ``user_id`` and optional ``history`` (list-like, newest
+                first), ``exclude`` (list-like) and ``k``.
+            params: MLflow's inference parameters; ``k`` is the list length for rows without one (default 10).
+
+        Returns:
+            One row per recommended item: user_id, item_id, rank (1: best), score.
+        """
         k_default = int((params or {}).get("k", 10))
         rows = []
         for rec in model_input.to_dict("records"):

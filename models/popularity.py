@@ -15,14 +15,17 @@ class Popularity(Recommender):
 
     name = "popularity"
 
-    def __init__(self, half_life_days: float = POPULARITY_HALF_LIFE_DAYS, weights: dict[str, float] | None = None,
-                 segment_column: str | None = None):
+    def __init__(self, half_life_days: float = POPULARITY_HALF_LIFE_DAYS, weights: dict[str, float] | None = None):
         self.half_life_days = half_life_days
         self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
-        self.segment_column = segment_column
 
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
             users: pd.DataFrame | None = None) -> Popularity:
+        """Decayed weighted event counts per item as of the newest event (a rating counts as one
+        interaction), plus the end-of-day scores behind ``as_of``. ``items``, ``users``: unused.
+
+        See Recommender.fit.
+        """
         as_of = events["timestamp"].max()
         # an explicit rating counts as one interaction, whatever its value
         ev = events.assign(value=np.where(events["event_type"] == RATE, 1.0, events["value"]))
@@ -56,7 +59,12 @@ class Popularity(Recommender):
 
     def score_indices(self, history: list[str], k: int, user_id: str | None = None,
                       as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` now, or (``as_of``) as of the last full day before that time."""
+        """Top-``k`` now, or (``as_of``) as of the last full day before that time (nothing when no day of
+        the data ended before it; now when ``as_of`` is after fit or the daily scores were skipped).
+        Ignores ``history`` and ``user_id``.
+
+        See Recommender.score_indices.
+        """
         daily = getattr(self, "daily_", None)
         if as_of is None or daily is None or pd.Timestamp(as_of) > self.as_of_:
             n = min(k, len(self.scores_))
@@ -70,5 +78,9 @@ class Popularity(Recommender):
         return ids[keep], scores[keep]
 
     def similar_items(self, item_id: str, k: int = 10) -> list[tuple[str, float]]:
-        # popularity has no notion of similarity: the honest answer is "what is popular"
+        """The most popular items other than ``item_id``: popularity has no notion of similarity, so the
+        honest answer is "what is popular".
+
+        See Recommender.similar_items.
+        """
         return [(i, float(s)) for i, s in zip(self.item_ids_[: k + 1], self.scores_[: k + 1]) if i != item_id][:k]

@@ -27,6 +27,15 @@ class BusinessRules:
 
     @classmethod
     def from_settings(cls, settings) -> BusinessRules:
+        """The rules the settings ask for.
+
+        Args:
+            settings: a ``recops.config.Settings`` (exclude_event_types, in_stock_only, max_per_category,
+                fresh_item_days, fresh_item_boost).
+
+        Returns:
+            The rules.
+        """
         return cls(exclude_event_types=tuple(settings.exclude_event_types), in_stock_only=settings.in_stock_only,
                    max_per_category=settings.max_per_category, fresh_days=settings.fresh_item_days,
                    fresh_boost=settings.fresh_item_boost)
@@ -36,9 +45,18 @@ def apply_rules(scores: np.ndarray, tie_break: np.ndarray, categories: np.ndarra
                 k: int, rules: BusinessRules) -> np.ndarray:
     """Positions of the ``k`` items to show, best first.
 
-    ``scores``: ranker scores; ``tie_break``: lower is better among equal scores (the best rank a
-    generator gave the item); ``categories`` and ``age_days`` per candidate. Exclusions (bought,
-    out of stock) are removed before scoring; this function boosts, orders and caps.
+    Exclusions (bought, out of stock) are removed before scoring; this function boosts, orders and caps.
+
+    Args:
+        scores: ranker scores, one per candidate.
+        tie_break: lower is better among equal scores (the best rank a generator gave the item).
+        categories: each candidate's category (for ``max_per_category``).
+        age_days: each candidate's age in the catalog, in days (for the fresh-item boost).
+        k: how many items at most.
+        rules: the rules.
+
+    Returns:
+        Positions in the candidate arrays (int), at most ``k``: fewer when the category cap leaves fewer.
     """
     s = np.asarray(scores, dtype=float)
     if rules.fresh_boost and len(s) > 1:

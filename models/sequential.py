@@ -30,7 +30,15 @@ from recops.models.matrix import gather_rows
 
 
 def session_key(events: pd.DataFrame) -> pd.Series:
-    """The session of each event: its session_id, else (events with a user_id) its user's day."""
+    """The session of each event: its session_id, else (events with a user_id) its user's day.
+
+    Args:
+        events: events with session_id, and with user_id and timestamp for the day fallback.
+
+    Returns:
+        One key per event, aligned with ``events`` (see ``covisit.session_groups``); without a user_id
+        column, the session_id as is.
+    """
     if "user_id" in events and events["session_id"].isna().any():
         return session_groups(events)  # formats dates, which is slow: only when needed
     return events["session_id"]
@@ -38,7 +46,14 @@ def session_key(events: pd.DataFrame) -> pd.Series:
 
 def touches(events: pd.DataFrame) -> pd.DataFrame:
     """Each session's items in time order (columns group, item_id), one row per run of the same
-    item: a view, a click and a cart of one item are one step, not three."""
+    item: a view, a click and a cart of one item are one step, not three.
+
+    Args:
+        events: events with session_id, item_id and timestamp (user_id: see ``session_key``).
+
+    Returns:
+        One row per step: the session key (``group``, sessions in sorted order) and the item_id.
+    """
     ev = pd.DataFrame({"group": session_key(events).to_numpy(), "item_id": events["item_id"].to_numpy(),
                        "timestamp": events["timestamp"].to_numpy()})
     ev = ev.sort_values(["group", "timestamp"], kind="stable")
@@ -52,7 +67,19 @@ def pair_matrix(group: np.ndarray, code: np.ndarray, n_items: int, window: int |
                 directional: bool = True, by_lag: bool = True) -> sp.csr_matrix:
     """Item x item weights of the pairs (A at step t, B at step t + lag), 1 <= lag <= ``window``
     (``None``: the whole session), in consecutive rows of one session; weight 1/lag (``by_lag``)
-    or 1. ``directional=False`` counts B -> A as well."""
+    or 1. ``directional=False`` counts B -> A as well.
+
+    Args:
+        group: each step's session key, a session's steps consecutive and in order (as ``touches`` gives).
+        code: each step's item, as a number in [0, ``n_items``).
+        n_items: the matrix size.
+        window: the largest lag; None: the whole session.
+        directional: False: count B -> A as well.
+        by_lag: weight 1/lag; False: weight 1.
+
+    Returns:
+        The n_items x n_items CSR matrix of summed pair weights (A -> A pairs left out).
+    """
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
     longest = int(np.diff(np.r_[starts, len(group)]).max()) if len(group) else 0
     rows, cols, vals = [], [], []
@@ -73,13 +100,28 @@ def pair_matrix(group: np.ndarray, code: np.ndarray, n_items: int, window: int |
 
 
 def row_normalize(m: sp.csr_matrix) -> sp.csr_matrix:
-    """Each row divided by its sum (empty rows stay empty)."""
+    """Each row divided by its sum (empty rows stay empty).
+
+    Args:
+        m: a sparse matrix with non-negative entries.
+
+    Returns:
+        The normalized sparse matrix, shaped like ``m``.
+    """
     sums = np.asarray(m.sum(axis=1)).ravel()
     return sp.diags(np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)) @ m
 
 
 def top_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Each row's ``k`` largest entries, in descending order (vectorized: catalogs are large)."""
+    """Each row's ``k`` largest entries, in descending order (vectorized: catalogs are large).
+
+    Args:
+        m: a sparse matrix.
+        k: how many entries per row at most.
+
+    Returns:
+        A CSR matrix shaped like ``m``, each row's entries stored largest first.
+    """
     m = m.tocsr()
     row = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
     order = np.lexsort((-m.data, row))
@@ -95,7 +137,17 @@ def rank_rows(scores: sp.csr_matrix, k: int, popular: np.ndarray, popularity_ran
     ties broken by popularity, and rows with fewer than ``k`` positive scores filled with the most
     popular items left (score 0). Returns (n, k) columns (-1 where the catalog runs out) and scores.
 
-    ``popular``: columns by descending popularity; ``popularity_rank``: the inverse permutation."""
+    Args:
+        scores: an n x m sparse matrix of scores; only positive entries count.
+        k: how many columns per row.
+        popular: columns by descending popularity.
+        popularity_rank: the inverse permutation (column -> its place in ``popular``).
+        exclude: (rows, columns) arrays of pairs never returned, not even as backfill; None: none.
+
+    Returns:
+        (columns, scores), both (n, k), best first: int64 columns, -1 where the catalog runs out; scores
+        0 for backfill.
+    """
     n, m = scores.shape
     coo = scores.tocoo()
     r, c, v = coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data
@@ -150,6 +202,11 @@ class NextItem(Recommender):
 
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
             users: pd.DataFrame | None = None) -> NextItem:
+        """Sequential rules plus ``backward_weight`` x the reverse rules over each session's steps
+        (``touches``), each item's ``max_neighbors`` strongest kept; popularity is steps per item.
+
+        See Recommender.fit.
+        """
         t = touches(events)
         self.item_ids_ = np.asarray(pd.unique(t["item_id"]), dtype=object)
         self.index_ = pd.Index(self.item_ids_)
@@ -163,7 +220,15 @@ class NextItem(Recommender):
 
     def score_batch(self, histories: Sequence[Sequence[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` for many sessions at once (each history newest first): (n, k) positions in
-        ``item_ids_`` (-1 where the catalog runs out) and scores (0 for popularity backfill)."""
+        ``item_ids_`` (-1 where the catalog runs out) and scores (0 for popularity backfill).
+
+        Args:
+            histories: one history per session, each newest first (unknown items are skipped but keep their position).
+            k: how many items per session.
+
+        Returns:
+            (positions, scores), both (n, k), best first.
+        """
         n, m = len(histories), len(self.item_ids_)
         lens = np.fromiter(map(len, histories), dtype=np.int64, count=n)
         flat = list(chain.from_iterable(histories))
@@ -183,19 +248,40 @@ class NextItem(Recommender):
 
     def score_indices(self, history: list[str], k: int, user_id: str | None = None,
                       as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``score_batch`` of this one history (popularity backfill at score 0, so ``k`` items while the
+        catalog lasts). Ignores ``user_id`` and ``as_of``.
+
+        See Recommender.score_indices.
+        """
         idx, scores = self.score_batch([history], k)
         keep = idx[0] >= 0
         return idx[0][keep], scores[0][keep]
 
     def predict(self, recent_item_ids: list[str], k: int, exclude: Sequence[str] = ()) -> list[tuple[str, float]]:
         """The ``k`` likeliest next items after ``recent_item_ids`` (newest first), as (item_id,
-        score); score 0 marks popularity backfill. ``exclude``: items never to propose."""
+        score); score 0 marks popularity backfill. ``exclude``: items never to propose.
+
+        Args:
+            recent_item_ids: the session's recent items, newest first.
+            k: how many items at most.
+            exclude: items never to propose.
+
+        Returns:
+            (item_id, score) pairs, best first.
+        """
         exclude = set(exclude)
         idx, scores = self.score_indices(list(recent_item_ids), k + len(exclude))
         return [(i, float(s)) for i, s in zip(self.item_ids_[idx], scores) if i not in exclude][:k]
 
     def unknown(self, items: Sequence[str]) -> list[str]:
-        """The ``items`` this model never saw in a session (it can say nothing about what follows them)."""
+        """The ``items`` this model never saw in a session (it can say nothing about what follows them).
+
+        Args:
+            items: item ids.
+
+        Returns:
+            The unseen ones, in the order given.
+        """
         return [i for i in items if i not in self.index_]
 
     def strongest_source(self, history: Sequence[str], items: Sequence[str]) -> dict[str, str]:
@@ -213,7 +299,15 @@ class NextItem(Recommender):
 
     def strongest_rule(self, recent: list[str], item: str) -> str | None:
         """The recent item (newest first) that contributes most to ``item``'s score, for a reason
-        such as "because you viewed X"; None when no recent item leads to it."""
+        such as "because you viewed X"; None when no recent item leads to it.
+
+        Args:
+            recent: the session's recent items, newest first (only the first ``max_history`` count).
+            item: a proposed item.
+
+        Returns:
+            The recent item; None also when ``item`` is unknown.
+        """
         recent = list(recent)[: self.max_history]
         code = self.index_.get_indexer(recent + [item])
         if code[-1] < 0:

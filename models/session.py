@@ -28,6 +28,11 @@ class SessionKNN(Recommender):
 
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
             users: pd.DataFrame | None = None) -> SessionKNN:
+        """The ``max_sessions`` most recent sessions with at least two distinct items, as a binary sessions x
+        items matrix, each weighted by its recency over the root of its length. ``items``, ``users``: unused.
+
+        See Recommender.fit.
+        """
         ev = events[["user_id", "session_id", "item_id", "timestamp"]].copy()
         ev["group"] = session_groups(ev)
         last = ev.groupby("group", sort=False)["timestamp"].max()
@@ -51,6 +56,11 @@ class SessionKNN(Recommender):
 
     def score_indices(self, history: list[str], k: int, user_id: str | None = None,
                       as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``neighbors`` past sessions most like the history's newest ``session_len`` items vote for their
+        items; those items are left out. Ignores ``user_id`` and ``as_of``.
+
+        See Recommender.score_indices.
+        """
         cur = [self.index_[i] for i in history[: self.session_len] if i in self.index_]
         if not cur:
             return NONE

@@ -25,6 +25,11 @@ class PureSVD(ItemKNN):
 
     def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
             users: pd.DataFrame | None = None) -> PureSVD:
+        """TruncatedSVD item factors (``factors``, at most min(users, items) - 1) of the user-item matrix,
+        0/1 if ``binary``. ``items``, ``users``: unused.
+
+        See Recommender.fit.
+        """
         self.data_ = interactions(events, self.weights, self.half_life_days)
         x = self.data_.matrix
         if self.binary:
@@ -41,6 +46,11 @@ class PureSVD(ItemKNN):
 
     def score_indices(self, history: list[str], k: int, user_id: str | None = None,
                       as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The user's items (as ItemKNN weighs them) projected onto the item factors and back; they are not
+        left out. Ignores ``as_of``: the factors and the user's row are as of fit.
+
+        See Recommender.score_indices.
+        """
         cols, w = self._user_weights(history, user_id)
         if not len(cols):
             return NONE
