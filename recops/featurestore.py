@@ -5,6 +5,7 @@ Feast's import costs seconds, so it happens here on first use, never in the CLI'
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -137,6 +138,14 @@ class FeatureStoreClient:
         got = self.store.get_historical_features(entity_df=uniq, features=refs).to_df()
         got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True)
         return ents.merge(got, on=[key, "event_timestamp"], how="left")
+
+    def use_wal(self) -> None:
+        """Put the SQLite online store in WAL mode, so that reads (the server) and writes (the online
+        refresher, which calls this at its start) do not wait for each other. No-op for Redis."""
+        db = self.repo_dir / "online.db"
+        if self.settings.online_store == "sqlite" and db.exists():
+            with sqlite3.connect(db) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
 
     def online_user(self, user_id: str) -> dict | None:
         """The user's stored behavioral features (view ``user_behavior``).

@@ -11,10 +11,8 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import sqlite3
 import threading
 import time
-from pathlib import Path
 
 import pandas as pd
 
@@ -199,10 +197,7 @@ def _refresh_loop(settings, q, done, count, error, cond) -> None:
     """The refresher process: drain the queue, refresh every id in it at once, report, repeat."""
     store, fs = EventStore(settings.event_store_uri), FeatureStoreClient(settings)
     items, items_at = store.items(), time.monotonic()
-    online_db = Path(settings.home).resolve() / "feast" / "online.db"
-    if settings.online_store == "sqlite" and online_db.exists():
-        with sqlite3.connect(online_db) as conn:  # WAL: the server's reads do not wait for these writes
-            conn.execute("PRAGMA journal_mode=WAL")
+    fs.use_wal()
     while True:
         batch = [q.get()]
         while True:
