@@ -158,12 +158,7 @@ def pipeline_flow(source: str = "synthetic", path: str | None = None, n_events: 
     """ingest -> validate -> features -> train -> evaluate -> promote, each a real (sub)flow run.
 
     Args:
-        source: synthetic, file, or a public data set (movielens, online-retail, otto).
-        path: the data set's folder or the events file (all sources but synthetic).
-        n_events: synthetic: about how many events.
-        seed: synthetic: the random seed.
-        bad_share: synthetic: the share of malformed rows.
-        end: synthetic: when the data ends (default today).
+        source, path, n_events, seed, bad_share, end: what to ingest, as for ``ingest_flow``.
         force_promote: promote the new version even when it is worse than the champion.
     """
     batch = ingest_flow(source=source, path=path, n_events=n_events, seed=seed, bad_share=bad_share, end=end)

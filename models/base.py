@@ -20,13 +20,14 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
+SideTable = pd.DataFrame | None  # the catalog or the users' demographics, for generators that use them
+
 
 class Recommender(ABC):
     name: str = "base"
 
     @abstractmethod
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
-            users: pd.DataFrame | None = None) -> Recommender:
+    def fit(self, events: pd.DataFrame, items: SideTable = None, users: SideTable = None) -> Recommender:
         """Learn from events.
 
         Args:
@@ -114,21 +115,27 @@ class Recommender(ABC):
 
     @classmethod
     def load(cls, path: str | Path) -> Recommender:
-        """A generator saved by ``save``.
+        """A generator saved by ``save`` (see ``load_pickled``)."""
+        return load_pickled(path, cls)
 
-        Args:
-            path: the file.
 
-        Returns:
-            The generator.
+def load_pickled(path: str | Path, kind: type):
+    """An object pickled to ``path`` by a ``save`` method.
 
-        Raises:
-            TypeError: the file holds something else.
-        """
-        obj = pickle.loads(Path(path).read_bytes())
-        if not isinstance(obj, cls):
-            raise TypeError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}")
-        return obj
+    Args:
+        path: the file.
+        kind: the class the object must be an instance of.
+
+    Returns:
+        The object.
+
+    Raises:
+        TypeError: the file holds something else.
+    """
+    obj = pickle.loads(Path(path).read_bytes())
+    if not isinstance(obj, kind):
+        raise TypeError(f"{path} holds a {type(obj).__name__}, not a {kind.__name__}")
+    return obj
 
 
 @runtime_checkable

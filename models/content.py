@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from recops.models.base import Recommender, top_k
+from recops.models.base import Recommender, SideTable, top_k
 
 
 class ContentSimilarity(Recommender):
@@ -18,8 +18,7 @@ class ContentSimilarity(Recommender):
         self.max_features = max_features
         self.min_df = min_df
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
-            users: pd.DataFrame | None = None) -> ContentSimilarity:
+    def fit(self, events: pd.DataFrame, items: SideTable = None, users: SideTable = None) -> ContentSimilarity:
         """L2-normalized TF-IDF vectors of every catalog item's category (counted twice), title and
         description; ``events`` and ``users`` are not used.
 

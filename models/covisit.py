@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.models.base import NONE, Recommender, top_k
+from recops.models.base import NONE, Recommender, SideTable, top_k
 from recops.models.matrix import gather_rows, keep_top_csr
 from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, RATE
 
@@ -43,8 +43,7 @@ class CoVisitation(Recommender):
         self.directional = directional
         self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
-            users: pd.DataFrame | None = None) -> CoVisitation:
+    def fit(self, events: pd.DataFrame, items: SideTable = None, users: SideTable = None) -> CoVisitation:
         """Pair weights of the touches within ``window`` steps in a session (see the class), decayed
         from the newest event; each item keeps its ``max_neighbors`` strongest. ``items``, ``users``: unused.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recops.models.base import Recommender
+from recops.models.base import Recommender, SideTable
 from recops.ratings import event_scores
 from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, RATE
 
@@ -46,8 +46,7 @@ class DemographicPopularity(Recommender):
         self.top_n = top_n
         self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
-            users: pd.DataFrame | None = None) -> DemographicPopularity:
+    def fit(self, events: pd.DataFrame, items: SideTable = None, users: SideTable = None) -> DemographicPopularity:
         """Decayed weighted counts per item (a rating counts as one interaction; events without a user_id
         are dropped), overall and per segment of ``users`` with at least ``min_interactions`` of weight,
         each list cut to ``top_n``. Without ``users`` only the global list; ``items`` is not used.

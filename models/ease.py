@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from recops.models.base import SideTable
 from recops.models.itemknn import ItemKNN
 from recops.models.matrix import interactions, keep_top_per_row
 
@@ -25,7 +26,7 @@ class EASE(ItemKNN):
         self.max_items = max_items
         self.binary = binary
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> EASE:
+    def fit(self, events: pd.DataFrame, items: SideTable = None, users: SideTable = None) -> EASE:
         """EASE weights of the (0/1 if ``binary``) user-item matrix of the ``max_items`` most interacted-with
         items, each item's ``neighbors`` strongest positive weights kept; scoring is ItemKNN's.
 

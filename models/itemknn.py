@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.models.base import NONE, Recommender, top_k
+from recops.models.base import NONE, Recommender, SideTable, top_k
 from recops.models.matrix import gather_rows, interactions, keep_top_csr
 from recops.vocabulary import DEFAULT_EVENT_WEIGHTS
 
@@ -23,8 +23,7 @@ class ItemKNN(Recommender):
         self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
         self.history_weight = history_weight
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
-            users: pd.DataFrame | None = None) -> ItemKNN:
+    def fit(self, events: pd.DataFrame, items: SideTable = None, users: SideTable = None) -> ItemKNN:
         """Item-item cosine similarities of the decayed implicit-rating matrix, top ``neighbors`` per item
         (an item is not its own neighbor). ``items``, ``users``: unused.
 

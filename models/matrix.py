@@ -104,14 +104,18 @@ def keep_top_per_row(dense: np.ndarray, k: int) -> sp.csr_matrix:
 
 
 def keep_top_csr(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep each row's ``k`` largest entries, rows sorted by descending weight.
+    """Keep each row's ``k`` largest entries, rows sorted by descending weight (a loop over rows).
+
+    ``sequential.top_per_row`` does the same vectorized, but breaks ties at the k-th value by column,
+    where this takes whichever ``argpartition`` picks: on MovieLens the kept neighbours of 26 of 1,682
+    items differ. Co-visitation and item-kNN keep this one so that their results stay as measured.
 
     Args:
-        m: a CSR matrix.
-        k: how many entries per row at most.
+        m: the CSR matrix to prune.
+        k: the most entries a row keeps.
 
     Returns:
-        A CSR matrix shaped like ``m``, each row's entries stored largest first.
+        The kept entries as a CSR matrix of ``m``'s shape, largest first in every row.
     """
     indptr, indices, data = [0], [], []
     for r in range(m.shape[0]):

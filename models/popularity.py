@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recops.models.base import NONE, Recommender, top_k
+from recops.models.base import NONE, Recommender, SideTable, top_k
 from recops.ratings import event_scores
 from recops.vocabulary import DEFAULT_EVENT_WEIGHTS, POPULARITY_HALF_LIFE_DAYS, RATE
 
@@ -19,8 +19,7 @@ class Popularity(Recommender):
         self.half_life_days = half_life_days
         self.weights = weights or dict(DEFAULT_EVENT_WEIGHTS)
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
-            users: pd.DataFrame | None = None) -> Popularity:
+    def fit(self, events: pd.DataFrame, items: SideTable = None, users: SideTable = None) -> Popularity:
         """Decayed weighted event counts per item as of the newest event (a rating counts as one
         interaction), plus the end-of-day scores behind ``as_of``. ``items``, ``users``: unused.
 

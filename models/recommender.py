@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from recops.features import ITEM_MODEL_FEATURES, USER_MODEL_FEATURES, derive_values
-from recops.models.base import ExplainsCandidates, Recommender
+from recops.models.base import ExplainsCandidates, Recommender, load_pickled
 from recops.models.explain import describe
 from recops.models.intent import intent_rules, intent_scores
 from recops.models.request import RecommendRequest
@@ -647,21 +647,8 @@ class RecopsModel:
 
     @staticmethod
     def load(path: str | Path) -> RecopsModel:
-        """A model saved by ``save``.
-
-        Args:
-            path: the file.
-
-        Returns:
-            The model.
-
-        Raises:
-            TypeError: the file holds something else.
-        """
-        obj = pickle.loads(Path(path).read_bytes())
-        if not isinstance(obj, RecopsModel):
-            raise TypeError(f"{path} is not a RecopsModel")
-        return obj
+        """A model saved by ``save`` (see ``base.load_pickled``: a TypeError for anything else)."""
+        return load_pickled(path, RecopsModel)
 
 
 def train_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, names: list[str], x_val=None, y_val=None,

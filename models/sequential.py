@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.models.base import Recommender
+from recops.models.base import Recommender, SideTable
 from recops.models.covisit import session_groups
 from recops.models.matrix import gather_rows
 
@@ -200,8 +200,7 @@ class NextItem(Recommender):
         self.repeat_weight = repeat_weight
         self.max_neighbors = max_neighbors
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
-            users: pd.DataFrame | None = None) -> NextItem:
+    def fit(self, events: pd.DataFrame, items: SideTable = None, users: SideTable = None) -> NextItem:
         """Sequential rules plus ``backward_weight`` x the reverse rules over each session's steps
         (``touches``), each item's ``max_neighbors`` strongest kept; popularity is steps per item.
 

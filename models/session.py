@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.models.base import NONE, Recommender, top_k
+from recops.models.base import NONE, Recommender, SideTable, top_k
 from recops.models.covisit import session_groups
 
 
@@ -26,8 +26,7 @@ class SessionKNN(Recommender):
         self.max_sessions = max_sessions
         self.half_life_days = half_life_days
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
-            users: pd.DataFrame | None = None) -> SessionKNN:
+    def fit(self, events: pd.DataFrame, items: SideTable = None, users: SideTable = None) -> SessionKNN:
         """The ``max_sessions`` most recent sessions with at least two distinct items, as a binary sessions x
         items matrix, each weighted by its recency over the root of its length. ``items``, ``users``: unused.
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import TruncatedSVD
 
-from recops.models.base import NONE, top_k
+from recops.models.base import NONE, SideTable, top_k
 from recops.models.itemknn import ItemKNN
 from recops.models.matrix import interactions
 
@@ -23,8 +23,7 @@ class PureSVD(ItemKNN):
         self.binary = binary
         self.random_state = random_state
 
-    def fit(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
-            users: pd.DataFrame | None = None) -> PureSVD:
+    def fit(self, events: pd.DataFrame, items: SideTable = None, users: SideTable = None) -> PureSVD:
         """TruncatedSVD item factors (``factors``, at most min(users, items) - 1) of the user-item matrix,
         0/1 if ``binary``. ``items``, ``users``: unused.
 

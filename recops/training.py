@@ -20,6 +20,7 @@ store, used by the pipeline, whose cuts fall on snapshot midnights) or ``DirectF
 from __future__ import annotations
 
 import copy
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -168,15 +169,12 @@ def fit_generators(generators: dict, events: pd.DataFrame, items: pd.DataFrame |
 
 
 # -- feature providers ---------------------------------------------------------------------------
-class DirectFeatures:
-    """User and item features as of any time, from the events, by the functions Feast's tables are
-    built with (``recops.features``): exact at every cut."""
-
-    def __init__(self, events: pd.DataFrame, items: pd.DataFrame):
-        self.events, self.items = events, items
+class FeatureProvider(Protocol):
+    """Where training reads user and item features as of each user's cut (``DirectFeatures``,
+    ``FeastFeatures``): one interface, so a split can be ranked from either."""
 
     def user_rows(self, users: list[str], cuts: list[pd.Timestamp]) -> list[dict | None]:
-        """Each user's features as of their cut, computed from the events.
+        """Each user's features as of their cut.
 
         Args:
             users: user ids.
@@ -184,14 +182,12 @@ class DirectFeatures:
 
         Returns:
             Per user, in input order: the stored features plus the derived ``u_recency_hours`` and
-            ``u_tenure_days``, or None when the user has no event up to the cut.
+            ``u_tenure_days``, or None when nothing is known about the user by the cut.
         """
-        uev = self.events[self.events["user_id"].notna()]
-        uf = user_features(uev, pd.DataFrame({"user_id": users, "as_of": cuts}), self.items)
-        return _user_records(uf, cuts)
+        ...
 
     def item_rows(self, item_ids: np.ndarray, cuts: pd.DatetimeIndex) -> np.ndarray:
-        """Stored item features as of each row's cut, computed from the events.
+        """Stored item features as of each row's cut.
 
         Args:
             item_ids: one item per row (repeats allowed).
@@ -200,6 +196,24 @@ class DirectFeatures:
         Returns:
             One row per input row, columns in model order (``stored_item_matrix``); shape (0, 1) when empty.
         """
+        ...
+
+
+class DirectFeatures:
+    """User and item features as of any time, from the events, by the functions Feast's tables are
+    built with (``recops.features``): exact at every cut."""
+
+    def __init__(self, events: pd.DataFrame, items: pd.DataFrame):
+        self.events, self.items = events, items
+
+    def user_rows(self, users: list[str], cuts: list[pd.Timestamp]) -> list[dict | None]:
+        """``FeatureProvider.user_rows``, computed from the events (None: no event up to the cut)."""
+        uev = self.events[self.events["user_id"].notna()]
+        uf = user_features(uev, pd.DataFrame({"user_id": users, "as_of": cuts}), self.items)
+        return _user_records(uf, cuts)
+
+    def item_rows(self, item_ids: np.ndarray, cuts: pd.DatetimeIndex) -> np.ndarray:
+        """``FeatureProvider.item_rows``, computed from the events."""
         pts = pd.DataFrame({"item_id": item_ids, "as_of": cuts})
         return stored_item_matrix(item_features(self.events, pts)) if len(pts) else np.zeros((0, 1))
 
@@ -211,31 +225,14 @@ class FeastFeatures:
         self.fs = fs
 
     def user_rows(self, users: list[str], cuts: list[pd.Timestamp]) -> list[dict | None]:
-        """Each user's features as of their cut, by point-in-time lookup in Feast.
-
-        Args:
-            users: user ids.
-            cuts: each user's as-of time, aligned with ``users``.
-
-        Returns:
-            Per user, in input order: the stored features plus the derived ``u_recency_hours`` and
-            ``u_tenure_days``, or None when nothing was stored for the user by the cut.
-        """
+        """``FeatureProvider.user_rows``, by point-in-time lookup in Feast (None: nothing stored by the cut)."""
         if not users:
             return []
         feats = self.fs.historical(pd.DataFrame({"user_id": users, "event_timestamp": cuts}), "user")
         return _user_records(feats, cuts)
 
     def item_rows(self, item_ids: np.ndarray, cuts: pd.DatetimeIndex) -> np.ndarray:
-        """Stored item features as of each row's cut, by point-in-time lookup in Feast.
-
-        Args:
-            item_ids: one item per row (repeats allowed; each distinct (item, cut) is looked up once).
-            cuts: each row's as-of time, aligned with ``item_ids``.
-
-        Returns:
-            One row per input row, columns in model order (``stored_item_matrix``); shape (0, 1) when empty.
-        """
+        """``FeatureProvider.item_rows``, by point-in-time lookup in Feast (each distinct (item, cut) once)."""
         if not len(item_ids):
             return np.zeros((0, 1))
         ents = pd.DataFrame({"item_id": item_ids, "event_timestamp": cuts})
@@ -282,7 +279,7 @@ def _candidates(model: RecopsModel, users: list[str], hist: dict, excl: dict,
     return out
 
 
-def rows_at_cuts(model: RecopsModel, users: list[str], cuts: dict, hist: dict, excl: dict, provider):
+def rows_at_cuts(model: RecopsModel, users: list[str], cuts: dict, hist: dict, excl: dict, provider: FeatureProvider):
     """Every user's candidate rows with user and item features as of the user's own cut:
     (X, per-user row slices, item indexes). No lookup sees an event after the user's cut.
 
@@ -352,7 +349,7 @@ def recommend_at_cuts(model: RecopsModel, split: EvalSplit, items: pd.DataFrame,
 
 
 # -- the ranker ------------------------------------------------------------------------------------
-def labelled_rows(model: RecopsModel, split: EvalSplit, provider):
+def labelled_rows(model: RecopsModel, split: EvalSplit, provider: FeatureProvider):
     """Candidate rows of ``split``'s users with their labels (graded when the split has grades):
     (X, per-user slices, labels per user, histories).
 
