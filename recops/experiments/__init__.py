@@ -1,0 +1,1 @@
+"""Online experiments: assignment, interleaving and the statistics that decide promotion."""
