@@ -348,10 +348,12 @@ class RecopsModel:
         self.feature_names = feature_names(list(self.generators))
         # generators that can name the history item behind a candidate (base.ExplainsCandidates)
         self._explainers = [n for n, g in self.generators.items() if isinstance(g, ExplainsCandidates)]
+        self._explainer_cols = [list(self.generators).index(n) for n in self._explainers]  # their ``proposed`` columns
         self._positions: dict[str, np.ndarray] = {}
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("feature_names", "_explainers", "_positions")}
+        derived = ("feature_names", "_explainers", "_explainer_cols", "_positions")  # rebuilt by _derive
+        return {k: v for k, v in self.__dict__.items() if k not in derived}
 
     def __setstate__(self, state: dict) -> None:
         # models pickled before a part was declared load with that part empty
@@ -402,11 +404,24 @@ class RecopsModel:
             cache[name] = self.items.positions(list(gen.item_ids_)).astype(np.int64)
         return cache[name]
 
+    def _generator_pool(self, history: list[str], user_id: str | None) -> Pool:
+        """Every generator's candidates now, as a pool without next-item scores."""
+        idx, gen, proposed = self.candidates(history, user_id)
+        return Pool(idx, gen, proposed, np.zeros(len(idx)))
+
+    def _because(self, history: list[str], ids: list[str], sources: list[list[str]]) -> dict[str, str]:
+        """item -> the recent history item behind it, asked of each generator that can name one
+        (``ExplainsCandidates``) for the items it proposed, the first generator's answer winning."""
+        because: dict[str, str] = {}
+        for name in self._explainers:
+            mine = [i for i, src in zip(ids, sources) if name in src and i not in because]
+            because.update(self.generators[name].strongest_source(history[:10], mine))
+        return because
+
     def _pool(self, request: RecommendRequest) -> Pool:
         """The request's candidates: every generator's, plus the next-item model's top proposals
         after the live session, minus every exclusion."""
-        pool = Pool(*self.candidates(list(request.history), request.user_id), np.zeros(0))
-        pool = pool._replace(next_score=np.zeros(len(pool.idx)))
+        pool = self._generator_pool(list(request.history), request.user_id)
         if request.session_items and self.next_item is not None:
             gi, s = self.next_item.score_indices(list(request.session_items), self.candidates_per_source)
             pos = self._table_positions("next_item", self.next_item)[gi]
@@ -465,7 +480,7 @@ class RecopsModel:
             scores = scores + SESSION_LIFT * (float(scores.std()) or 1.0) * pool.next_score
         if request.intent:
             share = np.array([request.category_shares.get(c, 0.0) for c in self.items.category[pool.idx]])
-            complements = pool.proposed[:, [list(self.generators).index(n) for n in self._explainers]].any(axis=1)
+            complements = pool.proposed[:, self._explainer_cols].any(axis=1)
             scores = intent_scores(request.intent, scores, complements, share)
         order = rank_order(self, x, scores, pool.idx, request.k, intent_rules(request.intent, request.rules))
         return self._explained(request, pool, scores, order, aff)
@@ -479,10 +494,7 @@ class RecopsModel:
         sources = [[names[g] for g in np.flatnonzero(pool.proposed[o])]
                    + (["next_item"] if pool.next_score[o] > 0 else []) for o in order]
         ids = [str(self.items.ids[pool.idx[o]]) for o in order]
-        because: dict[str, str] = {}  # item -> the recent history item behind it (co-visitation, ...)
-        for name in self._explainers:
-            mine = [i for i, src in zip(ids, sources) if name in src and i not in because]
-            because.update(self.generators[name].strongest_source(list(request.history)[:10], mine))
+        because = self._because(list(request.history), ids, sources)
         after = {}  # a strong next-item signal explains an item best: the session item it follows
         if self.next_item is not None:
             after = self.next_item.strongest_source(list(request.session_items),
@@ -526,8 +538,7 @@ class RecopsModel:
         """The request's generator candidates plus ``item`` (scored even when no generator
         proposed it): the pool, feature rows, scores, the item's row and the user's affinity."""
         history = list(request.history)
-        pool = Pool(*self.candidates(history, request.user_id), np.zeros(0))
-        pool = pool._replace(next_score=np.zeros(len(pool.idx)))
+        pool = self._generator_pool(history, request.user_id)
         p = self.items.index[item]
         if not (pool.idx == p).any():
             pool = pool.add_unproposed(np.array([p]), self.candidates_per_source + 1)
@@ -581,13 +592,11 @@ class RecopsModel:
                 name, value = self.feature_names[j], float(x[r, j])
                 contribs.append({"feature": name, "value": value, "contribution": float(c[j]),
                                  "reason": ("raises it: " if c[j] > 0 else "lowers it: ") + describe(name, value, cat)})
-        because: dict[str, str] = {}
-        for name in self._explainers:
-            if pool.proposed[r, names.index(name)] and item not in because:
-                because.update(self.generators[name].strongest_source(list(request.history)[:10], [item]))
+        proposers = [g["generator"] for g in gens]
+        because = self._because(list(request.history), [item], [proposers])
         return {"scorer": self.scorer.get(segment_of(list(request.history)), "ranker"), "score": float(scores[r]),
                 "rank": int((scores > scores[r]).sum() + 1), "proposed_by": gens, "contributions": contribs,
-                "reason": self._reason(pool.idx[r], [g["generator"] for g in gens], because, aff)}
+                "reason": self._reason(pool.idx[r], proposers, because, aff)}
 
     def _reason(self, item_idx: int, sources: list[str], because: dict, affinity: dict, intent: str | None = None,
                 session_categories: dict | None = None, after: dict | None = None) -> str:
