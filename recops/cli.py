@@ -94,7 +94,8 @@ def _run(title: str, fn, *args, stages: int = 1, **kwargs) -> dict:
         try:
             out = fn(*args, **kwargs)
         except steps.StepFailed as exc:
-            console.print(f"[red]{title} failed:[/] {exc}")
+            # soft wrap: a long path in the message stays whole in logs and pipes (rich breaks at 80 there)
+            console.print(f"[red]{title} failed:[/] {exc}", soft_wrap=True)
             raise typer.Exit(1)
         finally:
             steps.remove_listener(listen)
