@@ -3,6 +3,10 @@
 Trains a model on synthetic data in a temp home, starts the real recops server and the bare one,
 then measures sequential p50/p99 (requests to the two servers interleaved, so machine drift hits
 both alike), throughput with concurrent clients (one server at a time), and resident memory.
+Then it starts online experiments (a second registered version as the challenger: an A/B test at
+share 0.5, then interleaving at the default share 0.05) and measures /recommend again: a running
+experiment must keep p50 within 1.3x of the no-experiment value (each phase against the bare
+server measured alongside it, so drift between the phases cancels).
 Ends with one JSON line. Usage: python bench/serving.py [--events 100000 --requests 1000]
 """
 
@@ -98,14 +102,45 @@ def throughput(url: str, bodies: list[dict], clients: int, seconds: float) -> fl
 
 
 def trained_home(root: Path, n_events: int):
-    """Settings of a fresh home under ``root`` with a champion trained on synthetic events."""
+    """Settings of a fresh home under ``root`` with a champion trained on synthetic events, and the
+    training run's id."""
     s = load_settings(home=root / "home")
     b = steps.ingest(s, n_events=n_events, seed=2, bad_share=0.0)
     steps.validate(s, b["batch_id"])
     steps.build_features(s)
-    steps.train(s)
+    run_id = steps.train(s)["run_id"]
     steps.promote(s)
-    return s
+    return s, run_id
+
+
+def p50_ratio_vs_bare(urls: dict[str, str], bodies: list[dict], n: int) -> tuple[float, float]:
+    """recops's p50 and its ratio to the bare server's, measured request by request alongside it."""
+    lat = latencies(urls, bodies, n)
+    p50 = float(np.percentile(lat["recops"], 50))
+    return p50, p50 / float(np.percentile(lat["bare"], 50))
+
+
+def under_experiments(s, run_id: str, urls: dict[str, str], bodies: list[dict], n: int) -> dict:
+    """/recommend p50 while an A/B test (share 0.5) and then an interleaving test (share 0.05) run."""
+    import mlflow
+
+    from recops import registry
+    from recops.experiments import lifecycle
+
+    registry.setup(s)
+    v2 = str(mlflow.register_model(f"runs:/{run_id}/model", s.model_name).version)
+    out = {}
+    for name, method, share in (("bench-ab", "ab", 0.5), ("bench-interleave", "interleave", 0.05)):
+        lifecycle.start(s, name, v2, method=method, share=share)
+        t0 = time.time()
+        while httpx.get(f"{urls['recops']}/health").json()["experiment"] != name:
+            if time.time() - t0 > 120:
+                raise TimeoutError(f"the server did not pick up {name}")
+            time.sleep(0.5)
+        p50, ratio = p50_ratio_vs_bare(urls, bodies, n)
+        out[name] = {"method": method, "share": share, "p50_ms": p50, "p50_ratio_vs_bare": ratio}
+        lifecycle.stop(s, name, reason="benchmark phase done")
+    return out
 
 
 def main() -> None:
@@ -116,7 +151,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="recops-bench-serving-"))
-    s = trained_home(root, args.events)
+    s, run_id = trained_home(root, args.events)
     store = EventStore(s.event_store_uri)
     users = store.events()["user_id"].dropna().unique()
     store.dispose()
@@ -140,6 +175,10 @@ def main() -> None:
         for name, url in urls.items():
             res[name]["throughput_rps"] = throughput(url, bodies, args.clients, args.seconds)
             res[name]["rss_mb"] = rss_mb(procs[name])
+        base_ratio = res["recops"]["p50_ms"] / res["bare"]["p50_ms"]
+        exps = under_experiments(s, run_id, urls, bodies, args.requests)
+        for e in exps.values():
+            e["p50_vs_no_experiment"] = e["p50_ratio_vs_bare"] / base_ratio
     finally:
         for p in procs.values():
             os.killpg(p.pid, signal.SIGTERM)
@@ -155,8 +194,11 @@ def main() -> None:
     print(f"recops p50 = {ratio:.2f} x bare (target <= 2.5); targets p50 <= 10 ms, p99 <= 30 ms, RSS <= 500 MB")
     print(f"first /recommend after start-up: {first_ms:.0f} ms")
     r["first_request_ms"] = first_ms
+    for name, e in exps.items():
+        print(f"{name:<17} ({e['method']}, share {e['share']}): p50 {e['p50_ms']:.2f} ms = "
+              f"{e['p50_vs_no_experiment']:.2f} x the no-experiment p50, each against bare (target <= 1.3)")
     print(json.dumps({"bench": "serving", "events": args.events, "recops": r, "bare": bare,
-                      "p50_ratio_vs_bare": ratio}))
+                      "p50_ratio_vs_bare": ratio, "experiments": exps}))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from prefect import serve
 
-from recops.flows.pipeline import retrain_flow
+from recops.flows.pipeline import ab_evaluate_flow, retrain_flow
 
 
-def deployments(retrain_cron: str = "0 3 * * *"):
-    """The scheduled deployments recops serves: the nightly retrain.
+def deployments(retrain_cron: str = "0 3 * * *", ab_cron: str = "0 * * * *"):
+    """The scheduled deployments recops serves: the nightly retrain and the hourly experiment evaluation.
 
     Args:
         retrain_cron: the cron schedule of the retrain flow (default: 03:00 every day).
+        ab_cron: the cron schedule of the ab-evaluate flow (default: every hour).
 
     Returns:
         The Prefect deployments (``RunnerDeployment``), for ``prefect.serve``.
@@ -24,13 +25,17 @@ def deployments(retrain_cron: str = "0 3 * * *"):
         retrain_flow.to_deployment(name="nightly-retrain", cron=retrain_cron, tags=["recops", "retrain"],
                                    description="Rebuild features, retrain, evaluate and promote on the event "
                                                "store's data."),
+        ab_evaluate_flow.to_deployment(name="ab-evaluate", cron=ab_cron, tags=["recops", "experiment"],
+                                       description="Evaluate the running online experiment and apply the policy: "
+                                                   "ramp, promote, roll back, hold or continue."),
     ]
 
 
-def serve_schedules(retrain_cron: str = "0 3 * * *") -> None:
+def serve_schedules(retrain_cron: str = "0 3 * * *", ab_cron: str = "0 * * * *") -> None:
     """Serve the deployments from this process; blocks, running scheduled flows, until interrupted.
 
     Args:
         retrain_cron: the cron schedule of the retrain flow.
+        ab_cron: the cron schedule of the ab-evaluate flow.
     """
-    serve(*deployments(retrain_cron))
+    serve(*deployments(retrain_cron, ab_cron))

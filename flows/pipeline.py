@@ -183,3 +183,29 @@ def retrain_flow(force_promote: bool = False) -> dict:
     evaluated = evaluate_flow()
     promoted = promote_flow(force=force_promote)
     return {"features": feats, "train": trained, "evaluate": evaluated, "promote": promoted}
+
+
+@flow(name="ab-evaluate")
+def ab_evaluate_flow(name: str | None = None) -> dict:
+    """Evaluate the running online experiment and apply the policy (ramp, promote, roll back, hold,
+    continue or stop); one MLflow run per evaluation, every decision in the experiment's history.
+
+    Args:
+        name: the experiment; None: the running one (nothing to do when none runs).
+    """
+    from recops.experiments.lifecycle import evaluate, mlflow_experiment_name
+
+    res = evaluate(load_settings(), name)
+    if res["experiment"] is None:
+        get_run_logger().info("no experiment is running: nothing to evaluate")
+        return res
+    d, v = res["decision"], res["variants"]
+    rows = "\n".join(f"| {k} | {f['users']} | {f['impressions']} | {f['clicks']} | {f['conversions']} | "
+                     f"{f['revenue']:.2f} | {f['fallback_impressions']} |" for k, f in v.items())
+    create_markdown_artifact(
+        f"**{res['experiment']}: {d['action']}**: {d['reason']}\n\n| variant | users | lists | clicks | conversions "
+        f"| revenue | fallback lists |\n|---|---|---|---|---|---|---|\n{rows}\n\nlift {res['lift']}, CI {res['ci']}, "
+        f"always-valid p {res['p_value']}, SRM p {res['srm_p_value']}. MLflow experiment "
+        f"`{mlflow_experiment_name(res['experiment'])}`, run `{res['mlflow_run_id']}`.",
+        key="ab-evaluation", description="online experiment evaluation")
+    return _log(res, "ab-evaluate")

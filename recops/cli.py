@@ -291,12 +291,14 @@ def serve(port: int | None = typer.Option(None, help="default: serve_port settin
 
 
 @app.command()
-def schedule(cron: str = typer.Option("0 3 * * *", help="cron for the nightly retrain deployment")) -> None:
+def schedule(cron: str = typer.Option("0 3 * * *", help="cron for the nightly retrain deployment"),
+             ab_cron: str = typer.Option("0 * * * *", "--ab-cron",
+                                         help="cron for the ab-evaluate deployment (default hourly)")) -> None:
     """Serve the scheduled Prefect deployments from this process (Ctrl-C stops)."""
     settings()
     from recops.flows.deployments import serve_schedules
 
-    serve_schedules(cron)
+    serve_schedules(cron, ab_cron)
 
 
 @app.command()
@@ -363,13 +365,15 @@ def demo(
             _behavioral_tour(c, known, viewed, items)
             console.print(f"  /model: version {c.get('/model').json()['version']}; "
                           f"/health: {c.get('/health').json()['status']}")
+            console.rule("[bold]3. an online experiment: a challenger trained on more data, against the champion")
+            _experiment_tour(s, c, ev, items)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-    console.rule("[bold]3. look around")
+    console.rule("[bold]4. look around")
     console.print(f"  MLflow UI:  {Path(sys.executable).with_name('mlflow')} ui --backend-store-uri {s.tracking_uri} "
                   "--port 5000")
     console.print(f"  Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} "
@@ -377,6 +381,51 @@ def demo(
     console.print(f"  Reports:    {s.reports_dir}")
     console.print(f"  Serve it:   RECOPS_HOME={Path(s.home).resolve()} recops serve")
     console.print("[green]demo finished; the server is stopped.")
+
+
+def _experiment_tour(s: Settings, c, ev, items, users: int = 300) -> None:
+    """Train a challenger on everything stored now (the demo's tracked events too), A/B test it
+    against the champion with simulated shoppers over HTTP, and run one ab-evaluate flow."""
+    import numpy as np
+
+    from recops.experiments import lifecycle
+    from recops.flows.pipeline import ab_evaluate_flow, features_flow, train_flow
+
+    _run("features + train the challenger", lambda: (features_flow(), train_flow())[1], stages=2)
+    name = f"demo-{int(time.time())}"
+    st = lifecycle.start(s, name, "@challenger", share=0.5)
+    console.print(f"  started {name}: v{st['challenger']} against @champion v{st['control']}, A/B, share 0.5, "
+                  "metric ctr")
+    t0 = time.time()
+    while c.get("/health").json()["experiment"] != name and time.time() - t0 < 3 * s.reload_interval_seconds + 30:
+        time.sleep(0.5)
+    # simulated shoppers: they click items of their own two favourite categories, more often near the top
+    rng = np.random.default_rng(0)
+    cat = ev.merge(items[["category"]], left_on="item_id", right_index=True)
+    fav = cat.groupby("user_id")["category"].agg(lambda x: set(x.value_counts().index[:2]))
+    category = items["category"].to_dict()
+    shoppers = ev["user_id"].value_counts().index[:users]
+    sent = {"control": 0, "challenger": 0}
+    for u in shoppers:
+        clicks = []
+        for _ in range(2):
+            r = c.post("/recommend", json={"user_id": u, "k": 10}).json()
+            sent[r["variant"] or "control"] += 1
+            for it in r["items"]:
+                liked = category.get(it["item_id"]) in fav.get(u, set())
+                if rng.random() < (0.25 if liked else 0.03) / np.log2(it["rank"] + 1):
+                    clicks.append({"user_id": u, "item_id": it["item_id"], "event_type": "click",
+                                   "request_id": r["request_id"]})
+        if clicks:
+            c.post("/track/batch", json=clicks)
+    console.print(f"  {len(shoppers)} simulated shoppers, 2 lists each: {sent['control']} lists from control, "
+                  f"{sent['challenger']} from the challenger")
+    res = _run("ab-evaluate flow run", ab_evaluate_flow, name=name)
+    st = lifecycle.status(s, name)
+    _brief(st)
+    console.print(f"  decision: {res['decision']['action']}: {res['decision']['reason']}", soft_wrap=True)
+    console.print(f"  in MLflow: experiment [bold]{lifecycle.mlflow_experiment_name(name)}[/], run "
+                  f"{res['mlflow_run_id']}; `recops experiment status {name}` shows it again")
 
 
 def _behavioral_tour(c, user: str, viewed: list[str], items) -> None:
@@ -426,6 +475,100 @@ def _show(client, title: str, body: dict, items) -> list[str]:
         cat = items.loc[it["item_id"], "category"] if it["item_id"] in items.index else "?"
         console.print(f"   {it['rank']}. {it['item_id']:<7} {cat:<12} {it['score']:>8.3f}  {it['reason']}")
     return [it["item_id"] for it in r["items"]]
+
+
+experiment_app = typer.Typer(help="Online experiments: A/B tests and interleaving against @champion.",
+                              no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+def _experiment_call(fn, *args, **kwargs) -> dict:
+    """Run an experiment operation; a refused request is a one-line error and exit code 2, nothing changed."""
+    from recops.experiments.records import ExperimentError
+
+    try:
+        return fn(settings(), *args, **kwargs)
+    except ExperimentError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _brief(st: dict) -> None:
+    """A status in a few lines: the variants' figures, lift, p-values, decision."""
+    console.print(f"[bold]{st['name']}[/] {st['status']}: v{st['challenger']} against v{st['control']} "
+                  f"({st['method']}, share {st['share']:.2f}, metric {st['metric']})", soft_wrap=True)
+    for v, f in st["variants"].items():
+        rate = f.get({"ctr": "ctr", "conversion": "conversion_rate", "revenue": "revenue_per_impression"}[st["metric"]])
+        console.print(f"  {v:<12} users {f['users']:>6}  lists {f['impressions']:>7}  clicks {f['clicks']:>6}  "
+                      f"conversions {f['conversions']:>5}  revenue {f['revenue']:>9.2f}  {st['metric']} "
+                      f"{'n/a' if rate is None else format(rate, '.4f')}  fallback lists {f['fallback_impressions']}")
+    fmt = lambda x, spec: "n/a" if x is None else format(x, spec)
+    ci = st["ci"] or [None, None]
+    console.print(f"  lift {fmt(st['lift'], '+.2%')} (95% CI {fmt(ci[0], '+.2%')} .. {fmt(ci[1], '+.2%')}), "
+                  f"always-valid p {fmt(st['p_value'], '.3g')}, SRM p {fmt(st['srm_p_value'], '.3g')}")
+    d = st.get("decision")
+    console.print(f"  last decision: {d['action']}: {d['reason']}" if d else "  no evaluation yet", soft_wrap=True)
+
+
+@experiment_app.command("start")
+def experiment_start(
+    name: str = typer.Argument(..., help="a new experiment name"),
+    challenger: str = typer.Option(..., "--challenger", help="a registry version (e.g. 4) or an alias (@challenger)"),
+    method: str = typer.Option("ab", "--method", help="ab | interleave"),
+    traffic: float = typer.Option(0.05, "--traffic", help="the challenger's traffic share, 0-1"),
+    metric: str = typer.Option("ctr", "--metric", help="the primary metric: ctr | conversion | revenue"),
+) -> None:
+    """Start testing a challenger against @champion (one experiment at a time)."""
+    from recops.experiments.lifecycle import start
+
+    _brief(_experiment_call(start, name, challenger, method=method, share=traffic, metric=metric))
+
+
+@experiment_app.command("status")
+def experiment_status(name: str = typer.Argument(...),
+                      as_json: bool = typer.Option(False, "--json", help="the full status as JSON")) -> None:
+    """An experiment's figures now, its last decision and history."""
+    from recops.experiments.lifecycle import dumps, status
+
+    st = _experiment_call(status, name)
+    typer.echo(dumps(st)) if as_json else _brief(st)
+
+
+@experiment_app.command("ramp")
+def experiment_ramp(name: str = typer.Argument(...), share: float = typer.Argument(..., help="0-1")) -> None:
+    """Set a running experiment's challenger share by hand (users in the challenger stay there when it rises)."""
+    from recops.experiments.lifecycle import ramp
+
+    _brief(_experiment_call(ramp, name, share))
+
+
+@experiment_app.command("stop")
+def experiment_stop(name: str = typer.Argument(...),
+                    promote: bool = typer.Option(False, "--promote", help="promote the challenger to @champion"),
+                    rollback: bool = typer.Option(False, "--rollback", help="roll back: share 0")) -> None:
+    """End a running experiment: stop, promote its challenger, or roll it back."""
+    from recops.experiments.lifecycle import stop
+
+    _brief(_experiment_call(stop, name, promote=promote, rollback=rollback))
+
+
+@experiment_app.command("list")
+def experiment_list() -> None:
+    """Every experiment, newest first."""
+    from recops.experiments.lifecycle import records
+
+    for e in _experiment_call(lambda s: records(s).list()):
+        typer.echo(f"{e.name}\t{e.status}\tv{e.challenger} vs v{e.control}\t{e.method}\tshare {e.share:.2f}\t"
+                   f"{e.metric}")
+
+
+@experiment_app.command("evaluate")
+def experiment_evaluate(name: str | None = typer.Argument(None, help="default: the running experiment")) -> None:
+    """Evaluate the running experiment now and apply the policy (the ab-evaluate flow, as one run)."""
+    settings()
+    from recops.flows.pipeline import ab_evaluate_flow
+
+    _print(_run("ab-evaluate", ab_evaluate_flow, name=name))
 
 
 @app.command()

@@ -84,6 +84,14 @@ class Settings:
     deal_season_boost: dict[str, float] = field(default_factory=lambda: {"1": 1.2, "7": 1.1, "11": 1.25, "12": 1.1})
     deal_region_factor: dict[str, float] = field(default_factory=dict)
     reload_interval_seconds: float = 10.0
+    # Online experiments (recops.experiments).
+    experiment_min_lift: float = 0.05  # the relative lift worth detecting: the mSPRT's mixing scale (tau)
+    experiment_alpha: float = 0.05  # the always-valid test's error rate
+    experiment_ramp: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5, 1.0])  # challenger shares in turn
+    experiment_max_days: float = 14.0  # then stop with "no detectable difference"
+    experiment_guardrail_margin: float = 0.02  # how much worse (absolute) an error or fallback rate may be
+    experiment_latency_margin: float = 1.5  # how many times control's p99 latency the challenger may take
+    attribution_window_hours: float = 24.0  # an outcome without request_id goes to the latest impression this recent
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
 

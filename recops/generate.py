@@ -66,7 +66,8 @@ def generate(
         seed: the random seed.
 
     Returns:
-        Events, items, users and the planted ``truth``: complement, user_top_category,
+        Events, items, users and the planted ``truth``: complement, user_top_category, taste (user ->
+        their category tastes, a row summing to 1 over ``CATEGORY_NAMES[:n_categories]``),
         segment_categories, price_sensitivity, rising_items, new_users, new_items, start, end.
     """
     rng = np.random.default_rng(seed)
@@ -262,6 +263,7 @@ def generate(
     truth = {
         "complement": {f"i{i}": f"i{complement[i]}" for i in range(n_items)},
         "user_top_category": {f"u{i}": CATEGORY_NAMES[int(np.argmax(taste[i]))] for i in range(n_users)},
+        "taste": dict(zip([f"u{i}" for i in range(n_users)], taste)),  # row views of one array: no copy
         "segment_categories": {int(s): [str(CATEGORY_NAMES[c]) for c in seg_pref[s]] for s in range(n_segments)},
         "price_sensitivity": {f"u{i}": float(price_sens[i]) for i in range(n_users)},
         "rising_items": [f"i{i}" for i in np.argsort(-drift)[: max(1, n_items // 20)]],

@@ -374,12 +374,15 @@ def evaluate(settings: Settings) -> dict:
 
 # -- promote ------------------------------------------------------------------------------------
 @_timed
-def promote(settings: Settings, force: bool = False) -> dict:
+def promote(settings: Settings, force: bool = False, version: str | None = None, online: dict | None = None) -> dict:
     """Move @champion to @challenger when it is not worse (or when forced); record why in tags.
 
     Args:
         settings: the settings (MLflow registry, ``promote_tolerance``: how much NDCG may be lost).
         force: promote without (or regardless of) an evaluation against the champion.
+        version: promote this registered version instead of @challenger's.
+        online: an online experiment's verdict (``reason`` and its figures): promote on that
+            evidence, which goes into the version's ``online_experiment`` tag.
 
     Returns:
         ``promoted`` (bool), ``reason``, ``champion`` (the champion version afterwards),
@@ -391,7 +394,7 @@ def promote(settings: Settings, force: bool = False) -> dict:
     from recops import registry
 
     client = registry.setup(settings)
-    challenger = registry.alias_version(settings, registry.CHALLENGER)
+    challenger = version or registry.alias_version(settings, registry.CHALLENGER)
     if challenger is None:
         raise StepFailed("no @challenger version to promote: run train first")
     champion = registry.alias_version(settings, registry.CHAMPION)
@@ -400,6 +403,10 @@ def promote(settings: Settings, force: bool = False) -> dict:
         promoted, why = True, "first model: no champion yet"
     elif champion == challenger:
         promoted, why = False, f"version {challenger} is already champion"
+    elif online is not None:
+        promoted, why = True, f"online experiment against v{champion}: {online['reason']}"
+        client.set_model_version_tag(settings.model_name, challenger, "online_experiment",
+                                     to_json({**online, "champion": champion}))
     elif force:
         promoted, why = True, f"forced over champion v{champion}"
     elif "eval_vs_champion" not in tags:

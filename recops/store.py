@@ -34,6 +34,7 @@ events = sa.Table(
     sa.Column("value", sa.Float, nullable=True),
     sa.Column("context", sa.Text, nullable=True),
     sa.Column("ingested_at", sa.Float, nullable=False),
+    sa.Column("request_id", sa.String(32), nullable=True, comment="the served list the event came from"),
     sa.Index("ix_events_user_ts", "user_id", "timestamp"),
     sa.Index("ix_events_item_ts", "item_id", "timestamp"),
     sa.Index("ix_events_session", "session_id"),
@@ -102,6 +103,16 @@ class EventStore:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         if create:
             metadata.create_all(self.engine)
+            self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added to the events table since a store was created (nullable, so old rows stay valid)."""
+        have = {c["name"] for c in sa.inspect(self.engine).get_columns("events")}
+        with self.engine.begin() as conn:
+            for col in events.columns:
+                if col.name not in have and col.nullable:
+                    conn.exec_driver_sql(f"ALTER TABLE events ADD COLUMN {col.name} "
+                                         f"{col.type.compile(dialect=self.engine.dialect)}")
 
     @property
     def dialect(self) -> str:

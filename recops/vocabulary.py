@@ -12,7 +12,8 @@ Roles:
 - ``cart``: reveals what a shopper is willing to pay and makes a visit transactional;
 - ``conversion``: the purchase (average price paid, conversion rates);
 - ``negative``: takes interest back (not counted toward category affinity);
-- ``rating``: carries its own value (1-5) instead of a weight.
+- ``rating``: carries its own value (1-5) instead of a weight;
+- ``engage``: a click on a shown item: the numerator of an experiment's CTR (``cart`` is its conversion).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class EventType:
 
 EVENT_TYPES: tuple[EventType, ...] = (
     EventType(VIEW, 1.0, frozenset({"funnel", "browse"}), "viewed"),
-    EventType(CLICK, 2.0, frozenset({"funnel", "browse"}), "clicked"),
+    EventType(CLICK, 2.0, frozenset({"funnel", "browse", "engage"}), "clicked"),
     EventType(WISHLIST, 3.0, frozenset(), "wishlisted"),
     EventType(CART, 4.0, frozenset({"funnel", "cart"}), "added to carts"),
     EventType(REMOVE_FROM_CART, -2.0, frozenset({"negative"}), "removed from carts"),
@@ -62,6 +63,8 @@ FUNNEL = with_role("funnel")  # view, click, add_to_cart, purchase
 BROWSE = with_role("browse")  # view, click
 CART_ACTIVITY = with_role("cart")  # add_to_cart, purchase
 NEGATIVE = with_role("negative")  # remove_from_cart
+ENGAGE = with_role("engage")  # click
+CONVERSION = with_role("conversion")  # purchase: its value is an experiment's revenue
 VERBS: dict[str, str] = {t.name: t.verb for t in EVENT_TYPES}
 # items a user did one of these to are not recommended again (setting ``exclude_event_types``)
 DEFAULT_EXCLUDE_TYPES: tuple[str, ...] = (PURCHASE, RATE)
@@ -73,6 +76,10 @@ SESSION_GAP_SECONDS = 30 * 60  # a user's events closer than this to now are the
 # -- half-lives (days) ----------------------------------------------------------------------------
 RATING_HALF_LIFE_DAYS = 30.0  # implicit ratings (setting ``decay_half_life_days``)
 POPULARITY_HALF_LIFE_DAYS = 7.0  # the popularity generator and the popularity baseline: "trending"
+
+# -- online experiments ---------------------------------------------------------------------------
+EXPERIMENT_METRICS = ("ctr", "conversion", "revenue")  # an experiment's primary metric is one of these
+EXPERIMENT_METHODS = ("ab", "interleave")
 
 # -- Feast: views, their push sources and offline tables ------------------------------------------
 USER_VIEW, ITEM_VIEW, SESSION_VIEW, RECENT_VIEW = "user_behavior", "item_stats", "session_state", "user_recent"

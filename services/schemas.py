@@ -36,6 +36,8 @@ class TrackEvent(BaseModel):
     value: Annotated[float, Field(ge=0, le=1_000_000)] | None = Field(default=None,
                                                                        description="price, quantity or rating")
     context: dict[str, Any] | None = None
+    request_id: Annotated[str, Field(min_length=1, max_length=32)] | None = Field(
+        None, description="the request_id of the served list the event came from (attributes it exactly)")
 
     @field_validator("event_type")
     @classmethod
@@ -84,6 +86,8 @@ class RecommendedItem(BaseModel):
                                                            "x agreement of the generators")
     sources: list[str] = Field(default_factory=list, description="the candidate generators that proposed it",
                                examples=[["covisit", "ease"]])
+    team: str | None = Field(None, description="in an interleaving experiment: the model that contributed the item "
+                             "(control or challenger); null otherwise", examples=[None])
 
 
 class RankedList(BaseModel):
@@ -97,6 +101,11 @@ class RankedList(BaseModel):
                           "new user's first events, read as a session with an intent), demographic (no events yet; "
                           "what shoppers of the same age band, gender and region take), trending (nothing known)",
                           examples=["personalized"])
+    request_id: str | None = Field(None, description="names this list: send it with /track events on its items to "
+                                   "attribute them", examples=["5f0c9e1d2a7b4c6e8f0a1b2c3d4e5f60"])
+    experiment: str | None = Field(None, description="the running experiment this list is part of", examples=[None])
+    variant: str | None = Field(None, description="control, challenger or interleaved; null outside an experiment",
+                                examples=[None])
 
 
 class RecommendResponse(RankedList):
@@ -235,6 +244,12 @@ class OnlineRefresh(BaseModel):
     last_error: str | None = None
 
 
+class ImpressionLogState(BaseModel):
+    pending: int = Field(description="served lists not written to the event store yet (written every half second)")
+    written: int = Field(description="served lists written since the server started")
+    last_error: str | None = None
+
+
 class HealthResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -244,6 +259,9 @@ class HealthResponse(BaseModel):
     load_error: str | None = None
     events: int = Field(description="events in the event store")
     online_refresh: OnlineRefresh
+    experiment: str | None = Field(None, description="the running experiment being served, if any")
+    experiment_share: float | None = Field(None, description="its challenger share, as served")
+    impressions: ImpressionLogState | None = None
 
 
 class ModelInfoResponse(BaseModel):
@@ -255,3 +273,65 @@ class ModelInfoResponse(BaseModel):
     generators: list[str] = Field(examples=[["popularity", "covisit", "itemknn", "ease", "svd"]])
     features: list[str] = Field(description="the ranker's features, in order")
     meta: dict[str, Any] = Field(description="training split, ranker statistics, tuned hyper-parameters, scorers")
+
+
+class VariantFigures(BaseModel):
+    users: int = Field(description="users (or anonymous sessions) served a non-fallback list")
+    impressions: int = Field(description="non-fallback lists served")
+    clicks: int = Field(description="shown items clicked (once per list and item), attributed to these lists")
+    conversions: int = Field(description="shown items carted or bought, attributed to these lists")
+    revenue: float = Field(description="the value of purchases of shown items")
+    ctr: float | None = None
+    conversion_rate: float | None = None
+    revenue_per_impression: float | None = None
+    fallback_impressions: int = Field(description="fallback lists: counted apart, never a success of the variant")
+    error_rate: float | None = Field(None, description="share of lists where the model failed")
+    fallback_rate: float | None = None
+    p99_latency_ms: float | None = None
+    team_credit: dict[str, float] | None = Field(None, description="interleaving: the credit each team earned")
+
+
+class ExperimentDecision(BaseModel):
+    action: str = Field(examples=["continue"])
+    reason: str
+    at: float = Field(description="epoch seconds")
+
+
+class ExperimentChange(BaseModel):
+    at: float = Field(description="epoch seconds")
+    action: str = Field(examples=["ramp"])
+    status: str
+    share: float
+    reason: str
+    details: dict[str, Any] | None = None
+
+
+class ExperimentSummary(BaseModel):
+    name: str = Field(examples=["ranker-v4"])
+    control: str = Field(description="the control's registry version (@champion at start)", examples=["3"])
+    challenger: str = Field(description="the challenger's registry version", examples=["4"])
+    method: str = Field(description="ab or interleave", examples=["ab"])
+    share: float = Field(description="the challenger's traffic share", examples=[0.05])
+    salt: str
+    metric: str = Field(description="the primary metric: ctr, conversion or revenue", examples=["ctr"])
+    guardrails: list[str]
+    status: str = Field(description="running, stopped, promoted or rolled_back", examples=["running"])
+    started_at: float
+    updated_at: float
+    ended_at: float | None = None
+
+
+class ExperimentStatus(ExperimentSummary):
+    variants: dict[str, VariantFigures] = Field(description="per variant: control and challenger (interleaved in an "
+                                                "interleaving experiment)")
+    lift: float | None = Field(None, description="the challenger's relative lift on the primary metric")
+    ci: list[float | None] = Field(description="the lift's 95% interval (fixed horizon); interleaving: the win share's")
+    ci_always_valid: list[float | None] = Field(description="the always-valid 95% interval (confidence sequence)")
+    p_value: float | None = Field(None, description="the primary metric's always-valid p-value (mSPRT)")
+    p_value_fixed: float | None = None
+    srm_p_value: float | None = Field(None, description="sample-ratio mismatch: chi-square p-value (flagged < 0.001)")
+    srm: bool
+    interleaving: dict[str, Any] | None = None
+    look: dict[str, Any] = Field(description="this look's difference and variance (the sequential test's input)")
+    decision: ExperimentDecision | None = Field(None, description="the last evaluation's decision")
+    history: list[ExperimentChange]

@@ -12,7 +12,13 @@
   ranker's feature contributions in words).
 - ``GET /users/{id}/profile``: static attributes, preferences, 20+ behavioral features.
 - ``POST /deals``: personalised deals, capped and floored by the server's policy.
+- ``GET /experiments``, ``GET /experiments/{name}``: online experiments and their figures (the same
+  JSON as ``recops experiment status NAME --json``).
 - ``GET /health``, ``GET /model``. Invalid input gets a 4xx naming the bad field.
+
+Under a running experiment, ``/recommend`` and ``/session/recommend`` answer from the user's variant
+(or interleave both models) and say so (``request_id``, ``experiment``, ``variant``); every served
+list is logged as an impression.
 
 The champion is loaded from the MLflow registry by alias and re-checked every
 ``reload_interval_seconds``: promoting a new version needs no restart.
@@ -34,6 +40,8 @@ from recops.config import load_settings
 from recops.services.schemas import (
     DealsRequest,
     DealsResponse,
+    ExperimentStatus,
+    ExperimentSummary,
     ExplainResponse,
     HealthResponse,
     ImplicitRatingResponse,
@@ -76,7 +84,7 @@ class Recops:
 
         ``async`` on purpose: the work is ~3 ms of GIL-bound CPU, and running it on the event loop
         saves the thread-pool hand-off, which cost more than the work itself (bench/serving.py)."""
-        return self.rt.recommendations.recommend(user_id, k, session_id, exclude)
+        return self.rt.experiments.recommend(user_id, k, session_id, exclude)
 
     @bentoml.api(route="/session/recommend")
     def session_recommend(
@@ -88,7 +96,7 @@ class Recops:
     ) -> SessionRecommendResponse:
         """Top-k for a session from its live state, steered by its intent (browsing, research,
         transactional), with the intent, the signals it was read from and a reason per item."""
-        return self.rt.recommendations.session_recommend(session_id, k, exclude)
+        return self.rt.experiments.session_recommend(session_id, k, exclude)
 
     @bentoml.api(route="/next-items")
     def next_items(
@@ -150,6 +158,30 @@ class Recops:
         """Personalised deals on items the user is likely to want: discounts from their price
         sensitivity, the item's demand, season and region, capped and floored by the server."""
         return self.rt.behavior.deals(request.user_id, request.k)
+
+    @app.get("/experiments")
+    def experiments(self) -> list[ExperimentSummary]:
+        """Every online experiment, newest first."""
+        return [e.as_dict() for e in self.rt.experiment_records.list()]
+
+    @app.get("/experiments/{name}", responses={404: {"description": "no experiment has that name"}})
+    def experiment(self, name: Annotated[str, Path(min_length=1, max_length=64)]) -> ExperimentStatus:
+        """An experiment with its figures now: per-variant counts, lift and interval, the always-valid
+        p-value, SRM, the last decision and its history (``recops experiment status NAME --json``)."""
+        from recops.experiments.lifecycle import status
+        from recops.experiments.records import ExperimentError
+
+        self.rt.impressions.flush()  # what was served up to this request is counted
+        try:
+            return status(self.rt.settings, name, self.rt.experiment_records)
+        except ExperimentError as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """A clean shutdown writes the pending impressions and stops the refresher."""
+        self._stop.set()
+        self.rt.close()
 
     @app.get("/health")
     def health(self) -> HealthResponse:

@@ -138,3 +138,12 @@ def test_team_draft_interleaves_without_duplicates_and_balances_the_teams():
     short = team_draft(["x"], ["y", "z", "w"], 5, seed=1)
     assert sorted(i for i, _ in short) == ["w", "x", "y", "z"]  # a list that runs out lets the other pick
     assert team_credit(out, {items[0], items[1]}) == {t: teams[:2].count(t) for t in (CONTROL, CHALLENGER)}
+
+
+def test_degenerate_inputs_give_no_evidence_rather_than_errors():
+    assert stats.srm_p_value([1000, 50], [1.0, 0.0]) == 0.0  # users where none belong: broken assignment
+    assert stats.srm_p_value([1000, 0], [1.0, 0.0]) == 1.0
+    assert math.isnan(stats.welch(np.zeros(50), np.zeros(50))[3])
+    assert math.isnan(stats.relative_lift(stats.Estimate(0.1, 0.0, 10), stats.Estimate(0.2, 0.0, 10)).p_value)
+    p = stats.msprt(np.array([np.nan, 0.2, 0.2]), np.array([0.01, 0.001, 0.0005]), tau2=0.0025)
+    assert p[0] == 1.0 and np.all(np.isfinite(p)) and p[2] < p[1] < 1.0

@@ -83,11 +83,14 @@ def test_validation_threshold_fails_the_step_and_loads_nothing(reg):
     store.dispose()
 
 
-def test_nightly_deployment_has_its_cron():
+def test_deployments_have_their_crons():
     from recops.flows.deployments import deployments
 
-    (d,) = deployments("15 2 * * *")
-    assert d.name == "nightly-retrain" and d.schedules[0].schedule.cron == "15 2 * * *"
+    retrain, ab = deployments("15 2 * * *")
+    assert retrain.name == "nightly-retrain" and retrain.schedules[0].schedule.cron == "15 2 * * *"
+    assert ab.name == "ab-evaluate" and ab.schedules[0].schedule.cron == "0 * * * *"  # hourly by default
+    _, ab = deployments(ab_cron="30 */2 * * *")
+    assert ab.schedules[0].schedule.cron == "30 */2 * * *"
 
 
 def test_cli_help_and_status(tmp_path):

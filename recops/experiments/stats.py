@@ -38,6 +38,7 @@ class Lift:
     low: float
     high: float
     p_value: float  # two-sided, fixed horizon (normal approximation)
+    se: float = float("nan")  # the lift's standard error (what ``msprt`` takes, squared, as the variance)
 
 
 def ratio_estimate(num: np.ndarray, den: np.ndarray) -> Estimate:
@@ -90,12 +91,12 @@ def relative_lift(control: Estimate, challenger: Estimate, alpha: float = 0.05) 
     """
     a, b = control.value, challenger.value
     if not (a > 0) or math.isnan(b):
-        return Lift(float("nan"), float("nan"), float("nan"), float("nan"))
+        return Lift(float("nan"), float("nan"), float("nan"), float("nan"), float("nan"))
     ratio = b / a
     se = math.sqrt(challenger.variance / a**2 + b**2 * control.variance / a**4)  # = ratio * sqrt(vb/b^2 + va/a^2)
     z = stats.norm.ppf(1 - alpha / 2)
-    p = 2 * stats.norm.sf(abs(ratio - 1) / se) if se > 0 else (0.0 if ratio != 1 else 1.0)
-    return Lift(ratio - 1, ratio - 1 - z * se, ratio - 1 + z * se, float(p))
+    p = 2 * stats.norm.sf(abs(ratio - 1) / se) if se > 0 else float("nan")  # no variance: no evidence
+    return Lift(ratio - 1, ratio - 1 - z * se, ratio - 1 + z * se, float(p), se)
 
 
 def welch(control: np.ndarray, challenger: np.ndarray, alpha: float = 0.05) -> tuple[float, float, float, float]:
@@ -112,6 +113,8 @@ def welch(control: np.ndarray, challenger: np.ndarray, alpha: float = 0.05) -> t
     """
     a, b = mean_estimate(control), mean_estimate(challenger)
     diff, se = b.value - a.value, math.sqrt(a.variance + b.variance)
+    if not se > 0:  # both constant (or too few users): no test
+        return diff, float("nan"), float("nan"), float("nan")
     df = (a.variance + b.variance) ** 2 / (a.variance**2 / (a.users - 1) + b.variance**2 / (b.users - 1))
     t = stats.t.ppf(1 - alpha / 2, df)
     return diff, diff - t * se, diff + t * se, float(2 * stats.t.sf(abs(diff / se), df))
@@ -127,13 +130,15 @@ def msprt(diffs: np.ndarray, variances: np.ndarray, tau2: float) -> np.ndarray:
 
     Args:
         diffs: the difference (challenger - control) at each look, in time order.
-        variances: its variance at each look (``Estimate.variance`` summed over both variants).
+        variances: its variance at each look (for a difference of means, ``Estimate.variance`` summed
+            over both variants; for a relative lift, ``Lift.se`` squared).
         tau2: the mixing variance: the squared size of a lift worth finding, on the metric's scale.
 
     Returns:
         One always-valid p-value per look.
     """
     d, v = np.asarray(diffs, dtype=float), np.asarray(variances, dtype=float)
+    v = np.where(np.isfinite(d), v, 0.0)  # a look without an estimate adds no evidence (and no NaN)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_lr = 0.5 * np.log(v / (v + tau2)) + tau2 * d**2 / (2 * v * (v + tau2))
     log_lr = np.where(v > 0, log_lr, 0.0)
@@ -187,11 +192,14 @@ def srm_p_value(counts: list[int] | np.ndarray, shares: list[float] | np.ndarray
         shares: each variant's expected share (summing to 1).
 
     Returns:
-        The chi-square goodness-of-fit p-value (1.0 with fewer than two variants holding users);
-        below ``SRM_ALPHA`` the assignment is broken and no decision may be taken.
+        The chi-square goodness-of-fit p-value (1.0 with fewer than two variants expecting users,
+        0.0 when a variant of share 0 holds any); below ``SRM_ALPHA`` the assignment is broken and
+        no decision may be taken.
     """
     c, s = np.asarray(counts, dtype=float), np.asarray(shares, dtype=float)
     keep = s > 0
+    if c[~keep].sum() > 0:  # users in a variant that should hold none: the assignment is broken
+        return 0.0
     if keep.sum() < 2 or c.sum() == 0:
         return 1.0
     return float(stats.chisquare(c[keep], c.sum() * s[keep] / s[keep].sum()).pvalue)

@@ -33,7 +33,7 @@ class Recommendations:
         self.slot, self.requests, self.catalog, self.store = slot, requests, catalog, store
 
     def recommend(self, user_id: str, k: int = 10, session_id: str | None = None,
-                  exclude: Iterable[str] | None = None) -> RecommendResponse:
+                  exclude: Iterable[str] | None = None, slot: ModelSlot | None = None) -> RecommendResponse:
         """Top-``k`` for a user, each with a reason.
 
         Args:
@@ -41,14 +41,16 @@ class Recommendations:
             k: how many items.
             session_id: the visit the user is in, when the caller knows it.
             exclude: the caller's items never to show.
+            slot: the model to ask (an experiment's variant); None: the champion.
 
         Returns:
             The list, the model version, the strategy that answered, and whether (and why) the
             fallback did.
         """
-        served, excl = self.slot.get(), frozenset(exclude or ())
+        slot = slot or self.slot
+        served, excl = slot.get(), frozenset(exclude or ())
         if served is None:
-            return self.fallback(user_id, k, excl, None, self.slot.why_none())
+            return self.fallback(user_id, k, excl, None, slot.why_none())
         try:
             request = self.requests.for_user(user_id, k, session_id, excl)
             if request is None:
@@ -58,21 +60,23 @@ class Recommendations:
             log.exception("model failed for user %s", user_id)
             return self.fallback(user_id, k, excl, served, f"model error: {type(exc).__name__}")
 
-    def session_recommend(self, session_id: str, k: int = 10,
-                          exclude: Iterable[str] | None = None) -> SessionRecommendResponse:
+    def session_recommend(self, session_id: str, k: int = 10, exclude: Iterable[str] | None = None,
+                          slot: ModelSlot | None = None) -> SessionRecommendResponse:
         """Top-``k`` for an (anonymous) session from its live state, steered by its intent.
 
         Args:
             session_id: the session.
             k: how many items.
             exclude: the caller's items never to show.
+            slot: the model to ask (an experiment's variant); None: the champion.
 
         Returns:
             The list with the session's intent, the signals it was read from and why.
         """
+        slot = slot or self.slot
         visit = self.requests.visit(session_id)
         intent = infer_intent(visit)
-        served, excl = self.slot.get(), frozenset(exclude or ())
+        served, excl = slot.get(), frozenset(exclude or ())
 
         def answer(resp: RecommendResponse) -> SessionRecommendResponse:
             return SessionRecommendResponse(session_id=session_id, intent=intent.name, intent_reason=intent.why,
@@ -81,7 +85,7 @@ class Recommendations:
         if visit is None:
             return answer(self.fallback(session_id, k, excl, served, "new session: no events yet"))
         if served is None:
-            return answer(self.fallback(session_id, k, excl, None, self.slot.why_none()))
+            return answer(self.fallback(session_id, k, excl, None, slot.why_none()))
         try:
             request = self.requests.for_session(session_id, visit, intent, k, excl)
             return answer(self._answer(session_id, request, served))

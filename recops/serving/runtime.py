@@ -4,7 +4,9 @@
     ├── champion       ModelSlot      the served model, followed by alias, hot-swapped (state.py)
     ├── catalog        LiveCatalog    stock, categories, the model-free popular list (state.py)
     ├── requests       RequestBuilder the one place a RecommendRequest is built (requests.py)
-    ├── recommendations               /recommend, /session/recommend, fallback (recommend.py)
+    ├── recommendations               a model's list for a user or session, fallback (recommend.py)
+    ├── experiments    ExperimentRouting  /recommend, /session/recommend as served: the running experiment's
+    │                                 variant, interleaving, every list logged as an impression (experiment.py)
     ├── tracking                      /track, /track/batch (track.py)
     └── behavior                      /implicit-rating, /predict, /explain, /next-items, /profile, /deals
 """
@@ -16,9 +18,12 @@ import threading
 
 from recops import registry
 from recops.config import Settings
+from recops.experiments.records import ExperimentStore
 from recops.featurestore import FeatureStoreClient
+from recops.impressions import ImpressionLog
 from recops.online import Refresher
 from recops.serving.behavior import Behavior
+from recops.serving.experiment import ExperimentRouting
 from recops.serving.recommend import Recommendations
 from recops.serving.requests import RequestBuilder
 from recops.serving.state import LiveCatalog, ModelSlot
@@ -42,6 +47,10 @@ class Serving:
         self.requests = RequestBuilder(settings, self.store, self.features, self.catalog, self.refresher)
         self.recommendations = Recommendations(self.champion, self.requests, self.catalog, self.store)
         self.tracking = Tracking(self.store, self.catalog, self.refresher)
+        self.impressions = ImpressionLog(self.store.engine)
+        self.experiment_records = ExperimentStore(self.store.engine)
+        self.experiments = ExperimentRouting(settings, self.experiment_records, self.champion, self.recommendations,
+                                             self.impressions, follow=version is None)  # batch scoring: no test
         self.behavior = Behavior(settings, self.champion, self.requests, self.catalog, self.store, self.features,
                                  self.refresher, self.recommendations)
 
@@ -53,6 +62,7 @@ class Serving:
         """
         while not stop.wait(self.settings.reload_interval_seconds):
             self.champion.reload()
+            self.experiments.refresh()
             try:
                 self.catalog.refresh()
             except Exception:
@@ -62,14 +72,18 @@ class Serving:
         """Liveness plus what is served.
 
         Returns:
-            The version, why nothing is served (if so), the events stored and the online refresher's
-            backlog (``HealthResponse``'s fields).
+            The version, why nothing is served (if so), the events stored, the online refresher's
+            backlog, the running experiment and the impression log (``HealthResponse``'s fields).
         """
         served = self.champion.get()
         return {"status": "ok", "model_version": served.version if served else None, "model_loaded": served is not None,
                 "load_error": self.champion.load_error, "events": self.store.count_events(),
                 "online_refresh": {"pending": self.refresher.pending(), "done": self.refresher.refreshes,
-                                   "last_error": self.refresher.last_error}}
+                                   "last_error": self.refresher.last_error},
+                "experiment": self.experiments.current.name if self.experiments.current else None,
+                "experiment_share": self.experiments.current.share if self.experiments.current else None,
+                "impressions": {"pending": self.impressions.pending(), "written": self.impressions.written,
+                                "last_error": self.impressions.last_error}}
 
     def model_info(self) -> dict:
         """The served model.
@@ -86,6 +100,7 @@ class Serving:
                 "features": m.feature_names if m else [], "meta": m.meta if m else {}}
 
     def close(self) -> None:
-        """Stop the refresher and release the event store's connections."""
+        """Write the pending impressions, stop the refresher and release the event store's connections."""
+        self.impressions.close()
         self.refresher.close()
         self.store.dispose()

@@ -58,8 +58,11 @@ def event_row(e: TrackEvent, now: float) -> dict:
         The row, with a deterministic ``event_id`` when the caller sent none.
     """
     ts = e.timestamp.timestamp() if e.timestamp else now
+    # the list an event came from tells it apart too: one click on the same item in each of two lists is two clicks
+    extra = e.session_id if e.request_id is None else f"{e.session_id}|{e.request_id}"
     event_id = e.event_id or make_event_id(e.user_id, e.item_id, e.event_type, pd.Timestamp(ts, unit="s", tz="UTC"),
-                                           e.session_id)
+                                           extra)
     return {"event_id": event_id, "user_id": e.user_id, "item_id": e.item_id, "event_type": e.event_type,
             "timestamp": ts, "session_id": e.session_id, "value": e.value,
-            "context": json.dumps(e.context, sort_keys=True) if e.context else None, "ingested_at": now}
+            "context": json.dumps(e.context, sort_keys=True) if e.context else None, "ingested_at": now,
+            "request_id": e.request_id}
