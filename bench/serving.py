@@ -120,8 +120,10 @@ def p50_ratio_vs_bare(urls: dict[str, str], bodies: list[dict], n: int) -> tuple
     return p50, p50 / float(np.percentile(lat["bare"], 50))
 
 
-def under_experiments(s, run_id: str, urls: dict[str, str], bodies: list[dict], n: int) -> dict:
-    """/recommend p50 while an A/B test (share 0.5) and then an interleaving test (share 0.05) run."""
+def under_experiments(s, run_id: str, urls: dict[str, str], bodies: list[dict], n: int,
+                      proc: subprocess.Popen) -> dict:
+    """/recommend p50 (and the server's memory, two models loaded) while an A/B test (share 0.5) and
+    then an interleaving test (share 0.05) run."""
     import mlflow
 
     from recops import registry
@@ -138,7 +140,8 @@ def under_experiments(s, run_id: str, urls: dict[str, str], bodies: list[dict], 
                 raise TimeoutError(f"the server did not pick up {name}")
             time.sleep(0.5)
         p50, ratio = p50_ratio_vs_bare(urls, bodies, n)
-        out[name] = {"method": method, "share": share, "p50_ms": p50, "p50_ratio_vs_bare": ratio}
+        out[name] = {"method": method, "share": share, "p50_ms": p50, "p50_ratio_vs_bare": ratio,
+                     "rss_mb": rss_mb(proc)}
         lifecycle.stop(s, name, reason="benchmark phase done")
     return out
 
@@ -176,7 +179,7 @@ def main() -> None:
             res[name]["throughput_rps"] = throughput(url, bodies, args.clients, args.seconds)
             res[name]["rss_mb"] = rss_mb(procs[name])
         base_ratio = res["recops"]["p50_ms"] / res["bare"]["p50_ms"]
-        exps = under_experiments(s, run_id, urls, bodies, args.requests)
+        exps = under_experiments(s, run_id, urls, bodies, args.requests, procs["recops"])
         for e in exps.values():
             e["p50_vs_no_experiment"] = e["p50_ratio_vs_bare"] / base_ratio
     finally:
@@ -196,7 +199,8 @@ def main() -> None:
     r["first_request_ms"] = first_ms
     for name, e in exps.items():
         print(f"{name:<17} ({e['method']}, share {e['share']}): p50 {e['p50_ms']:.2f} ms = "
-              f"{e['p50_vs_no_experiment']:.2f} x the no-experiment p50, each against bare (target <= 1.3)")
+              f"{e['p50_vs_no_experiment']:.2f} x the no-experiment p50, each against bare (target <= 1.3); "
+              f"RSS {e['rss_mb']:.0f} MB with both models")
     print(json.dumps({"bench": "serving", "events": args.events, "recops": r, "bare": bare,
                       "p50_ratio_vs_bare": ratio, "experiments": exps}))
 

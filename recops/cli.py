@@ -395,7 +395,7 @@ def _experiment_tour(s: Settings, c, ev, items, users: int = 300) -> None:
     name = f"demo-{int(time.time())}"
     st = lifecycle.start(s, name, "@challenger", share=0.5)
     console.print(f"  started {name}: v{st['challenger']} against @champion v{st['control']}, A/B, share 0.5, "
-                  "metric ctr")
+                  "metric ctr", soft_wrap=True)
     t0 = time.time()
     while c.get("/health").json()["experiment"] != name and time.time() - t0 < 3 * s.reload_interval_seconds + 30:
         time.sleep(0.5)
@@ -419,13 +419,13 @@ def _experiment_tour(s: Settings, c, ev, items, users: int = 300) -> None:
         if clicks:
             c.post("/track/batch", json=clicks)
     console.print(f"  {len(shoppers)} simulated shoppers, 2 lists each: {sent['control']} lists from control, "
-                  f"{sent['challenger']} from the challenger")
+                  f"{sent['challenger']} from the challenger", soft_wrap=True)
     res = _run("ab-evaluate flow run", ab_evaluate_flow, name=name)
     st = lifecycle.status(s, name)
     _brief(st)
     console.print(f"  decision: {res['decision']['action']}: {res['decision']['reason']}", soft_wrap=True)
     console.print(f"  in MLflow: experiment [bold]{lifecycle.mlflow_experiment_name(name)}[/], run "
-                  f"{res['mlflow_run_id']}; `recops experiment status {name}` shows it again")
+                  f"{res['mlflow_run_id']}; `recops experiment status {name}` shows it again", soft_wrap=True)
 
 
 def _behavioral_tour(c, user: str, viewed: list[str], items) -> None:
@@ -501,11 +501,12 @@ def _brief(st: dict) -> None:
         rate = f.get({"ctr": "ctr", "conversion": "conversion_rate", "revenue": "revenue_per_impression"}[st["metric"]])
         console.print(f"  {v:<12} users {f['users']:>6}  lists {f['impressions']:>7}  clicks {f['clicks']:>6}  "
                       f"conversions {f['conversions']:>5}  revenue {f['revenue']:>9.2f}  {st['metric']} "
-                      f"{'n/a' if rate is None else format(rate, '.4f')}  fallback lists {f['fallback_impressions']}")
+                      f"{'n/a' if rate is None else format(rate, '.4f')}  fallback lists {f['fallback_impressions']}",
+                      soft_wrap=True)
     fmt = lambda x, spec: "n/a" if x is None else format(x, spec)
     ci = st["ci"] or [None, None]
     console.print(f"  lift {fmt(st['lift'], '+.2%')} (95% CI {fmt(ci[0], '+.2%')} .. {fmt(ci[1], '+.2%')}), "
-                  f"always-valid p {fmt(st['p_value'], '.3g')}, SRM p {fmt(st['srm_p_value'], '.3g')}")
+                  f"always-valid p {fmt(st['p_value'], '.3g')}, SRM p {fmt(st['srm_p_value'], '.3g')}", soft_wrap=True)
     d = st.get("decision")
     console.print(f"  last decision: {d['action']}: {d['reason']}" if d else "  no evaluation yet", soft_wrap=True)
 

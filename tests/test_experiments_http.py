@@ -158,7 +158,7 @@ def test_split_passes_the_srm_check(ab, client):
 
 
 def test_a_restarted_server_gives_everyone_the_same_variant(ab, client, trained):
-    settings, _exp = ab
+    settings, exp = ab
     users = _known_users(trained, 15)
     first = {u: client.post("/recommend", json={"user_id": u, "k": 2}).json()["variant"] for u in users}
     second = Server(settings, free_port()).wait()
@@ -167,9 +167,15 @@ def test_a_restarted_server_gives_everyone_the_same_variant(ab, client, trained)
 
         with httpx.Client(base_url=second.url, timeout=30) as c2:
             _served(c2, "http-ab", 0.5)
-            assert {u: c2.post("/recommend", json={"user_id": u, "k": 2}).json()["variant"] for u in users} == first
+            answers = {u: c2.post("/recommend", json={"user_id": u, "k": 2}).json() for u in users}
+            assert {u: a["variant"] for u, a in answers.items()} == first
     finally:
-        second.stop()
+        second.stop()  # SIGTERM at once: the impressions still queued are written by the shutdown hook
+    from recops.impressions import load_impressions
+    from recops.store import EventStore
+
+    imps, _ = load_impressions(EventStore(settings.event_store_uri).engine, exp.started_at)
+    assert {a["request_id"] for a in answers.values()} <= set(imps["request_id"])
 
 
 def _cli(settings, *args) -> subprocess.CompletedProcess:

@@ -305,10 +305,17 @@ def _log_run(settings: Settings, exp: Experiment, figures: dict, decision: polic
         if pts:
             t = [(p[0] - exp.started_at) / 3600 for p in pts]
             ax.plot(t, [p[1] for p in pts], marker="o", label="lift" if exp.method == "ab" else "credit lift")
-            band = [(ti, p[2], p[3]) for ti, p in zip(t, pts) if p[2] is not None]
-            if band and exp.method == "ab":
-                ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], alpha=0.25,
-                                label="always-valid 95% band")
+            band = [(ti, p[1], p[2], p[3]) for ti, p in zip(t, pts) if p[2] is not None]
+            if band and exp.method == "ab":  # interleaving's interval is on the win share, not the lift
+                bt, mid, lo, hi = (list(x) for x in zip(*band))
+                ax.fill_between(bt, lo, hi, alpha=0.2, label="always-valid 95% band")
+                ax.errorbar(bt, mid, yerr=[[m - a for m, a in zip(mid, lo)], [b - m for m, b in zip(mid, hi)]],
+                            fmt="none", ecolor="C0", alpha=0.5, capsize=3)
+            for h in history:
+                if h["action"] == "ramp":
+                    ax.axvline((h["at"] - exp.started_at) / 3600, color="C2", ls="--", lw=0.8)
+                    ax.annotate(f"{h['share']:.0%}", ((h["at"] - exp.started_at) / 3600, ax.get_ylim()[1]),
+                                color="C2", fontsize=8, va="top")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("hours since start")
         ax.set_ylabel(f"relative {exp.metric} lift")
