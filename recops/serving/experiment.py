@@ -56,8 +56,12 @@ class ExperimentRouting:
             self.current, self._slots, self.load_error = None, {}, None
             return
         for version in (exp.control, exp.challenger):
-            if version not in self._slots and not self._is_champion(version):
+            if self._is_champion(version):
+                continue
+            if version not in self._slots:
                 self._slots[version] = ModelSlot(self.settings, pinned=version)
+            elif self._slots[version].get() is None:  # it failed to load last time: try again
+                self._slots[version].reload()
         missing = [v for v in (exp.control, exp.challenger) if self.slot(v).get() is None]
         if missing:
             self.load_error = f"experiment {exp.name}: version(s) {missing} not loaded; serving the champion alone"
