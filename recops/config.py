@@ -91,6 +91,7 @@ class Settings:
     experiment_max_days: float = 14.0  # then stop with "no detectable difference"
     experiment_guardrail_margin: float = 0.02  # how much worse (absolute) an error or fallback rate may be
     experiment_latency_margin: float = 1.5  # how many times control's p99 latency the challenger may take
+    experiment_cuped: bool = True  # take out what each user's activity before the start predicts (less variance)
     attribution_window_hours: float = 24.0  # an outcome without request_id goes to the latest impression this recent
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000

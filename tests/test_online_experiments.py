@@ -221,3 +221,25 @@ def test_policy_precedence(home):
     assert decide(_figures({}, {}, p=1e-6, lift=0.3), at_last).action == "promote"  # next would be full traffic
     assert decide(_figures({}, {}), exp, now + 15 * 86400).action == "stop"  # past experiment_max_days
     assert decide(_figures({}, {})).action == "continue"
+
+
+def test_cuped_narrows_the_lift_when_past_activity_predicts_clicks(home):
+    from recops.experiments.analysis import Observations, summarize
+    from recops.experiments.records import Experiment
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    keen = rng.lognormal(0, 1, n)  # how much each user clicks, before and during the experiment
+    units = [f"u{i}" for i in range(n)]
+    variant = [CHALLENGER if i % 2 else CONTROL for i in range(n)]
+    lists = rng.integers(3, 8, n)
+    clicks = rng.binomial(lists, np.minimum(0.9, 0.1 * keen))
+    per_unit = pd.DataFrame({"unit": units, "variant": variant, "fallback": False, "impressions": lists,
+                             "clicks": clicks, "conversions": 0, "revenue": 0.0})
+    obs = Observations(pd.DataFrame({"variant": variant, "error": False, "fallback": False, "latency_ms": 1.0}),
+                       per_unit, pd.DataFrame(columns=["unit", "control", "challenger"]),
+                       pd.Series(rng.poisson(10 * keen), index=units, dtype=float))
+    exp = Experiment("c", "1", "2", "ab", 0.5, "s", "ctr", [], "running", 0.0, 0.0)
+    plain, adjusted = summarize(exp, obs, home, cuped=False), summarize(exp, obs, home, cuped=True)
+    assert adjusted["look"]["variance"] < 0.7 * plain["look"]["variance"]
+    assert abs(adjusted["lift"] - plain["lift"]) < 3 * plain["look"]["variance"] ** 0.5  # the same lift, sharper

@@ -114,7 +114,7 @@ def status(settings: Settings, name: str, store: ExperimentStore | None = None, 
     exp = store.get(name)
     history = store.history(name)
     figures = analysis.summarize(exp, analysis.observe(store.engine, exp, settings, now, phase_start(history)),
-                                 settings, _looks(history))
+                                 settings, _looks(history), cuped=settings.experiment_cuped)
     figures["phase_started_at"] = phase_start(history)
     last = next((h for h in reversed(history) if h["details"] and "look" in h["details"]), None)
     return {**exp.as_dict(), **figures,
@@ -203,7 +203,7 @@ def evaluate(settings: Settings, name: str | None = None, now: float | None = No
     at = time.time() if now is None else now
     history = store.history(exp.name)
     figures = analysis.summarize(exp, analysis.observe(store.engine, exp, settings, now, phase_start(history)),
-                                 settings, _looks(history))
+                                 settings, _looks(history), cuped=settings.experiment_cuped)
     figures["phase_started_at"] = phase_start(history)
     decision = policy.decide(exp, figures, settings, at)
     details = {"look": {**figures["look"], "at": at, "lift": figures["lift"], "ci": figures["ci_always_valid"]},
