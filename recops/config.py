@@ -55,7 +55,7 @@ class Settings:
     max_value: float = 1_000_000.0
     # Training and evaluation.
     k: int = 10
-    holdout_days: float = 7.0
+    holdout_days: float = 0.0  # 0: from the data (last week or last tenth of events); else days
     candidates_per_source: int = 100
     # candidate generators of the model (recops.training.make_generator): popularity, covisit, itemknn,
     # ease, svd, session, content, demographic

@@ -92,7 +92,33 @@ class EvalSplit:
         return last.groupby("user_id", sort=False).head(n).groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
 
 
-def global_split(events: pd.DataFrame, holdout_days: float = 7.0, cut: pd.Timestamp | None = None,
+HOLDOUT_SHARE = 0.1  # a holdout chosen from the data holds at least this share of the identified events
+HOLDOUT_WEEK = pd.Timedelta(days=7)  # ... and at least the last week, while that leaves most events to train on
+
+
+def holdout_cut(timestamps: pd.Series, share: float = HOLDOUT_SHARE) -> pd.Timestamp:
+    """Where to cut when the holdout is chosen from the data: the earlier of the last week and the
+    time after which ``share`` of the events happened, so that a steady shop keeps its week and
+    data where users come and go (a few events in the last week) still tests a tenth of them. A
+    week that would leave less than half the events to train on is not taken: a six-day click log
+    holds out its last tenth. Floored to midnight when the data spans two weeks or more, to the
+    hour below that.
+
+    Args:
+        timestamps: the identified events' times (UTC).
+        share: the least share of events the holdout holds.
+
+    Returns:
+        The cut, strictly after the first event (unfloored when flooring would reach it).
+    """
+    span = timestamps.max() - timestamps.min()
+    q = timestamps.quantile(1.0 - share).floor("D" if span >= 2 * HOLDOUT_WEEK else "h")
+    week = (timestamps.max() - HOLDOUT_WEEK).floor("D")
+    cut = min(q, week) if (timestamps < week).mean() >= 0.5 else q
+    return cut if cut > timestamps.min() else timestamps.quantile(1.0 - share)
+
+
+def global_split(events: pd.DataFrame, holdout_days: float | None = 7.0, cut: pd.Timestamp | None = None,
                  exclude_types: tuple[str, ...] | None = None, weights: dict[str, float] | None = None) -> EvalSplit:
     """One time cut (midnight). Test: what each user touched from the cut on.
 
@@ -104,7 +130,9 @@ def global_split(events: pd.DataFrame, holdout_days: float = 7.0, cut: pd.Timest
 
     Args:
         events: normalized events; only those with a user_id are tested.
-        holdout_days: the cut is this many days before the newest identified event, floored to midnight.
+        holdout_days: the cut is this many days before the newest identified event, floored to midnight;
+            None or 0: chosen from the data (``holdout_cut``: the last week or the last tenth of the
+            events, whichever is longer).
         cut: the cut itself (UTC); None: from ``holdout_days``.
         exclude_types: None: the research protocol; else the event types whose items are excluded (the
             serving protocol).
@@ -120,10 +148,14 @@ def global_split(events: pd.DataFrame, holdout_days: float = 7.0, cut: pd.Timest
     ev = events[events["user_id"].notna()]
     if ev.empty:
         raise ValueError("no event carries a user_id: a temporal split needs identified users")
-    cut = cut if cut is not None else (ev["timestamp"].max() - pd.Timedelta(days=holdout_days)).floor("D")
+    if cut is None:
+        cut = (holdout_cut(ev["timestamp"]) if not holdout_days
+               else (ev["timestamp"].max() - pd.Timedelta(days=holdout_days)).floor("D"))
     if cut <= ev["timestamp"].min():
-        raise ValueError(f"not enough history for a {holdout_days}-day holdout: events span "
-                         f"{ev['timestamp'].min()} .. {ev['timestamp'].max()}; lower holdout_days")
+        what = f"a {holdout_days}-day holdout" if holdout_days else "any holdout"
+        raise ValueError(f"not enough history for {what}: events span {ev['timestamp'].min()} .. "
+                         f"{ev['timestamp'].max()}" + ("; lower holdout_days (0: chosen from the data)"
+                                                        if holdout_days else ""))
     train = events[events["timestamp"] < cut]
     after = ev[ev["timestamp"] >= cut]
     tr = train[train["user_id"].notna()]

@@ -7,6 +7,7 @@ cannot be parsed keep nulls so that validation quarantines them with a reason.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from recops.schema import normalize_events, normalize_items, normalize_users
+from recops.vocabulary import CLICK
 
 
 @dataclass
@@ -23,12 +25,49 @@ class Dataset:
     users: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["user_id"]))
 
 
+DELIMITERS = (",", "\t", ";", "|")
+
+
 def _read_table(path: Path) -> pd.DataFrame:
+    """A Parquet, JSON-lines or delimited text file; a text file's delimiter is the one of
+    ``DELIMITERS`` its header line holds most of (click logs often come tab-separated)."""
     if path.suffix in (".parquet", ".pq"):
         return pd.read_parquet(path)
     if path.suffix in (".jsonl", ".ndjson"):
         return pd.read_json(path, lines=True)
-    return pd.read_csv(path)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header = f.readline()
+    sep = max(DELIMITERS, key=header.count)
+    return pd.read_csv(path, sep=sep if header.count(sep) else ",")
+
+
+# common spellings of recops' columns in public logs (after camelCase -> snake_case, lower case)
+ALIASES = {"session": "session_id", "sessionid": "session_id", "user": "user_id", "userid": "user_id",
+           "customer_id": "user_id", "item": "item_id", "itemid": "item_id", "product_id": "item_id",
+           "time": "timestamp", "ts": "timestamp", "event_time": "timestamp", "event": "event_type",
+           "type": "event_type", "action": "event_type"}
+RECOPS_COLUMNS = ("user_id", "session_id", "item_id", "event_type", "timestamp", "value", "context", "event_id")
+
+
+def _guess_columns(columns: list[str], taken: set[str]) -> dict[str, str]:
+    """File column -> recops column for the columns a file spells its own way (``SessionId``,
+    ``ItemId``, ``Time``), where the recops column is not there already."""
+    out = {}
+    for c in columns:
+        snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", str(c)).strip().lower().replace(" ", "_")
+        target = snake if snake in RECOPS_COLUMNS else ALIASES.get(snake)
+        if target and target not in taken and target not in out.values():
+            out[c] = target
+    return out
+
+
+def _epoch_unit(ts: pd.Series) -> str | None:
+    """The unit of numeric timestamps by their size (seconds, milliseconds, micro- or nanoseconds
+    since 1970), or None when they are not numbers."""
+    if not pd.api.types.is_numeric_dtype(ts) or ts.dropna().empty:
+        return None
+    m = float(ts.dropna().abs().median())
+    return "s" if m < 1e11 else "ms" if m < 1e14 else "us" if m < 1e17 else "ns"
 
 
 def load_movielens(path: str | Path) -> Dataset:
@@ -162,7 +201,12 @@ def load_generic(
 ) -> Dataset:
     """Any CSV/Parquet/JSONL with a column mapping ``{recops_column: file_column}``.
 
-    Required (after mapping): user_id or session_id, item_id, event_type, timestamp.
+    Columns spelled the way public logs often do (``SessionId``, ``ItemId``, ``Time``, ``UserId``) are
+    recognised without a mapping. Required (after mapping): user_id or session_id, item_id,
+    timestamp; ``event_type`` too, except
+    in a click log (no such column: every row is a ``click``). A text file's delimiter (comma, tab,
+    semicolon, pipe) is read off its header; numeric timestamps are epoch seconds, milliseconds,
+    micro- or nanoseconds by their size.
 
     Args:
         events_path: the events file: .parquet/.pq, .jsonl/.ndjson, else CSV.
@@ -170,7 +214,8 @@ def load_generic(
         event_type_map: file event type -> recops event type; unlisted types are kept.
         items_path: an items file (same formats, recops column names); None: no items.
         users_path: a users file (same formats, recops column names); None: no users.
-        timestamp_unit: the unit of numeric timestamps (``"s"``, ``"ms"``, ...); None: parsed as dates.
+        timestamp_unit: the unit of numeric timestamps (``"s"``, ``"ms"``, ...); None: by their size
+            (text is parsed as dates).
 
     Returns:
         The normalized events, items and users.
@@ -184,17 +229,22 @@ def load_generic(
     if missing:
         raise ValueError(f"{events_path}: mapped columns {missing} not in file columns {list(raw.columns)}")
     df = raw.rename(columns={src: dst for dst, src in mapping.items()})
+    df = df.rename(columns=_guess_columns([c for c in df.columns if c not in RECOPS_COLUMNS], set(df.columns)))
+    if "event_type" not in df.columns and "item_id" in df.columns and "timestamp" in df.columns:
+        df["event_type"] = CLICK  # a click log names no type: every row is a click
     required = ["item_id", "event_type", "timestamp"]
     absent = [c for c in required if c not in df.columns]
     if absent or ("user_id" not in df and "session_id" not in df):
         raise ValueError(
-            f"{events_path}: needs columns user_id or session_id, item_id, event_type, timestamp "
+            f"{events_path}: needs columns user_id or session_id, item_id, timestamp (and event_type, unless "
+            f"every row is a click) "
             f"(missing {absent or ['user_id/session_id']}); map yours with --map recops_col=file_col"
         )
     if event_type_map:
         df["event_type"] = df["event_type"].map(lambda v: event_type_map.get(v, v))
-    if timestamp_unit:
-        df["timestamp"] = pd.to_datetime(df["timestamp"], unit=timestamp_unit, utc=True)
+    unit = timestamp_unit or _epoch_unit(df["timestamp"])
+    if unit:
+        df["timestamp"] = pd.to_datetime(df["timestamp"], unit=unit, utc=True)
     items = normalize_items(_read_table(Path(items_path))) if items_path else Dataset(df).items
     users = normalize_users(_read_table(Path(users_path))) if users_path else Dataset(df).users
     return Dataset(normalize_events(df), items, users)

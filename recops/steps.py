@@ -275,6 +275,8 @@ def train(settings: Settings) -> dict:
                     if not m.startswith("users_")})
     metrics.update({k_: v for k_, v in rep["ranker"].items()})
     params = {"k": k, "holdout_days": settings.holdout_days,
+              "holdout": (f"{settings.holdout_days} days" if settings.holdout_days
+                          else "from the data: the last week or the last tenth of the events, whichever is longer"),
               "candidates_per_source": settings.candidates_per_source, "generators": ",".join(model.generators),
               "n_events": len(events), "split_inner_cuts": split["inner_cuts"], "split_cut": split["cut"],
               "split_end": split["end"], "decay_half_life_days": settings.decay_half_life_days,

@@ -655,8 +655,9 @@ def _segments(ndcg: np.ndarray, sizes: np.ndarray, k: int) -> dict[str, float]:
 
 # -- the pipeline's procedure ----------------------------------------------------------------------
 def pipeline_split(events: pd.DataFrame, settings: Settings) -> EvalSplit:
-    """The pipeline's evaluation split: a global cut ``holdout_days`` before the newest event, under
-    the serving protocol (business-rule exclusions, graded relevance).
+    """The pipeline's evaluation split: a global cut (``holdout_days`` before the newest event, or,
+    by default, chosen from the data: ``recops.evaluation.holdout_cut``), under the serving protocol
+    (business-rule exclusions, graded relevance).
 
     Args:
         events: the events.

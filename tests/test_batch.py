@@ -114,3 +114,18 @@ def test_session_only_training_and_next_items_recover_a_planted_sequence(prefect
     r = runner.invoke(app, ["--home", home, "next-items", "--sessions", str(tmp_path / "bad.csv"),
                             "--out", str(tmp_path / "no.csv")])
     assert r.exit_code == 1 and "timestamp" in r.output and not (tmp_path / "no.csv").exists()
+
+
+def test_a_six_day_click_log_trains_with_defaults(prefect_harness, tmp_path, clean_env):
+    """A YOOCHOOSE-shaped file (tab-separated SessionId, ItemId, Time in epoch seconds, no event
+    types, six days): no mapping and no setting; the holdout is chosen from the data."""
+    from recops.generate import generate
+
+    ev = generate(n_events=6000, days=6, end="2026-11-01", seed=4).events
+    ev = ev[ev["event_type"].isin(["view", "click"])].dropna(subset=["session_id", "item_id", "timestamp"])
+    log = pd.DataFrame({"SessionId": ev["session_id"], "ItemId": ev["item_id"],
+                        "Time": ev["timestamp"].astype("int64") / 1e9})
+    log.to_csv(tmp_path / "clicks.txt", sep="\t", index=False)
+    r = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "train", "--events", str(tmp_path / "clicks.txt")])
+    assert r.exit_code == 0, r.output
+    assert "split_cut" in r.output and "2026-10-3" in r.output  # a cut inside the six days, not a week back

@@ -137,3 +137,21 @@ def test_calibration_skips_users_without_candidates():
     iso = calibrate([(NoiseRankerStub(), x, users, labels, {})])
     p = iso.predict([0.0, -3.0, -100.0])
     assert 0.0 <= p.min() and p.max() <= 1.0 and p[0] >= p[1] >= p[2]
+
+
+def test_the_holdout_adapts_to_the_data_span():
+    from recops.evaluation import HOLDOUT_SHARE, holdout_cut
+
+    rng = np.random.default_rng(0)
+    end = pd.Timestamp("2026-11-01", tz="UTC")
+    for days, unit, held in ((6, "h", HOLDOUT_SHARE), (60, "D", 7 / 60), (400, "D", HOLDOUT_SHARE)):
+        ts = pd.Series(end - pd.to_timedelta(rng.uniform(0, days * 86400, 5000), unit="s"))
+        cut = holdout_cut(ts)
+        assert cut == cut.floor(unit) and ts.min() < cut < ts.max()
+        share = float((ts >= cut).mean())  # the last week, or the last tenth where a week holds less
+        assert held - 0.01 <= share < held + (0.01 if unit == "h" else 1 / days + 0.015), (days, share)
+    s = global_split(normalize_events(pd.DataFrame({
+        "user_id": ["u1", "u1", "u2", "u2"], "item_id": ["a", "b", "a", "c"], "event_type": "view",
+        "timestamp": pd.to_datetime(["2026-10-27 10:00", "2026-10-28 09:00", "2026-10-27 12:00", "2026-11-01 08:00"],
+                                    utc=True)})), holdout_days=0)
+    assert set(s.test) == {"u2"}  # a six-day log: no 7-day default stops it

@@ -40,3 +40,22 @@ def test_generic_csv_with_mapping(tmp_path):
     assert list(ds.events["event_type"]) == ["purchase", "view"] and ds.events["timestamp"].notna().all()
     with pytest.raises(ValueError, match="missing"):
         load_generic(f, mapping={"user_id": "who"})
+
+
+def test_a_tab_separated_click_log_loads_without_a_mapping(tmp_path):
+    p = tmp_path / "clicks.txt"  # YOOCHOOSE as the session-rec framework prepares it
+    p.write_text("SessionId\tItemId\tTime\n3\t214716935\t1396437466.94\n3\t214832672\t1396438212.318\n"
+                 "7\t214716935\t1396441000.5\n")
+    ds = load_generic(p)
+    ev = ds.events.sort_values("timestamp")
+    assert list(ev["session_id"]) == ["3", "3", "7"] and set(ev["event_type"]) == {"click"}
+    assert ev["user_id"].isna().all() and list(ev["item_id"])[:2] == ["214716935", "214832672"]
+    assert ev["timestamp"].iloc[0] == pd.Timestamp(1396437466.94, unit="s", tz="UTC")  # epoch seconds, by size
+
+
+def test_numeric_timestamps_in_milliseconds_are_read_as_such(tmp_path):
+    p = tmp_path / "e.csv"
+    p.write_text("user_id;item_id;event_type;ts\nu1;i1;view;1700000000000\nu1;i2;purchase;1700000060000\n")
+    ev = load_generic(p).events.sort_values("timestamp")
+    assert list(ev["timestamp"]) == [pd.Timestamp("2023-11-14 22:13:20", tz="UTC"),
+                                     pd.Timestamp("2023-11-14 22:14:20", tz="UTC")]
