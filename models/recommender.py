@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -457,6 +458,37 @@ class RecopsModel:
         # the generator's own order (its score); items it did not propose rank below all it did
         return np.where(proposed, score, score[proposed].min() - 1.0)
 
+    @property
+    def signals(self) -> list[str]:
+        """What a request's ``weights`` may name: the generators, and ``next_item`` (what follows the
+        live session) when the model has it."""
+        return [*self.generators, *(["next_item"] if self.next_item is not None else [])]
+
+    def blend(self, pool: Pool, weights: Mapping[str, float]) -> np.ndarray:
+        """Candidate scores as a weighted sum of the signals, each normalised to [0, 1] over the pool
+        (a generator's score min-max scaled over the items it proposed, 0 for the others; the
+        next-item score relative to the best).
+
+        Args:
+            pool: the request's candidates.
+            weights: signal -> weight (``signals`` only; checked by the caller).
+
+        Returns:
+            One score per candidate.
+        """
+        names = list(self.generators)
+        scores = np.zeros(len(pool.idx))
+        for name, w in weights.items():
+            if name == "next_item":
+                scores += w * pool.next_score
+                continue
+            g = names.index(name)
+            s, on = pool.gen[:, 2 * g], pool.proposed[:, g]
+            if on.any():
+                lo, hi = float(s[on].min()), float(s[on].max())
+                scores += w * np.where(on, (s - lo) / (hi - lo) if hi > lo else 1.0, 0.0)
+        return scores
+
     def recommend(self, request: RecommendRequest) -> list[Recommendation]:
         """Top-``k`` for one request: candidates from every generator and after the live session,
         minus the exclusions; ranked; lifted toward what follows the live session; tilted by the
@@ -475,9 +507,12 @@ class RecopsModel:
         uvec, aff, top = user_vector(request.features)
         in_hist = np.isin(pool.idx, self.items.positions(history))
         x = feature_matrix(pool.gen, pool.idx, uvec, aff, top, in_hist, self.items, request.now)
-        scores = self.score_matrix(x, segment_of(history))
-        if pool.next_score.any():  # the live session: what comes next after its items, by up to SESSION_LIFT spreads
-            scores = scores + SESSION_LIFT * (float(scores.std()) or 1.0) * pool.next_score
+        if request.weights:  # the caller's blend of the signals instead of the learned ranker
+            scores = self.blend(pool, request.weights)
+        else:
+            scores = self.score_matrix(x, segment_of(history))
+            if pool.next_score.any():  # the live session: what follows its items, by up to SESSION_LIFT spreads
+                scores = scores + SESSION_LIFT * (float(scores.std()) or 1.0) * pool.next_score
         if request.intent:
             share = np.array([request.category_shares.get(c, 0.0) for c in self.items.category[pool.idx]])
             complements = pool.proposed[:, self._explainer_cols].any(axis=1)

@@ -33,3 +33,5 @@ class RecommendRequest:
     # how the list is ordered: category cap, fresh-item boost (exclusions are resolved into ``exclude``)
     rules: BusinessRules = field(default_factory=BusinessRules)
     strategy: str = "personalized"  # how the request was built: personalized, or session (a visit's intent)
+    # the caller's blend (generator name or "next_item" -> weight >= 0): ranks instead of the learned ranker
+    weights: Mapping[str, float] | None = None

@@ -110,6 +110,9 @@ class RankedList(BaseModel):
 
 class RecommendResponse(RankedList):
     user_id: str
+    weights_used: dict[str, float] | None = Field(
+        None, description="the blend that ranked the list when the request sent weights (normalised to sum to 1); "
+                          "null: the learned ranker", examples=[None])
 
 
 class SessionRecommendResponse(RankedList):

@@ -79,12 +79,23 @@ class Recops:
         k: Annotated[int, Field(ge=1, le=100, description="how many items")] = 10,
         session_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None,
         exclude: Annotated[list[str], Field(max_length=1000)] | None = None,
+        weights: Annotated[dict[str, Annotated[float, Field(ge=0, le=1000)]], Field(
+            max_length=50, description="blend these signals instead of the learned ranker: generator names (see "
+            "GET /model) and next_item (what follows the live session), each weight >= 0",
+            examples=[{"covisit": 0.6, "next_item": 0.4}])] | None = None,
     ) -> RecommendResponse:
-        """Top-k items for a user, each with a reason. Never a 5xx for a valid request.
+        """Top-k items for a user, each with a reason. Never a 5xx for a valid request. With ``weights``,
+        the named signals' normalised scores are blended by them instead of the learned ranker
+        (business rules, reasons and the fallback stay); unknown names get a 400 naming them.
 
         ``async`` on purpose: the work is ~3 ms of GIL-bound CPU, and running it on the event loop
         saves the thread-pool hand-off, which cost more than the work itself (bench/serving.py)."""
-        return self.rt.experiments.recommend(user_id, k, session_id, exclude)
+        from recops.serving import BadWeights
+
+        try:
+            return self.rt.experiments.recommend(user_id, k, session_id, exclude, weights)
+        except BadWeights as exc:
+            raise bentoml.exceptions.InvalidArgument(str(exc)) from None
 
     @bentoml.api(route="/session/recommend")
     def session_recommend(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from recops.config import Settings
 from recops.experiments.assignment import CHALLENGER, CONTROL
@@ -86,7 +86,8 @@ class ExperimentRouting:
         return self.champion if self._is_champion(version) else self._slots.get(version, self.champion)
 
     def recommend(self, user_id: str, k: int = 10, session_id: str | None = None,
-                  exclude: Iterable[str] | None = None) -> RecommendResponse:
+                  exclude: Iterable[str] | None = None,
+                  weights: Mapping[str, float] | None = None) -> RecommendResponse:
         """A user's list from their variant's model, logged as an impression.
 
         Args:
@@ -94,12 +95,14 @@ class ExperimentRouting:
             k: how many items.
             session_id: the visit the user is in, when the caller knows it.
             exclude: the caller's items never to show.
+            weights: the caller's blend of the signals instead of the ranker (``Recommendations.recommend``).
 
         Returns:
             The list with ``request_id``, ``experiment`` and ``variant``.
         """
         return self._serve("recommend", user_id, user_id, session_id,
-                           lambda slot: self.recommendations.recommend(user_id, k, session_id, exclude, slot), k)
+                           lambda slot: self.recommendations.recommend(user_id, k, session_id, exclude, slot, weights),
+                           k)
 
     def session_recommend(self, session_id: str, k: int = 10,
                           exclude: Iterable[str] | None = None) -> SessionRecommendResponse:

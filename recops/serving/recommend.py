@@ -10,12 +10,13 @@ new user whose demographics are known, their segment's favourites), marked as su
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from recops.models.intent import infer_intent
 from recops.models.recommender import Recommendation
 from recops.models.request import RecommendRequest
 from recops.services.schemas import RecommendedItem, RecommendResponse, SessionRecommendResponse
+from recops.serving.errors import BadWeights
 from recops.serving.requests import RequestBuilder
 from recops.serving.state import LiveCatalog, ModelSlot, Served
 from recops.store import EventStore
@@ -33,7 +34,8 @@ class Recommendations:
         self.slot, self.requests, self.catalog, self.store = slot, requests, catalog, store
 
     def recommend(self, user_id: str, k: int = 10, session_id: str | None = None,
-                  exclude: Iterable[str] | None = None, slot: ModelSlot | None = None) -> RecommendResponse:
+                  exclude: Iterable[str] | None = None, slot: ModelSlot | None = None,
+                  weights: Mapping[str, float] | None = None) -> RecommendResponse:
         """Top-``k`` for a user, each with a reason.
 
         Args:
@@ -42,17 +44,23 @@ class Recommendations:
             session_id: the visit the user is in, when the caller knows it.
             exclude: the caller's items never to show.
             slot: the model to ask (an experiment's variant); None: the champion.
+            weights: blend these signals (generator names, ``next_item``) instead of the learned
+                ranker; None: the ranker.
 
         Returns:
-            The list, the model version, the strategy that answered, and whether (and why) the
-            fallback did.
+            The list, the model version, the strategy that answered, whether (and why) the fallback
+            did, and the weights used (normalised to sum to 1; None for the ranker).
+
+        Raises:
+            BadWeights: ``weights`` name a signal the served model lacks, or are all zero.
         """
         slot = slot or self.slot
         served, excl = slot.get(), frozenset(exclude or ())
         if served is None:
             return self.fallback(user_id, k, excl, None, slot.why_none())
+        weights = check_weights(weights, served.model.signals)
         try:
-            request = self.requests.for_user(user_id, k, session_id, excl)
+            request = self.requests.for_user(user_id, k, session_id, excl, weights)
             if request is None:
                 return self.cold_start(user_id, k, excl, served)
             return self._answer(user_id, request, served)
@@ -99,7 +107,7 @@ class Recommendations:
         if not recs:
             return self.fallback(who, request.k, request.exclude, served, "the model found no candidates")
         return RecommendResponse(user_id=who, items=as_items(recs), model_version=served.version, fallback=False,
-                                 strategy=request.strategy)
+                                 strategy=request.strategy, weights_used=request.weights)
 
     def cold_start(self, user_id: str, k: int, exclude: frozenset[str], served: Served) -> RecommendResponse:
         """A user with no events: their demographic segment's favourites when the users table knows
@@ -159,6 +167,30 @@ class Recommendations:
             r.confidence = round(TRENDING_CONFIDENCE * max(r.score, 0.0) / top, 4)
         return RecommendResponse(user_id=who, items=as_items(recs), model_version=served.version if served else None,
                                  fallback=True, fallback_reason=why, strategy="trending")
+
+
+def check_weights(weights: Mapping[str, float] | None, signals: list[str]) -> dict[str, float] | None:
+    """A request's weights, checked against the served model's signals and normalised.
+
+    Args:
+        weights: signal -> weight (>= 0, checked by the schema), or None.
+        signals: what the served model can blend (``RecopsModel.signals``).
+
+    Returns:
+        The positive weights scaled to sum to 1, or None when none were given.
+
+    Raises:
+        BadWeights: a name is not a signal of the model, or no weight is positive.
+    """
+    if weights is None:
+        return None
+    unknown = sorted(set(weights) - set(signals))
+    if unknown:
+        raise BadWeights(f"weights name unknown signals {unknown}; this model blends {signals}")
+    total = sum(weights.values())
+    if not total > 0:
+        raise BadWeights(f"weights need at least one positive weight; got {dict(weights)}")
+    return {name: w / total for name, w in weights.items() if w > 0}
 
 
 def as_items(recs: list[Recommendation]) -> list[RecommendedItem]:

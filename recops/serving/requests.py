@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
@@ -39,8 +39,8 @@ class RequestBuilder:
         self.rules = BusinessRules.from_settings(settings)
         self.store, self.features, self.catalog, self.refresher = store, features, catalog, refresher
 
-    def for_user(self, user_id: str, k: int, session_id: str | None = None,
-                 exclude: Iterable[str] = ()) -> RecommendRequest | None:
+    def for_user(self, user_id: str, k: int, session_id: str | None = None, exclude: Iterable[str] = (),
+                 weights: Mapping[str, float] | None = None) -> RecommendRequest | None:
         """The request of ``/recommend``.
 
         Args:
@@ -48,6 +48,8 @@ class RequestBuilder:
             k: how many items.
             session_id: the visit the user is in, when the caller knows it.
             exclude: the caller's items never to show.
+            weights: the caller's blend of the signals (checked against the model by the caller);
+                None: the learned ranker.
 
         Returns:
             The request, or None when nothing is known about the user (no events, no features): a
@@ -74,7 +76,8 @@ class RequestBuilder:
         return RecommendRequest(k=k, user_id=user_id, history=tuple(history), session_items=tuple(live),
                                 exclude=frozenset(exclude) | bought | self.unavailable(), now=now,
                                 features=derive_user_dict(feats, now) if feats else None,
-                                intent=intent, category_shares=shares, rules=self.rules, strategy=strategy)
+                                intent=intent, category_shares=shares, rules=self.rules, strategy=strategy,
+                                weights=dict(weights) if weights else None)
 
     def for_session(self, session_id: str, visit: dict, intent: Intent, k: int,
                     exclude: Iterable[str] = ()) -> RecommendRequest:
