@@ -67,8 +67,12 @@ def validate_flow(batch_id: str) -> dict:
 
 @flow(name="features")
 def features_flow() -> dict:
-    """Offline feature tables (validated) -> Feast parquet -> materialize to the online store."""
-    return _log(steps.build_features(load_settings()), "features")
+    """Offline feature tables (validated) -> Feast parquet -> materialize to the online store; then
+    the user segments (K-Means, logged to MLflow)."""
+    settings = load_settings()
+    res = steps.build_features(settings)
+    res["segments"] = {k: v for k, v in steps.segment_users(settings).items() if k != "segments"}
+    return _log(res, "features")
 
 
 @flow(name="train")

@@ -573,6 +573,29 @@ def experiment_evaluate(name: str | None = typer.Argument(None, help="default: t
 
 
 @app.command()
+def segments(as_json: bool = typer.Option(False, "--json", help="the fit as JSON")) -> None:
+    """The user segments the features step fitted: size, region, age group, price sensitivity, categories."""
+    s = settings()
+    from recops.segments import Segments, summary_json
+
+    if not s.segments_path.exists():
+        console.print(f"[red]error:[/] no user segments yet ({s.segments_path}): run recops features", soft_wrap=True)
+        raise typer.Exit(2)
+    seg = Segments.load(s.segments_path)
+    if as_json:
+        typer.echo(summary_json(seg))
+        return
+    typer.echo(f"{seg.k} segments (silhouette {seg.silhouettes[seg.k]:.3f}; tried k = "
+               f"{', '.join(f'{k}: {v:.3f}' for k, v in seg.silhouettes.items())})")
+    typer.echo(f"{'segment':>7} {'users':>6} {'share':>6}  {'region':<9} {'age':<6} {'price sens.':>11}  "
+               "top categories")
+    for r in seg.summary:
+        typer.echo(f"{r['segment']:>7} {r['size']:>6} {r['share']:>6.1%}  {r['dominant_region'] or '-':<9} "
+                   f"{r['dominant_age_group'] or '-':<6} {r['mean_price_sensitivity']:>11.3f}  "
+                   f"{', '.join(r['top_categories'])}")
+
+
+@app.command()
 def status() -> None:
     """What the local state holds: events, quarantine, registered versions and aliases."""
     s = settings()

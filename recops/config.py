@@ -76,6 +76,7 @@ class Settings:
     fresh_item_days: float = 14.0
     fresh_item_boost: float = 0.0  # score boost for items younger than fresh_item_days, x the list's score spread
     # Serving.
+    segments_k: list[float] = field(default_factory=lambda: [2.0, 8.0])  # user segments: k tried (inclusive range)
     new_user_items: int = 5  # a user with fewer distinct items is served session-style (their events read as a visit)
     deal_max_discount: float = 0.5  # the most any deal takes off a list price (enforced on the server)
     deal_floor_ratio: float = 0.6  # a deal price never goes below this share of the list price
@@ -125,6 +126,11 @@ class Settings:
     def staging_dir(self) -> Path:
         """Absolute directory for staged model artifacts (``home/staging``)."""
         return (self.home / "staging").resolve()
+
+    @property
+    def segments_path(self) -> Path:
+        """Absolute path of the fitted user segments (``home/segments.pkl``, written by the features flow)."""
+        return (self.home / "segments.pkl").resolve()
 
     @property
     def reports_dir(self) -> Path:

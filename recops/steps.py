@@ -234,6 +234,51 @@ def build_features(settings: Settings, until: pd.Timestamp | None = None) -> dic
             "users": int(uf["user_id"].nunique()), "items": int(itf["item_id"].nunique())}
 
 
+@_timed
+def segment_users(settings: Settings) -> dict:
+    """Fit the user segments (K-Means, k by silhouette over ``segments_k``), keep them in home and
+    log them to MLflow; a fit that cannot be made leaves the previous segments serving.
+
+    Args:
+        settings: the event store, ``segments_k`` and ``random_state``.
+
+    Returns:
+        ``k``, ``users``, ``silhouette`` (per k tried), ``segments`` (the summary), ``path``, ``run_id``;
+        or ``skipped`` with the reason.
+    """
+    import mlflow
+
+    from recops import registry
+    from recops.profile import profile_features
+    from recops.segments import category_shares, fit_segments, segment_features, summary_json
+
+    store = EventStore(settings.event_store_uri)
+    events, items, users = store.events(), store.items(), store.users()
+    store.dispose()
+    ev = events[events["user_id"].notna()]
+    if ev.empty:
+        return {"skipped": "no identified users to segment"}
+    profiles = profile_features(ev, items, ev["timestamp"].max())
+    shares = category_shares(ev, items.set_index("item_id")["category"] if not items.empty else pd.Series(dtype=str))
+    x = segment_features(profiles, shares, users)
+    lo, hi = (int(v) for v in settings.segments_k)
+    try:
+        seg = fit_segments(x, profiles, shares, users, (lo, hi), settings.random_state)
+    except ValueError as exc:
+        return {"skipped": str(exc)}
+    tmp = settings.segments_path.with_suffix(".tmp")
+    seg.save(tmp)
+    tmp.replace(settings.segments_path)  # atomic: serving never reads half a file
+    registry.setup(settings)
+    with mlflow.start_run(run_name="segments") as run:
+        mlflow.log_params({"segments_k_min": lo, "segments_k_max": hi, "k": seg.k, "users": len(x),
+                           "features": ",".join(seg.columns)[:6000]})
+        mlflow.log_metrics({f"silhouette_k{k}": v for k, v in seg.silhouettes.items()})
+        mlflow.log_text(summary_json(seg), "segments.json")
+    return {"k": seg.k, "users": len(x), "silhouette": seg.silhouettes, "segments": seg.summary,
+            "path": str(settings.segments_path), "run_id": run.info.run_id}
+
+
 # -- train --------------------------------------------------------------------------------------
 @_timed
 def train(settings: Settings) -> dict:

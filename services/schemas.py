@@ -180,6 +180,22 @@ class ExplainResponse(BaseModel):
     reason: str
 
 
+class Segment(BaseModel):
+    segment: int = Field(examples=[2])
+    size: int = Field(description="users in the segment")
+    share: float
+    dominant_region: str | None = Field(None, examples=["north"])
+    dominant_age_group: str | None = Field(None, examples=["25-34"])
+    mean_price_sensitivity: float = Field(description="0.5 neutral, toward 1 buys below the category's median price")
+    top_categories: list[str] = Field(examples=[["books", "music"]])
+
+
+class SegmentsResponse(BaseModel):
+    k: int = Field(description="how many segments (chosen by silhouette)", examples=[4])
+    silhouette: dict[str, float] = Field(description="the silhouette of each k tried")
+    segments: list[Segment]
+
+
 class ProfileResponse(BaseModel):
     user_id: str
     as_of: datetime = Field(description="the time the profile was computed for")
@@ -197,6 +213,8 @@ class ProfileResponse(BaseModel):
     recent_items: list[str] = Field(description="recent distinct items, newest first", examples=[["i42", "i7"]])
     recent_ratings: dict[str, float] = Field(default_factory=dict, description="implicit ratings (0-5) of the recent "
                                              "items, as of the last online update", examples=[{"i42": 3.68}])
+    segment: Segment | None = Field(None, description="the user's segment (GET /segments); null before the features "
+                                    "flow fitted any")
 
 
 class DealsRequest(BaseModel):

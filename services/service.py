@@ -12,6 +12,7 @@
   ranker's feature contributions in words).
 - ``GET /users/{id}/profile``: static attributes, preferences, 20+ behavioral features.
 - ``POST /deals``: personalised deals, capped and floored by the server's policy.
+- ``GET /segments``: the user segments (K-Means, k by silhouette) the features flow fitted.
 - ``GET /experiments``, ``GET /experiments/{name}``: online experiments and their figures (the same
   JSON as ``recops experiment status NAME --json``).
 - ``GET /health``, ``GET /model``. Invalid input gets a 4xx naming the bad field.
@@ -50,6 +51,7 @@ from recops.services.schemas import (
     PredictResponse,
     ProfileResponse,
     RecommendResponse,
+    SegmentsResponse,
     SessionRecommendResponse,
     TrackEvent,
     TrackResponse,
@@ -169,6 +171,13 @@ class Recops:
         """Personalised deals on items the user is likely to want: discounts from their price
         sensitivity, the item's demand, season and region, capped and floored by the server."""
         return self.rt.behavior.deals(request.user_id, request.k)
+
+    @app.get("/segments", responses={503: {"description": "no segments fitted yet"}})
+    def segments(self) -> SegmentsResponse:
+        """User segments (K-Means over activity, conversion, price sensitivity, category mix, age group
+        and region; k by silhouette): size, dominant region and age group, mean price sensitivity,
+        top categories. The profile names each user's segment."""
+        return _answer(self.rt.behavior.segments_summary)
 
     @app.get("/experiments")
     def experiments(self) -> list[ExperimentSummary]:

@@ -25,7 +25,7 @@ from recops.services.schemas import (
 from recops.serving.errors import NoModel, UnknownItem, UnknownUser
 from recops.serving.recommend import Recommendations, as_items
 from recops.serving.requests import RequestBuilder
-from recops.serving.state import LiveCatalog, ModelSlot, Served
+from recops.serving.state import LiveCatalog, ModelSlot, SegmentView, Served
 from recops.store import EventStore
 
 
@@ -34,9 +34,10 @@ class Behavior:
 
     def __init__(self, settings: Settings, slot: ModelSlot, requests: RequestBuilder, catalog: LiveCatalog,
                  store: EventStore, features: FeatureStoreClient, refresher: Refresher,
-                 recommendations: Recommendations):
+                 recommendations: Recommendations, segments: SegmentView):
         self.settings, self.slot, self.requests, self.catalog = settings, slot, requests, catalog
         self.store, self.features, self.refresher, self.recommendations = store, features, refresher, recommendations
+        self.segments = segments
         self.deal_policy = DealPolicy.from_settings(settings)
 
     def implicit_rating(self, user_id: str, item_id: str) -> ImplicitRatingResponse:
@@ -156,7 +157,24 @@ class Behavior:
                                preferences={**prof["preferences"], "category_affinity": affinity},
                                features=prof["features"], online_features=stored,
                                recent_items=json.loads(recent.get("u_recent_items") or "[]"),
-                               recent_ratings=json.loads(recent.get("u_recent_ratings") or "{}"))
+                               recent_ratings=json.loads(recent.get("u_recent_ratings") or "{}"),
+                               segment=self.segments.of(user_id, prof["features"], ev, self.catalog.category, row))
+
+    def segments_summary(self) -> dict:
+        """The user segments the features flow fitted.
+
+        Returns:
+            ``k``, ``silhouette`` (per k tried) and ``segments`` (size, share, dominant region and age
+            group, mean price sensitivity, top categories).
+
+        Raises:
+            NoModel: no segments are fitted yet.
+        """
+        seg = self.segments.segments
+        if seg is None:
+            raise NoModel(f"no user segments yet ({self.segments.path}): the features flow fits them "
+                          "(recops features)")
+        return {"k": seg.k, "silhouette": {str(k): v for k, v in seg.silhouettes.items()}, "segments": seg.summary}
 
     def deals(self, user_id: str, k: int) -> DealsResponse:
         """Personalised deals on items the user is likely to want (their recommendations).

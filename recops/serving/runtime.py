@@ -26,7 +26,7 @@ from recops.serving.behavior import Behavior
 from recops.serving.experiment import ExperimentRouting
 from recops.serving.recommend import Recommendations
 from recops.serving.requests import RequestBuilder
-from recops.serving.state import LiveCatalog, ModelSlot
+from recops.serving.state import LiveCatalog, ModelSlot, SegmentView
 from recops.serving.track import Tracking
 from recops.store import EventStore
 
@@ -44,6 +44,7 @@ class Serving:
         self.catalog = LiveCatalog(self.store)
         self.champion = ModelSlot(settings, registry.CHAMPION, pinned=version)
         self.refresher = Refresher(settings)
+        self.segments = SegmentView(settings)
         self.requests = RequestBuilder(settings, self.store, self.features, self.catalog, self.refresher)
         self.recommendations = Recommendations(self.champion, self.requests, self.catalog, self.store)
         self.tracking = Tracking(self.store, self.catalog, self.refresher)
@@ -52,7 +53,7 @@ class Serving:
         self.experiments = ExperimentRouting(settings, self.experiment_records, self.champion, self.recommendations,
                                              self.impressions, follow=version is None)  # batch scoring: no test
         self.behavior = Behavior(settings, self.champion, self.requests, self.catalog, self.store, self.features,
-                                 self.refresher, self.recommendations)
+                                 self.refresher, self.recommendations, self.segments)
 
     def run_reloader(self, stop: threading.Event) -> None:
         """Every ``reload_interval_seconds``, follow the alias and re-read the catalog (a thread's loop).
@@ -63,6 +64,7 @@ class Serving:
         while not stop.wait(self.settings.reload_interval_seconds):
             self.champion.reload()
             self.experiments.refresh()
+            self.segments.refresh()
             try:
                 self.catalog.refresh()
             except Exception:

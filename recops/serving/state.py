@@ -126,3 +126,59 @@ class LiveCatalog:
             Its category, or "the catalog" when the catalog does not know it.
         """
         return self.category.get(item_id, "the catalog")
+
+
+class SegmentView:
+    """The user segments the features flow fitted (``settings.segments_path``), re-read when the
+    file changes; None until a fit exists."""
+
+    def __init__(self, settings: Settings):
+        self.path = settings.segments_path
+        self.segments = None
+        self._mtime: float | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Load the file when it is new or changed (a broken file leaves the previous fit)."""
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if mtime != self._mtime:
+            from recops.segments import Segments
+
+            try:
+                self.segments, self._mtime = Segments.load(self.path), mtime
+            except Exception:
+                log.exception("could not read the segments at %s; keeping the previous ones", self.path)
+
+    def of(self, user_id: str, profile_features: dict, events: pd.DataFrame, category: dict,
+           user_row: dict | None) -> dict | None:
+        """A user's segment: the fit's assignment, or, for a user the fit did not see, the nearest
+        segment to their features now.
+
+        Args:
+            user_id: the user.
+            profile_features: their profile features now (``recops.profile``).
+            events: their events (for the category mix).
+            category: item_id -> category.
+            user_row: their users-table row, or None.
+
+        Returns:
+            The segment's summary row, or None without a fit.
+        """
+        seg = self.segments
+        if seg is None:
+            return None
+        sid = seg.assignment.get(str(user_id))
+        if sid is None:
+            from recops.segments import segment_features
+
+            cats = events["item_id"].map(category).dropna()
+            shares = (cats.value_counts(normalize=True).to_frame().T.set_axis([user_id]) if len(cats)
+                      else pd.DataFrame(index=[user_id]))
+            users = pd.DataFrame([{"user_id": user_id, **(user_row or {})}]) if user_row else None
+            x = segment_features(pd.DataFrame([{"user_id": user_id, **profile_features}]), shares, users,
+                                 columns=seg.columns)
+            sid = int(seg.predict(x)[0])
+        return next(r for r in seg.summary if r["segment"] == sid)
