@@ -92,9 +92,9 @@ class SessionKNN:
     """Session-kNN over the training sessions, the part V-SKNN and STAN share: the past sessions
     holding any item of the current session are the candidates, the ``sample`` most recent of them
     (by their last event) are compared with it, and the ``k`` most similar are the neighbours, whose
-    items are then scored (``_similarity`` and ``_scores``: the variant). Items of the current session
-    may be proposed again (session-rec's ``remind``), except the newest one; lists are filled by
-    popularity, as the other baselines' are.
+    items are then scored (``_similarity`` and ``_scores``: the variant). ``remind`` (session-rec's):
+    items of the current session may be proposed again, except the newest one; False: none of them.
+    Lists are filled by popularity, as the other baselines' are.
 
     Sessions are ``touches`` steps (consecutive repeats collapsed), as recops numbers them. Vectorized:
     a batch of prefixes is a prefixes x items matrix, candidates one product with the items x sessions
@@ -105,9 +105,10 @@ class SessionKNN:
 
     SUB_BATCH = 500  # prefixes per candidate matrix: bounds its size (popular items are in thousands of sessions)
 
-    def __init__(self, k: int = 100, sample: int = 500, max_history: int = 50):
+    def __init__(self, k: int = 100, sample: int = 500, remind: bool = True, max_history: int = 50):
         self.k = k
         self.sample = sample
+        self.remind = remind
         self.max_history = max_history
 
     def fit(self, events: pd.DataFrame) -> SessionKNN:
@@ -171,8 +172,8 @@ class SessionKNN:
         sim, extra = self._similarity(q, pairs)
         top = top_per_row(pairs.row, pairs.session, sim, self.k, self.last_.shape[0])
         scores = self._scores(q, pairs.row[top], pairs.session[top], sim[top], extra[top])
-        newest = q.pos == 0
-        return rank_rows(scores.tocsr(), k, self.popular_, self.popularity_rank_, (q.row[newest], q.code[newest]))
+        never = q.pos == 0 if self.remind else np.ones(len(q.row), dtype=bool)
+        return rank_rows(scores.tocsr(), k, self.popular_, self.popularity_rank_, (q.row[never], q.code[never]))
 
     def _similarity(self, q: Query, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
         """Each candidate pair's similarity and one more number per pair that ``_scores`` needs."""
@@ -249,7 +250,8 @@ def top_per_row(row: np.ndarray, session: np.ndarray, sim: np.ndarray, k: int, n
 
 
 def leading_exponent(x: np.ndarray) -> np.ndarray:
-    """The exponent of the largest power of two in sums of distinct powers of two (exact for up to 53 terms)."""
+    """The exponent of the largest power of two in a sum of distinct powers of two (exact below 53 terms:
+    a prefix holds at most ``max_history`` = 50 steps)."""
     return np.frexp(x)[1].astype(np.int64) - 1
 
 
@@ -274,10 +276,11 @@ WEIGHTING_SCORE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 class VSKNN(SessionKNN):
     """V-SKNN (Ludewig & Jannach 2018, "Evaluation of session-based recommendation algorithms"), after
     ``VMContextKNN`` in rn5l/session-rec ``algorithms/knn/vsknn.py`` (similarity ``vec``, sampling
-    ``recent``, remind on). The similarity of a past session is the sum of the ``weighting`` of the
-    current session's items it holds (by their newest position: the newer, the heavier). An item's score
-    sums, over the neighbours holding it, similarity x ``weighting_score`` of the steps back to the newest
-    current item that neighbour holds x (1 + ``idf_weighting`` x the item's IDF, log(sessions / steps)).
+    ``recent``). The similarity of a past session is the sum of the ``weighting`` of the current
+    session's items it holds (by their newest position: the newer, the heavier). An item's score sums,
+    over the neighbours holding it, similarity x ``weighting_score`` of i (i = 1 when the neighbour holds
+    the newest item, else 1 + the steps back to the newest one it holds) x (1 + ``idf_weighting`` x the
+    item's IDF, log(sessions / steps of the item)).
 
     One deviation: session-rec's ``linear`` weighting tests the position from the session start
     (``i <= 10``), which zeroes the newest items of sessions longer than 10 and goes negative; here it is
@@ -285,8 +288,8 @@ class VSKNN(SessionKNN):
     """
 
     def __init__(self, k: int = 100, sample: int = 500, weighting: str = "div", weighting_score: str = "div",
-                 idf_weighting: float = 0.0, max_history: int = 50):
-        super().__init__(k, sample, max_history)
+                 idf_weighting: float = 0.0, remind: bool = True, max_history: int = 50):
+        super().__init__(k, sample, remind, max_history)
         self.weighting = weighting
         self.weighting_score = weighting_score
         self.idf_weighting = idf_weighting
@@ -309,13 +312,13 @@ class VSKNN(SessionKNN):
 
 class STAN(SessionKNN):
     """STAN (Garg et al. 2019, "Sequence and Time Aware Neighborhood for Session-based Recommendations"),
-    after rn5l/session-rec ``algorithms/knn/stan.py`` (remind on, no extend). Three decays:
+    after rn5l/session-rec ``algorithms/knn/stan.py`` (no ``extend``). Three decays:
     - ``lambda_1`` (session-rec's ``lambda_spw``): the current session's item d steps back weighs
       exp(-d / lambda_1); the similarity is the cosine of that weighted current session and the
       neighbour's (binary) item set;
-    - ``lambda_2`` (``lambda_snh``, in days): a neighbour that ended t days before the newest training
-      session weighs exp(-t / lambda_2) more (relative to the current time in the reference: the same
-      ranking, see ``SessionKNN``); None: no decay;
+    - ``lambda_2`` (``lambda_snh``, in days): the similarity of a neighbour that ended t days before the
+      newest training session is multiplied by exp(-t / lambda_2) (t counts from the current time in the
+      reference: the same ranking, see ``SessionKNN``); None: no decay;
     - ``lambda_3`` (``lambda_inh``): a neighbour's item at step p counts exp(-|p - p*| / lambda_3), p* the
       neighbour's last step holding any item of the current session (steps: each item's last one); None: 1.
     An item's score sums similarity x that weight over the ``k`` most similar neighbours.
@@ -324,8 +327,8 @@ class STAN(SessionKNN):
     MAX_STEP = 1000  # steps beyond count as this one for p* (2^step must stay a finite float)
 
     def __init__(self, k: int = 100, sample: int = 1000, lambda_1: float = 1.0, lambda_2: float | None = 5.0,
-                 lambda_3: float | None = 2.0, max_history: int = 50):
-        super().__init__(k, sample, max_history)
+                 lambda_3: float | None = 2.0, remind: bool = True, max_history: int = 50):
+        super().__init__(k, sample, remind, max_history)
         self.lambda_1 = lambda_1
         self.lambda_2 = lambda_2
         self.lambda_3 = lambda_3
