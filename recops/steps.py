@@ -327,14 +327,19 @@ def train(settings: Settings) -> dict:
               "split_end": split["end"], "decay_half_life_days": settings.decay_half_life_days,
               "event_weights": json.dumps(settings.event_types, sort_keys=True), "ranker": "lightgbm-lambdarank",
               "num_features": len(model.feature_names), **{f"tuned_{k_}": v for k_, v in rep["tuned"].items()},
-              **{f"scorer_{seg}": v for seg, v in model.scorer.items()}}
+              **{f"scorer_{seg}": v for seg, v in model.scorer.items()},
+              **{f"next_item_{k_}": v for k_, v in rep["next_item"].get("params", {}).items()}}
     params.update(model_params(model))
+    if "valid_mrr" in rep["next_item"]:
+        metrics.update({"next_item_valid_mrr_at_20": rep["next_item"]["valid_mrr"],
+                        "next_item_valid_hr_at_20": rep["next_item"]["valid_hr"]})
 
     figs = reporting.training_figures(model, ev, k)
     rules = {f"rule_{f}": v for f, v in vars(BusinessRules.from_settings(settings)).items()}
     params.update({k_: ",".join(v) if isinstance(v, tuple) else v for k_, v in rules.items()})
     try:
-        logged = registry.log_model(settings, model, params, metrics, figures=figs, extra={"split.json": split})
+        logged = registry.log_model(settings, model, params, metrics, figures=figs, extra={"split.json": split,
+                                                                                  "next_item.json": rep["next_item"]})
     finally:
         reporting.close(figs)
     return {**logged, "metrics": {k_: round(v, 5) for k_, v in metrics.items()}, "split_cut": split["cut"]}

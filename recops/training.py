@@ -43,7 +43,7 @@ from recops.models.recommender import (
     user_vector,
 )
 from recops.models.rules import BusinessRules
-from recops.models.sequential import NextItem
+from recops.nextitem import choose_next_item
 from recops.vocabulary import HISTORY_LEN
 
 
@@ -702,13 +702,17 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
     ev = evaluate_model(model, outer, items, users, settings, provider)
     end = events["timestamp"].max()
     cut = next(iter(outer.cut.values()))
+    # the live session: what tends to come next after its items (directional, /next-items), its
+    # settings chosen on the newest sessions
+    next_item, next_report = choose_next_item(events)
     split = {"inner_cuts": ",".join(str(next(iter(w.cut.values()))) for w in inner), "cut": str(cut), "end": str(end)}
     final = RecopsModel(fit_generators(model.generators, events, items, users), model.ranker,
                         item_table_at(fs, items, events, end), settings.candidates_per_source,
-                        meta={"split": split, "trained_on_events": len(events), **model.meta},
+                        meta={"split": split, "trained_on_events": len(events), **model.meta,
+                              "next_item": next_report},
                         scorer=model.scorer, calibration=model.calibration,
                         # cold start: users with demographics and no events yet get their segment's favourites
                         demographic=make_generator("demographic", settings).fit(events, items, users),
-                        # the live session: what tends to come next after its items (directional, /next-items)
-                        next_item=NextItem().fit(events))
-    return final, {"split": split, "ranker": model.meta["ranker"], "tuned": model.meta["tuned"], "eval": ev}
+                        next_item=next_item)
+    return final, {"split": split, "ranker": model.meta["ranker"], "tuned": model.meta["tuned"], "eval": ev,
+                   "next_item": next_report}

@@ -105,3 +105,16 @@ def test_unknown_history_gets_a_full_popular_list(planted):
     idx, _scores = model.score_indices([CHAIN[0]], 20)
     assert len(idx) == 20 and CHAIN[0] not in set(model.item_ids_[idx])  # the newest item is never proposed
     assert model.predict([CHAIN[0]], 3, exclude=[CHAIN[1]])[0][0] != CHAIN[1]
+
+
+def test_training_chooses_the_next_item_settings_on_the_newest_sessions(synthetic):
+    from recops.nextitem import NEXT_ITEM_GRID, choose_next_item
+
+    model, rep = choose_next_item(synthetic.events)
+    assert rep["params"] in NEXT_ITEM_GRID and len(rep["tried"]) == len(NEXT_ITEM_GRID)
+    assert rep["valid_mrr"] == max(rep["tried"].values()) > 0 and rep["valid_predictions"] > 100
+    assert model.backward_weight == rep["params"]["backward_weight"]
+    assert set(model.item_ids_) == set(synthetic.events["item_id"].dropna())  # refitted on every event
+    few = synthetic.events[synthetic.events["session_id"] == synthetic.events["session_id"].iloc[0]]
+    _, rep = choose_next_item(few)
+    assert rep["params"] == {} and "too few sessions" in rep["reason"]
