@@ -206,15 +206,39 @@ class NextItem(Recommender):
 
         See Recommender.fit.
         """
+        return self.with_rules(self.rule_parts(events))
+
+    def rule_parts(self, events: pd.DataFrame) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """Count the events' steps (the slow part of ``fit``): sets the catalog and popularity and
+        returns the forward and reverse rules, each row-normalised, for ``with_rules``.
+
+        Args:
+            events: the training events.
+
+        Returns:
+            (forward, reverse) item x item matrices.
+        """
         t = touches(events)
         self.item_ids_ = np.asarray(pd.unique(t["item_id"]), dtype=object)
         self.index_ = pd.Index(self.item_ids_)
         code = self.index_.get_indexer(t["item_id"])
         pairs = pair_matrix(t["group"].to_numpy(), code, len(self.item_ids_), self.window)
-        rules = row_normalize(pairs) + self.backward_weight * row_normalize(pairs.T.tocsr())
-        self.rules_ = top_per_row(rules, self.max_neighbors)
         self.popular_ = np.argsort(-np.bincount(code, minlength=len(self.item_ids_)), kind="stable")
         self.popularity_rank_ = np.argsort(self.popular_)
+        return row_normalize(pairs), row_normalize(pairs.T.tocsr())
+
+    def with_rules(self, parts: tuple[sp.csr_matrix, sp.csr_matrix]) -> NextItem:
+        """Finish the fit from ``rule_parts`` with this model's ``backward_weight`` (so tuning it
+        does not count the steps again).
+
+        Args:
+            parts: what ``rule_parts`` returned, on the same events.
+
+        Returns:
+            self, fitted.
+        """
+        forward, reverse = parts
+        self.rules_ = top_per_row(forward + self.backward_weight * reverse, self.max_neighbors)
         return self
 
     def score_batch(self, histories: Sequence[Sequence[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
