@@ -19,7 +19,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 from recops import steps
 from recops.config import load_settings
 
-STAGES = ["ingest", "validate", "features", "train", "evaluate", "promote"]
+STAGES = ["ingest", "validate", "features", "segments", "train", "evaluate", "promote"]
 
 
 def run(n: int, root: Path) -> dict:
@@ -32,6 +32,7 @@ def run(n: int, root: Path) -> dict:
     out["ingest"] = b["seconds"]
     out["validate"] = steps.validate(s, b["batch_id"])["seconds"]
     out["features"] = steps.build_features(s)["seconds"]
+    out["segments"] = steps.segment_users(s)["seconds"]  # the features flow's second step
     tr = steps.train(s)
     out["train"] = tr["seconds"]
     out["evaluate"] = steps.evaluate(s)["seconds"]
@@ -54,7 +55,7 @@ def main() -> None:
         print(f"\n{n:,} synthetic events ({r['events']:,} rows incl. malformed)")
         for st in STAGES:
             print(f"  {st:<9} {r[st]:8.2f} s")
-        print(f"  {'total':<9} {r['total']:8.2f} s   (target for 1M: <= 600 s)")
+        print(f"  {'total':<9} {r['total']:8.2f} s   (target for 1M: <= 300 s)")
         print(f"  NDCG@10 {r['ndcg_at_10']:.4f} vs popularity {r['baseline_ndcg_at_10']:.4f} "
               f"(ratio {r['ndcg_at_10'] / max(r['baseline_ndcg_at_10'], 1e-9):.2f})")
     shutil.rmtree(root, ignore_errors=True)
