@@ -71,3 +71,24 @@ def test_the_features_flow_fits_segments_that_serving_and_the_cli_report(trained
     out = subprocess.run([str(recops), "--home", str(settings.home), "segments"], capture_output=True, text=True,
                          check=True).stdout
     assert f"{fitted['k']} segments" in out and all(f"{s['size']:>6}" in out for s in body["segments"])
+
+
+def test_serving_places_a_user_the_fit_never_saw_in_the_nearest_segment(tmp_path):
+    from recops.config import load_settings
+    from recops.serving.state import SegmentView
+
+    prof, shares, users, _ = _planted()
+    seg = fit_segments(segment_features(prof, shares, users), prof, shares, users)
+    settings = load_settings(home=tmp_path)
+    view = SegmentView(settings)
+    assert view.segments is None  # nothing fitted yet: no segment, no error
+    seg.save(settings.segments_path)
+    view.refresh()
+    south = next(r for r in seg.summary if r["dominant_region"] == "south")
+    features = {"p_events_per_active_day": 3.0, "p_active_days_total": 9, "p_view_to_purchase": 0.05,
+                "p_price_sensitivity": 0.9, "p_peak_hour": None}
+    events = pd.DataFrame({"item_id": ["t1", "t2", "b1"]})
+    got = view.of("newbie", features, events, {"t1": "toys", "t2": "toys", "b1": "books"},
+                  {"user_id": "newbie", "age": 28, "gender": "M", "region": "south"})
+    assert got == south
+    assert view.of("g1-3", features, events, {}, None)["segment"] == seg.assignment["g1-3"]  # the fit's own
