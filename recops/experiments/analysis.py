@@ -103,9 +103,9 @@ def summarize(exp: Experiment, obs: Observations, settings: Settings, looks: lis
         ``srm_p_value``, ``srm``, ``look`` (this look's diff and variance) and, for interleaving,
         ``interleaving``. Missing figures are None.
     """
-    variants = {v: _variant_figures(obs, v) for v in _arms(exp)}
-    out: dict = {"metric": exp.metric, "method": exp.method, "variants": variants}
     arms = _arms(exp)
+    variants = {v: _variant_figures(obs, v) for v in arms}
+    out: dict = {"metric": exp.metric, "method": exp.method, "variants": variants}
     users = [variants[v]["users"] for v in arms]
     shares = [1 - exp.share, exp.share]
     out["srm_p_value"] = stats.srm_p_value(users, shares) if exp.share < 1 else 1.0

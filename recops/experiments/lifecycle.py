@@ -113,9 +113,7 @@ def status(settings: Settings, name: str, store: ExperimentStore | None = None, 
     store = store or records(settings)
     exp = store.get(name)
     history = store.history(name)
-    figures = analysis.summarize(exp, analysis.observe(store.engine, exp, settings, now, phase_start(history)),
-                                 settings, _looks(history), cuped=settings.experiment_cuped)
-    figures["phase_started_at"] = phase_start(history)
+    figures = _figures(settings, store, exp, history, now)
     last = next((h for h in reversed(history) if h["details"] and "look" in h["details"]), None)
     return {**exp.as_dict(), **figures,
             "decision": {"action": last["action"], "reason": last["reason"], "at": last["at"]} if last else None,
@@ -202,9 +200,7 @@ def evaluate(settings: Settings, name: str | None = None, now: float | None = No
         raise ExperimentError(f"experiment {exp.name!r} is {exp.status}, not running: nothing to evaluate")
     at = time.time() if now is None else now
     history = store.history(exp.name)
-    figures = analysis.summarize(exp, analysis.observe(store.engine, exp, settings, now, phase_start(history)),
-                                 settings, _looks(history), cuped=settings.experiment_cuped)
-    figures["phase_started_at"] = phase_start(history)
+    figures = _figures(settings, store, exp, history, now)
     decision = policy.decide(exp, figures, settings, at)
     details = {"look": {**figures["look"], "at": at, "lift": figures["lift"], "ci": figures["ci_always_valid"]},
                "p_value": figures["p_value"], "srm_p_value": figures["srm_p_value"],
@@ -226,6 +222,16 @@ def evaluate(settings: Settings, name: str | None = None, now: float | None = No
     store.save_result(exp.name, result)
     result["mlflow_run_id"] = _log_run(settings, exp, figures, decision, store.history(exp.name))
     return result
+
+
+def _figures(settings: Settings, store: ExperimentStore, exp: Experiment, history: list[dict],
+             now: float | None) -> dict:
+    """The current phase's figures (``analysis.summarize`` over what ``observe`` loads since the
+    phase began, with the phase's earlier looks), and when the phase began."""
+    since = phase_start(history)
+    obs = analysis.observe(store.engine, exp, settings, now, since)
+    figures = analysis.summarize(exp, obs, settings, _looks(history), cuped=settings.experiment_cuped)
+    return {**figures, "phase_started_at": since}
 
 
 def phase_start(history: list[dict]) -> float:

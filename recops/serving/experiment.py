@@ -21,12 +21,11 @@ from recops.experiments.interleave import team_draft
 from recops.experiments.records import INTERLEAVED, Experiment, ExperimentStore
 from recops.impressions import ImpressionLog
 from recops.services.schemas import RankedList, RecommendResponse, SessionRecommendResponse
-from recops.serving.recommend import Recommendations
+from recops.serving.recommend import MODEL_ERROR, Recommendations
 from recops.serving.state import ModelSlot
 
 log = logging.getLogger("recops.serving")
 
-MODEL_ERROR = "model error"  # how a fallback reason starts when the model failed (an error, for the guardrail)
 
 
 class ExperimentRouting:

@@ -25,6 +25,7 @@ log = logging.getLogger("recops.serving")
 
 TRENDING_CONFIDENCE = 0.2  # the most a trending (non-personal) recommendation's confidence can be
 DEMOGRAPHIC_CONFIDENCE = 0.35  # ... and a demographic one's (it knows the segment, not the person)
+MODEL_ERROR = "model error"  # how a fallback reason starts when the model failed (an error, for the guardrail)
 
 
 class Recommendations:
@@ -66,7 +67,7 @@ class Recommendations:
             return self._answer(user_id, request, served)
         except Exception as exc:
             log.exception("model failed for user %s", user_id)
-            return self.fallback(user_id, k, excl, served, f"model error: {type(exc).__name__}")
+            return self.fallback(user_id, k, excl, served, f"{MODEL_ERROR}: {type(exc).__name__}")
 
     def session_recommend(self, session_id: str, k: int = 10, exclude: Iterable[str] | None = None,
                           slot: ModelSlot | None = None) -> SessionRecommendResponse:
@@ -99,7 +100,7 @@ class Recommendations:
             return answer(self._answer(session_id, request, served))
         except Exception as exc:
             log.exception("model failed for session %s", session_id)
-            return answer(self.fallback(session_id, k, excl, served, f"model error: {type(exc).__name__}"))
+            return answer(self.fallback(session_id, k, excl, served, f"{MODEL_ERROR}: {type(exc).__name__}"))
 
     def _answer(self, who: str, request: RecommendRequest, served: Served) -> RecommendResponse:
         """The served model's list for ``request``; the fallback when it finds no candidate."""
