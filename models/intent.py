@@ -90,25 +90,47 @@ def intent_rules(intent: str | None, rules: BusinessRules) -> BusinessRules:
     return rules
 
 
+def list_span(scores: np.ndarray, k: int | None) -> float:
+    """The span of the shown part of a list: the best score minus the ``k``-th best (the std of the
+    scores when ``k`` is None or the list no longer than it; 1 when that is 0). A lift by it takes a
+    candidate just outside the list to its top, whatever the scorer's scale.
+
+    Args:
+        scores: the candidates' scores.
+        k: the list's length.
+
+    Returns:
+        The span, > 0.
+    """
+    if k is not None and 0 < k < len(scores):
+        span = float(scores.max() - np.partition(scores, len(scores) - k)[len(scores) - k])
+    else:
+        span = float(scores.std()) if len(scores) else 0.0
+    return span or 1.0
+
+
 def intent_scores(intent: str | None, scores: np.ndarray, complements: np.ndarray,
-                  category_share: np.ndarray) -> np.ndarray:
-    """Tilt one list's scores toward what the intent wants, by at most one spread of the list:
-    complements (proposed by co-visitation) for transactional sessions, items of the session's own
-    categories (``category_share``: the category's share of the session's events) for research.
+                  category_share: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Tilt one list's scores toward what the intent wants, by at most the span of the shown list
+    (the best score minus the ``k``-th best: a fully matching candidate just outside the list
+    reaches its top): complements (proposed by co-visitation) for transactional sessions, items of
+    the session's own categories (``category_share``: the category's share of the session's events)
+    for research. The span follows the ranker's scale, whatever its spread over the long tail.
 
     Args:
         intent: the session's intent name (None: no tilt).
         scores: the ranker's scores of the list's candidates.
         complements: per candidate, whether it is a complement (bool).
         category_share: per candidate, its category's share of the session's events, in [0, 1].
+        k: the list's length; None or no more candidates than ``k``: the scores' std is the span.
 
     Returns:
-        The tilted scores, shaped like ``scores`` (the spread is their std, 1 when 0); ``scores`` itself
-        for browsing or no intent.
+        The tilted scores, shaped like ``scores`` (a span of 0 counts as 1); ``scores`` itself for
+        browsing or no intent.
     """
-    spread = float(scores.std()) or 1.0
+    if intent not in ("transactional", "research"):
+        return scores
+    spread = list_span(scores, k)
     if intent == "transactional":
         return scores + spread * complements.astype(float)
-    if intent == "research":
-        return scores + spread * category_share
-    return scores
+    return scores + spread * category_share

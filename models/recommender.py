@@ -20,12 +20,12 @@ import pandas as pd
 from recops.features import ITEM_MODEL_FEATURES, USER_MODEL_FEATURES, derive_values
 from recops.models.base import ExplainsCandidates, Recommender, load_pickled
 from recops.models.explain import describe
-from recops.models.intent import intent_rules, intent_scores
+from recops.models.intent import intent_rules, intent_scores, list_span
 from recops.models.request import RecommendRequest
 from recops.models.rules import BusinessRules, apply_rules
 from recops.models.sequential import NextItem
 
-SESSION_LIFT = 2.0  # the most the live session's next-item signal lifts a score, in spreads of the user's list
+SESSION_LIFT = 2.0  # the most the live session's next-item signal lifts a score, in spans of the shown list
 CROSS_FEATURES = ["x_category_affinity", "x_is_top_category", "x_price_ratio", "x_in_history"]
 # item features that come from the feature store (the rest, price and age, come from the catalog)
 STORED_ITEM_FEATURES = [c for c in ITEM_MODEL_FEATURES if c not in ("i_price", "i_age_days")]
@@ -511,12 +511,12 @@ class RecopsModel:
             scores = self.blend(pool, request.weights)
         else:
             scores = self.score_matrix(x, segment_of(history))
-            if pool.next_score.any():  # the live session: what follows its items, by up to SESSION_LIFT spreads
-                scores = scores + SESSION_LIFT * (float(scores.std()) or 1.0) * pool.next_score
+            if pool.next_score.any():  # the live session: what follows its items, by up to SESSION_LIFT spans
+                scores = scores + SESSION_LIFT * list_span(scores, request.k) * pool.next_score
         if request.intent:
             share = np.array([request.category_shares.get(c, 0.0) for c in self.items.category[pool.idx]])
             complements = pool.proposed[:, self._explainer_cols].any(axis=1)
-            scores = intent_scores(request.intent, scores, complements, share)
+            scores = intent_scores(request.intent, scores, complements, share, request.k)
         order = rank_order(self, x, scores, pool.idx, request.k, intent_rules(request.intent, request.rules))
         return self._explained(request, pool, scores, order, aff)
 
@@ -717,7 +717,10 @@ def train_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, names: list[s
     p = {
         "objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate": 0.05, "num_leaves": 31,
         "min_data_in_leaf": 100, "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1,
-        "lambdarank_truncation_level": 20, "num_threads": num_threads, "seed": seed, "deterministic": True,
+        "lambdarank_truncation_level": 20,
+        # linear gains for the graded labels (1 view .. 5 purchase): LightGBM's default 2^g - 1 makes one
+        # purchase count as 31 views and leaves the ranker nearly blind to any other interaction
+        "label_gain": list(range(32)), "num_threads": num_threads, "seed": seed, "deterministic": True,
         "force_col_wise": True, "verbosity": -1, **(params or {}),
     }
     train = lgb.Dataset(x, y, group=groups, feature_name=names, free_raw_data=False)

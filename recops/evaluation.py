@@ -64,7 +64,17 @@ class EvalSplit:
         """
         if len(self.test) <= n:
             return self
-        keep = set(np.random.default_rng(seed).choice(self.users, n, replace=False))
+        return self.subset(set(np.random.default_rng(seed).choice(self.users, n, replace=False)))
+
+    def subset(self, keep: set[str]) -> EvalSplit:
+        """The same split for the test users in ``keep`` (``train`` is shared, not filtered).
+
+        Args:
+            keep: the test users to keep.
+
+        Returns:
+            A new split with those users' test, cut, exclude and grades.
+        """
         pick = lambda d: None if d is None else {u: v for u, v in d.items() if u in keep}
         return EvalSplit(self.name, self.train, pick(self.test), pick(self.cut), pick(self.exclude), pick(self.grades))
 
@@ -168,14 +178,7 @@ def global_split(events: pd.DataFrame, holdout_days: float | None = 7.0, cut: pd
         excl = tr[tr["event_type"].isin(list(exclude_types))].groupby("user_id")["item_id"].agg(set).to_dict()
         test = {u: set(g) - excl.get(u, set()) for u, g in after.groupby("user_id")["item_id"]}
         if weights is not None:
-            from recops.ratings import implicit_ratings
-
-            r = implicit_ratings(after, weights, half_life_days=1e9, as_of=ev["timestamp"].max())
-            r = r[r["rating"] > 0]
-            grades = {}
-            for u, i, g in zip(r["user_id"], r["item_id"], np.ceil(r["rating"]).clip(1, 5).astype(int)):
-                if i in test.get(u, ()):
-                    grades.setdefault(u, {})[i] = int(g)
+            grades = _grades(after, test, weights)
             test = {u: set(grades.get(u, ())) for u in test}
     test = {u: t for u, t in test.items() if t}
     if not test:
@@ -185,17 +188,47 @@ def global_split(events: pd.DataFrame, holdout_days: float | None = 7.0, cut: pd
     return EvalSplit("global", train, test, {u: cut for u in test}, exclude=excl, grades=grades)
 
 
-def per_user_split(events: pd.DataFrame, frac: float = 0.2, min_items: int = 5) -> EvalSplit:
+def _grades(after: pd.DataFrame, test: dict[str, set[str]], weights: dict[str, float]) -> dict[str, dict[str, int]]:
+    """Graded relevance (1-5, the implicit rating of the held-out events, undecayed) of each test item.
+
+    Args:
+        after: the held-out events.
+        test: user -> the test items to grade.
+        weights: event type -> weight.
+
+    Returns:
+        user -> item -> grade, for the test items whose rating is positive.
+    """
+    from recops.ratings import implicit_ratings
+
+    r = implicit_ratings(after, weights, half_life_days=1e9, as_of=after["timestamp"].max())
+    r = r[r["rating"] > 0]
+    grades: dict[str, dict[str, int]] = {}
+    for u, i, g in zip(r["user_id"], r["item_id"], np.ceil(r["rating"]).clip(1, 5).astype(int)):
+        if i in test.get(u, ()):
+            grades.setdefault(u, {})[i] = int(g)
+    return grades
+
+
+def per_user_split(events: pd.DataFrame, frac: float = 0.2, min_items: int = 5,
+                   exclude_types: tuple[str, ...] | None = None, weights: dict[str, float] | None = None) -> EvalSplit:
     """Hold out the last ``frac`` of each user's distinct items (by first touch); see the module docstring.
+
+    Research protocol (``exclude_types=None``): the test is the held-out items, and every training
+    item is excluded from the ranking. Serving protocol (``exclude_types`` given): the test is every
+    item the user touched from their cut on except those their training events of ``exclude_types``
+    rule out (coming back to an item viewed before counts, as in a shop), graded by ``weights``.
 
     Args:
         events: normalized events; anonymous ones (no user_id) stay in train.
         frac: the share of a user's distinct items held out, rounded up.
         min_items: users with fewer distinct items are not tested (all their events stay in train).
+        exclude_types: None: the research protocol; else the event types whose items are excluded.
+        weights: event type -> weight, to grade the test items (serving protocol only); None: binary.
 
     Returns:
         The split ``"per_user"``: ``cut`` per test user is the first touch of their first held-out item,
-        and train drops their events from then on; every training item is excluded (``exclude`` None).
+        and train drops their events from then on.
     """
     ev = events[events["user_id"].notna()]
     first = ev.groupby(["user_id", "item_id"], sort=False)["timestamp"].min().reset_index()
@@ -206,10 +239,22 @@ def per_user_split(events: pd.DataFrame, frac: float = 0.2, min_items: int = 5) 
     eligible = n_items >= min_items
     held = first[eligible & (rank >= n_items - n_test)]
     cut = held.groupby("user_id")["timestamp"].min()
-    test = held.groupby("user_id")["item_id"].agg(set).to_dict()
     user_cut = events["user_id"].map(cut)
-    train = events[user_cut.isna() | (events["timestamp"] < user_cut)]
-    return EvalSplit("per_user", train, test, cut.to_dict())
+    before = user_cut.isna() | (events["timestamp"] < user_cut)
+    train = events[before]
+    if exclude_types is None:
+        return EvalSplit("per_user", train, held.groupby("user_id")["item_id"].agg(set).to_dict(), cut.to_dict())
+    after = events[~before]
+    tr = train[train["user_id"].isin(cut.index)]
+    excl = tr[tr["event_type"].isin(list(exclude_types))].groupby("user_id")["item_id"].agg(set).to_dict()
+    test = {u: set(g) - excl.get(u, set()) for u, g in after.groupby("user_id")["item_id"]}
+    grades = None
+    if weights is not None:
+        grades = _grades(after, test, weights)
+        test = {u: set(grades.get(u, ())) for u in test}
+    test = {u: t for u, t in test.items() if t}
+    return EvalSplit("per_user", train, test, {u: cut[u] for u in test}, exclude={u: excl.get(u, set()) for u in test},
+                     grades=None if grades is None else {u: grades[u] for u in test})
 
 
 def novelty(recs: dict[str, list[str]], popularity: pd.Series, n_users: int) -> float:

@@ -328,7 +328,9 @@ def train(settings: Settings) -> dict:
               "event_weights": json.dumps(settings.event_types, sort_keys=True), "ranker": "lightgbm-lambdarank",
               "num_features": len(model.feature_names), **{f"tuned_{k_}": v for k_, v in rep["tuned"].items()},
               **{f"scorer_{seg}": v for seg, v in model.scorer.items()},
-              **{f"next_item_{k_}": v for k_, v in rep["next_item"].get("params", {}).items()}}
+              **{f"next_item_{k_}": v for k_, v in rep["next_item"].get("params", {}).items()},
+              "cold_start": rep["cold_start"]["cold_start"], "cold_start_why": rep["cold_start"]["cold_start_why"]}
+    metrics.update({k_: v for k_, v in rep["cold_start"].items() if k_.startswith("valid_")})
     params.update(model_params(model))
     if "valid_mrr" in rep["next_item"]:
         metrics.update({"next_item_valid_mrr_at_20": rep["next_item"]["valid_mrr"],
@@ -339,7 +341,8 @@ def train(settings: Settings) -> dict:
     params.update({k_: ",".join(v) if isinstance(v, tuple) else v for k_, v in rules.items()})
     try:
         logged = registry.log_model(settings, model, params, metrics, figures=figs, extra={"split.json": split,
-                                                                                  "next_item.json": rep["next_item"]})
+                                                                                  "next_item.json": rep["next_item"],
+                                                                                  "choices.json": rep["choices"]})
     finally:
         reporting.close(figs)
     return {**logged, "metrics": {k_: round(v, 5) for k_, v in metrics.items()}, "split_cut": split["cut"]}

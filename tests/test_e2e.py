@@ -9,7 +9,7 @@ import pytest
 from recops import registry
 from recops.generate import generate
 from recops.store import EventStore
-from recops.vocabulary import POPULARITY_HALF_LIFE_DAYS
+from recops.training import TRENDING_HALF_LIVES
 from tests.conftest import END
 
 pytestmark = pytest.mark.e2e
@@ -66,7 +66,14 @@ def test_mlflow_run_has_metrics_features_and_model(trained):
     params = run.data.params
     assert float(params["holdout_days"]) == settings.holdout_days
     assert float(params["ranker_learning_rate"]) == 0.05 and int(params["ranker_num_leaves"]) == 31
-    assert float(params["gen_popularity_half_life_days"]) == POPULARITY_HALF_LIFE_DAYS
+    # what training chose from the data, and why, in the run
+    choices = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/choices.json")
+    assert float(params["gen_popularity_half_life_days"]) == choices["trending_half_life_days"]["chose"]
+    assert choices["trending_half_life_days"]["chose"] in TRENDING_HALF_LIVES
+    assert params["cold_start"] == choices["cold_start"]["chose"] and params["cold_start_why"]
+    assert params["scorer_known"] == choices["scorer_known"]["chose"]
+    assert "known users" in choices["scorer_known"]["why"] and logged["valid_users_known"] > 0
+    assert [w.split(":")[0] for w in choices["windows"]["chose"]][:2] == ["per_user", "per_user"]
     assert int(params["rule_max_per_category"]) == settings.max_per_category
     plots = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/metric_vs_k.png", "plots/ndcg_by_segment.png", "plots/feature_importance.png"}

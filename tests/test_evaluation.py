@@ -155,3 +155,71 @@ def test_the_holdout_adapts_to_the_data_span():
         "timestamp": pd.to_datetime(["2026-10-27 10:00", "2026-10-28 09:00", "2026-10-27 12:00", "2026-11-01 08:00"],
                                     utc=True)})), holdout_days=0)
     assert set(s.test) == {"u2"}  # a six-day log: no 7-day default stops it
+
+
+def test_per_user_split_under_the_serving_protocol_counts_coming_back_and_grades():
+    """Serving protocol: an item viewed before the user's cut and bought after it is a test item
+    (graded by its rating), items bought before the cut are excluded, not every training item."""
+    rows = [("a", f"i{n}", "view", T + pd.Timedelta(days=n)) for n in range(10)]
+    rows += [("a", "i0", "purchase", T + pd.Timedelta(days=2))]  # bought before the cut: never recommended
+    rows += [("a", "i1", "purchase", T + pd.Timedelta(days=20))]  # viewed before, bought after: a test item
+    s = per_user_split(_ev(rows), frac=0.2, min_items=5, exclude_types=("purchase",),
+                       weights={"view": 1.0, "purchase": 5.0})
+    assert s.test == {"a": {"i1", "i8", "i9"}}
+    assert s.exclude == {"a": {"i0"}}
+    assert s.grades["a"]["i1"] == 5 > s.grades["a"]["i8"] >= 1
+    research = per_user_split(_ev(rows), frac=0.2, min_items=5)
+    assert research.test == {"a": {"i8", "i9"}} and research.exclude is None
+
+
+def _cold_start_case(by_gender: bool):
+    """New users arriving daily for 60 days, each touching 5 items: of their gender's own 20
+    (``by_gender``) or of that week's 20 whatever their gender."""
+    rng = np.random.default_rng(3)
+    rows, people = [], []
+    for n in range(600):
+        u, g, day = f"u{n}", "MF"[n % 2], n // 10
+        people.append((u, 30, g, "north"))
+        pool = [f"{g}{j}" for j in range(20)] if by_gender else [f"w{day // 7}-{j}" for j in range(20)]
+        for i in rng.choice(pool, 5, replace=False):
+            rows.append((u, i, "view", T + pd.Timedelta(days=day, hours=int(rng.integers(24)))))
+    users = pd.DataFrame(people, columns=["user_id", "age", "gender", "region"])
+    return global_split(_ev(rows), cut=T + pd.Timedelta(days=50)), users
+
+
+def test_cold_start_uses_demographics_only_where_they_beat_trending():
+    from recops.config import load_settings
+    from recops.training import choose_cold_start
+
+    settings = load_settings()
+    split, users = _cold_start_case(by_gender=True)
+    _, use, rep = choose_cold_start([split], pd.DataFrame(), users, settings)
+    assert use and rep["cold_start"] == "demographic"
+    assert rep["valid_ndcg_cold_demographic"] > rep["valid_ndcg_cold_trending"] and rep["valid_users_cold"] == 100
+    split, users = _cold_start_case(by_gender=False)  # tastes follow the week, not the person
+    half_life, use, rep = choose_cold_start([split], pd.DataFrame(), users, settings)
+    assert not use and rep["cold_start"] == "trending" and "did not beat" in rep["cold_start_why"]
+    # this week's items are what new users touch: the shortest half-life follows the week best
+    assert half_life == 1.0 and rep["valid_ndcg_trending_hl1"] > rep["valid_ndcg_trending_hl30"]
+    assert choose_cold_start([split], pd.DataFrame(), None, settings)[1] is False
+    # a users file with regions only (a shop's countries) is validated alike
+    _, _, rep = choose_cold_start([split], pd.DataFrame(), users.assign(age=None, gender=None), settings)
+    assert rep["valid_users_cold"] == 100
+
+
+def test_returning_windows_hold_out_returning_users_in_two_halves_of_one_fit(synthetic):
+    from recops.config import load_settings
+    from recops.training import returning_windows
+
+    ev = normalize_events(synthetic.events)
+    settings = load_settings()
+    a, b = returning_windows(ev, settings)
+    assert a.train is b.train and a.users and b.users and not set(a.users) & set(b.users)
+    items_per_user = ev[ev["user_id"].notna()].groupby("user_id")["item_id"].nunique()
+    assert (items_per_user.reindex(a.users + b.users) >= 5).all()
+    for w in (a, b):  # each user is cut at their own time, and the serving protocol grades the test items
+        u = w.users[0]
+        assert (w.train[w.train["user_id"] == u]["timestamp"] < w.cut[u]).all()
+        assert set(w.grades[u]) == w.test[u]
+    settings.ranker_max_users = 10
+    assert sum(len(w.test) for w in returning_windows(ev, settings)) == 10

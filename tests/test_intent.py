@@ -26,14 +26,16 @@ def test_intent_is_read_from_cart_activity_focus_and_engagement():
     assert infer_intent(state({"view": 2}, {"a": 2}, 2)).name == "browsing"  # too short to say
 
 
-def test_intent_tilts_scores_by_at_most_one_spread_and_browsing_diversifies():
-    scores = np.array([3.0, 2.0, 1.0, 0.0])
-    comp = np.array([False, False, False, True])
-    share = np.array([0.0, 0.0, 1.0, 0.0])
-    spread = scores.std()
-    assert np.allclose(intent_scores("transactional", scores, comp, share) - scores, spread * comp)
-    assert np.allclose(intent_scores("research", scores, comp, share) - scores, spread * share)
-    assert np.array_equal(intent_scores("browsing", scores, comp, share), scores)
+def test_intent_tilts_scores_by_at_most_the_shown_lists_span_and_browsing_diversifies():
+    scores = np.array([3.0, 2.0, 1.0, 0.0, -50.0])  # a long tail far below does not change the span
+    comp = np.array([False, False, False, True, False])
+    share = np.array([0.0, 0.0, 1.0, 0.0, 0.0])
+    span = 3.0 - 1.0  # the best minus the 3rd best, for a list of 3
+    assert np.allclose(intent_scores("transactional", scores, comp, share, k=3) - scores, span * comp)
+    tilted = intent_scores("research", scores, comp, share, k=3)
+    assert np.allclose(tilted - scores, span * share) and tilted[2] == tilted.max()  # the last shown reaches the top
+    assert np.allclose(intent_scores("research", scores, comp, share) - scores, scores.std() * share)  # no k: std
+    assert np.array_equal(intent_scores("browsing", scores, comp, share, k=3), scores)
     assert intent_rules("browsing", BusinessRules()).max_per_category == 2
     assert intent_rules("browsing", BusinessRules(max_per_category=1)).max_per_category == 1  # a stricter cap stays
     assert intent_rules("research", BusinessRules()).max_per_category == 0
