@@ -62,7 +62,7 @@ class Settings:
     generators: list[str] = field(default_factory=lambda: ["popularity", "covisit", "itemknn", "ease", "svd"])
     ease_l2: list[float] = field(default_factory=lambda: [100.0, 250.0, 500.0, 1000.0])  # tuned on the inner split
     ranker_windows: int = 3  # labelled windows the ranker learns from, each carved out of the previous one's train
-    ranker_max_users: int = 5000  # labelled users per window at most (a fixed sample); no older windows past this
+    ranker_max_users: int = 5000  # labelled users at most: half global cuts (no older ones past it), half returning
     tuning_users: int = 2000  # users the generators' hyper-parameters are tuned on (a fixed sample)
     svd_factors: list[float] = field(default_factory=lambda: [16.0, 32.0, 64.0])  # tuned on the inner split
     itemknn_neighbors: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0])  # tuned on the inner split
@@ -77,7 +77,7 @@ class Settings:
     fresh_item_boost: float = 0.0  # score boost for items younger than fresh_item_days, x the list's score spread
     # Serving.
     segments_k: list[float] = field(default_factory=lambda: [2.0, 8.0])  # user segments: k tried (inclusive range)
-    new_user_items: int = 5  # a user with fewer distinct items is served session-style (their events read as a visit)
+    new_user_items: int = 5  # a live user with fewer distinct items is served session-style (events read as a visit)
     deal_max_discount: float = 0.5  # the most any deal takes off a list price (enforced on the server)
     deal_floor_ratio: float = 0.6  # a deal price never goes below this share of the list price
     deal_ttl_hours: float = 48.0  # how long a deal stays valid

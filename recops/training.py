@@ -242,9 +242,14 @@ class FeastFeatures:
         return _user_records(feats, cuts)
 
     def item_rows(self, item_ids: np.ndarray, cuts: pd.DatetimeIndex) -> np.ndarray:
-        """``FeatureProvider.item_rows``, by point-in-time lookup in Feast (each distinct (item, cut) once)."""
+        """``FeatureProvider.item_rows``, by point-in-time lookup in Feast (each distinct (item, cut)
+        once). Users cut at their own times (returning users) look their candidates up as of the
+        midnight before their cut, the items' daily snapshot: one lookup per item and day instead of
+        one per candidate row, and never a later event."""
         if not len(item_ids):
             return np.zeros((0, 1))
+        if cuts.nunique() > 1:
+            cuts = cuts.floor("D")
         ents = pd.DataFrame({"item_id": item_ids, "event_timestamp": cuts})
         uniq = ents.drop_duplicates(ignore_index=True)  # one lookup per (item, cut), mapped back per row
         got = self.fs.historical(uniq, "item")
@@ -605,10 +610,11 @@ def inner_windows(train: pd.DataFrame, carve, n: int, enough_users: int | None =
     return out
 
 
-def returning_windows(train: pd.DataFrame, settings: Settings, min_items: int = 5) -> list[EvalSplit]:
+def returning_windows(train: pd.DataFrame, settings: Settings, min_items: int = 5,
+                      max_users: int | None = None) -> list[EvalSplit]:
     """Labelled windows of users coming back: each user with ``min_items`` distinct items or more has
     the last fifth held out at their own cut (``per_user_split``, serving protocol), in two halves
-    of at most ``ranker_max_users`` users in all. A global cut's test users are whoever is active
+    of at most ``max_users`` users in all (None: ``ranker_max_users``). A global cut's test users are whoever is active
     after it; where users come and go (a film site) few of them have a history, so the known
     users' scorer would be chosen on users unlike the ones it serves. The halves share their
     training events (one generator fit); each validates the ranker fitted without it. (Holding out
@@ -620,12 +626,14 @@ def returning_windows(train: pd.DataFrame, settings: Settings, min_items: int = 
         settings: ``ranker_max_users``, ``random_state``, ``exclude_event_types`` and the event-type
             weights (grades).
         min_items: the least distinct items a user needs to be held out.
+        max_users: the most users in both halves.
 
     Returns:
         Two windows, or none when fewer than two users qualify.
     """
     split = per_user_split(train, 0.2, min_items, exclude_types=tuple(settings.exclude_event_types),
-                           weights=settings.event_types).sample(settings.ranker_max_users, settings.random_state)
+                           weights=settings.event_types).sample(max_users or settings.ranker_max_users,
+                                                                settings.random_state)
     users = np.asarray(split.users)
     if len(users) < 2:
         return []
@@ -819,8 +827,10 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
         ValueError: the events cannot be split, or the ranker has nothing to learn from.
     """
     outer = pipeline_split(events, settings)
-    inner = inner_windows(outer.train, lambda e: pipeline_split(e, settings), settings.ranker_windows,
-                          settings.ranker_max_users)
+    # labelled users: half the budget for the global cuts, half for the returning users
+    half = max(settings.ranker_max_users // 2, 1)
+    inner = [w.sample(half, settings.random_state) for w in
+             inner_windows(outer.train, lambda e: pipeline_split(e, settings), settings.ranker_windows, half)]
     # new users with demographics: their segment's favourites only where those beat trending
     half_life, use_demographic, cold = choose_cold_start(inner, items, users, settings)
     generators = default_generators(settings)
@@ -828,7 +838,7 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
         generators["popularity"].half_life_days = half_life
     # returning users first: they tune the generators, and with the global windows' users they teach
     # and validate the ranker and the known users' scorer
-    inner = returning_windows(outer.train, settings) + inner
+    inner = returning_windows(outer.train, settings, max_users=half) + inner
     provider = FeastFeatures(fs)
     model = train_on_split(outer.train, items, users, settings, inner, generators, provider)
     ev = evaluate_model(model, outer, items, users, settings, provider)

@@ -81,6 +81,24 @@ def test_nothing_accepted_is_lost_across_good_bad_and_repeated_requests(client, 
     store.dispose()
 
 
+def test_a_light_user_back_after_a_while_is_not_served_as_a_visit(client, trained):
+    """A user with a few events two days old is no longer in that visit: no intent is read from
+    them, and the list is the personalized one; the same events now are a visit."""
+    settings, _ = trained
+    store = EventStore(settings.event_store_uri)
+    items = store.items()["item_id"].head(6).tolist()
+    store.dispose()
+    then = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=2)).isoformat()
+    back, live = f"back-{time.time_ns()}", f"live-{time.time_ns()}"
+    for user, ts in ((back, then), (live, None)):
+        rows = [{"user_id": user, "item_id": i, "event_type": "view", **({"timestamp": ts} if ts else {})}
+                for i in items[:2]]
+        assert client.post("/track/batch", json=rows).status_code == 200
+    body = client.post("/recommend", json={"user_id": back, "k": 5}).json()
+    assert body["strategy"] == "personalized" and not body["fallback"]
+    assert client.post("/recommend", json={"user_id": live, "k": 5}).json()["strategy"] == "session"
+
+
 def test_new_user_with_demographics_gets_their_segment_then_session_recommendations(client, trained):
     """No events yet: the user's demographic segment's favourites (with a confidence); after the
     first events: session-based; the fallback only answers when nothing at all is known."""

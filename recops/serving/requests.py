@@ -69,8 +69,9 @@ class RequestBuilder:
         feats = self.user_features(user_id)
         if not history and feats is None:
             return None
-        if intent is None and len(history) < self.settings.new_user_items:
-            # a new user's first events: read them as a visit, so their intent steers the list
+        if intent is None and live and len(history) < self.settings.new_user_items:
+            # a new user's first events, while they are on the site: read them as a visit, so their
+            # intent steers the list (a user back after a while is not in that visit any more)
             visit = self._visit_from_events(self.store.events_of([user_id]).assign(session_id=user_id))
             intent, shares, strategy = infer_intent(visit).name, category_shares(visit), "session"
         return RecommendRequest(k=k, user_id=user_id, history=tuple(history), session_items=tuple(live),
