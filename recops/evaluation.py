@@ -169,23 +169,41 @@ def global_split(events: pd.DataFrame, holdout_days: float | None = 7.0, cut: pd
     train = events[events["timestamp"] < cut]
     after = ev[ev["timestamp"] >= cut]
     tr = train[train["user_id"].notna()]
-    grades = None
+    excl, grades = None, None
     if exclude_types is None:
-        excl = None
         seen = tr.groupby("user_id")["item_id"].agg(set).to_dict()
         test = {u: set(g) - seen.get(u, set()) for u, g in after.groupby("user_id")["item_id"]}
+        test = {u: t for u, t in test.items() if t}
     else:
-        excl = tr[tr["event_type"].isin(list(exclude_types))].groupby("user_id")["item_id"].agg(set).to_dict()
-        test = {u: set(g) - excl.get(u, set()) for u, g in after.groupby("user_id")["item_id"]}
-        if weights is not None:
-            grades = _grades(after, test, weights)
-            test = {u: set(grades.get(u, ())) for u in test}
-    test = {u: t for u, t in test.items() if t}
+        test, excl, grades = _serving_test(tr, after, exclude_types, weights)
     if not test:
         raise ValueError(f"no user touched a new item after the cut {cut}: nothing to evaluate on")
-    if excl is not None:
-        excl = {u: excl.get(u, set()) for u in test}
     return EvalSplit("global", train, test, {u: cut for u in test}, exclude=excl, grades=grades)
+
+
+def _serving_test(train: pd.DataFrame, after: pd.DataFrame, exclude_types: tuple[str, ...],
+                  weights: dict[str, float] | None) -> tuple[dict, dict, dict | None]:
+    """The serving protocol's test, shared by both splits: each user's items in ``after`` except
+    those their ``train`` events of ``exclude_types`` rule out (coming back to an item viewed
+    before counts), graded by ``weights``; users left without a test item are dropped.
+
+    Args:
+        train: the identified training events.
+        after: the held-out events.
+        exclude_types: the event types whose items are excluded (the business rules).
+        weights: event type -> weight, to grade the test items; None: binary.
+
+    Returns:
+        ``(test, exclude, grades)`` per test user; ``grades`` None without ``weights``.
+    """
+    excl = train[train["event_type"].isin(list(exclude_types))].groupby("user_id")["item_id"].agg(set).to_dict()
+    test = {u: set(g) - excl.get(u, set()) for u, g in after.groupby("user_id")["item_id"]}
+    grades = None
+    if weights is not None:
+        grades = _grades(after, test, weights)
+        test = {u: set(grades.get(u, ())) for u in test}
+    test = {u: t for u, t in test.items() if t}
+    return test, {u: excl.get(u, set()) for u in test}, grades
 
 
 def _grades(after: pd.DataFrame, test: dict[str, set[str]], weights: dict[str, float]) -> dict[str, dict[str, int]]:
@@ -244,17 +262,9 @@ def per_user_split(events: pd.DataFrame, frac: float = 0.2, min_items: int = 5,
     train = events[before]
     if exclude_types is None:
         return EvalSplit("per_user", train, held.groupby("user_id")["item_id"].agg(set).to_dict(), cut.to_dict())
-    after = events[~before]
-    tr = train[train["user_id"].isin(cut.index)]
-    excl = tr[tr["event_type"].isin(list(exclude_types))].groupby("user_id")["item_id"].agg(set).to_dict()
-    test = {u: set(g) - excl.get(u, set()) for u, g in after.groupby("user_id")["item_id"]}
-    grades = None
-    if weights is not None:
-        grades = _grades(after, test, weights)
-        test = {u: set(grades.get(u, ())) for u in test}
-    test = {u: t for u, t in test.items() if t}
-    return EvalSplit("per_user", train, test, {u: cut[u] for u in test}, exclude={u: excl.get(u, set()) for u in test},
-                     grades=None if grades is None else {u: grades[u] for u in test})
+    test, excl, grades = _serving_test(train[train["user_id"].isin(cut.index)], events[~before], exclude_types,
+                                       weights)
+    return EvalSplit("per_user", train, test, {u: cut[u] for u in test}, exclude=excl, grades=grades)
 
 
 def novelty(recs: dict[str, list[str]], popularity: pd.Series, n_users: int) -> float:

@@ -398,9 +398,9 @@ def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: S
 
     Validation rotates over the windows: each is held out once while a fit on the others stops
     early on it, and its users' out-of-fold NDCG (full candidate lists) feeds the per-segment scorer
-    choice (``choose_scorers``). The final fit uses every window for the folds' mean number of rounds, weighed by their
-    validation users.
-    With a single window, its 20% of users with the latest cuts are the validation slice.
+    choice (``choose_scorers``). The final fit uses every window for the folds' mean number of
+    rounds, weighed by their validation users. With a single window, its 20% of users with the
+    latest cuts are the validation slice.
 
     Args:
         windows: ``(model, split, provider)`` per window, newest first; the first model's feature
@@ -614,9 +614,9 @@ def returning_windows(train: pd.DataFrame, settings: Settings, min_items: int = 
                       max_users: int | None = None) -> list[EvalSplit]:
     """Labelled windows of users coming back: each user with ``min_items`` distinct items or more has
     the last fifth held out at their own cut (``per_user_split``, serving protocol), in two halves
-    of at most ``max_users`` users in all (None: ``ranker_max_users``). A global cut's test users are whoever is active
-    after it; where users come and go (a film site) few of them have a history, so the known
-    users' scorer would be chosen on users unlike the ones it serves. The halves share their
+    of at most ``max_users`` users in all (None: ``ranker_max_users``). A global cut's test users
+    are whoever is active after it; where users come and go (a film site) few of them have a
+    history, so the known users' scorer would be chosen on users unlike the ones it serves. The halves share their
     training events (one generator fit); each validates the ranker fitted without it. (Holding out
     the fifth before as well, for twice the labelled users, was measured on MovieLens: no better,
     and training took 1.8x as long.)
@@ -677,12 +677,13 @@ def choose_cold_start(windows: list[EvalSplit], items: pd.DataFrame, users: pd.D
             new.append((win, users_new))
     report: dict = {}
     half_life = TRENDING_HALF_LIVES[0]
+    trends: dict[tuple[int, float], list[str]] = {}  # (window, half-life) -> its trending list
     if new:
         per = {}
         for hl in TRENDING_HALF_LIVES:
             parts = []
-            for win, us in new:
-                trend = [str(i) for i in Popularity(hl, w).fit(win.train).score([], k)[0]]
+            for n, (win, us) in enumerate(new):
+                trends[n, hl] = trend = [str(i) for i in Popularity(hl, w).fit(win.train).score([], k)[0]]
                 parts.append(per_user_metrics({u: trend for u in us}, {u: win.test[u] for u in us}, k)["ndcg"])
             per[hl] = np.concatenate(parts)
             report[f"valid_ndcg_trending_hl{hl:g}"] = float(per[hl].mean())
@@ -694,12 +695,12 @@ def choose_cold_start(windows: list[EvalSplit], items: pd.DataFrame, users: pd.D
     rows = users.assign(user_id=users["user_id"].astype(str)).set_index("user_id")
     cols = [c for c in ("age", "gender", "region") if c in rows]
     demo_ndcg, pop_ndcg = [], []
-    for win, us in new:
+    for n, (win, us) in enumerate(new):
         us = [u for u in us if u in rows.index]
         if not us:
             continue
         demo = make_generator("demographic", settings, half_life_days=half_life).fit(win.train, items, users)
-        trend = [str(i) for i in Popularity(half_life, w).fit(win.train).score([], k)[0]]
+        trend = trends[n, half_life]
         profile = lambda u: {c: rows.at[u, c] if c in cols and pd.notna(rows.at[u, c]) else None
                              for c in ("age", "gender", "region")}  # as serving passes the users row
         recs = {u: [str(i) for i in demo.score_profile(profile(u), k)[0]] for u in us}
