@@ -52,15 +52,16 @@ def touches(events: pd.DataFrame) -> pd.DataFrame:
         events: events with session_id, item_id and timestamp (user_id: see ``session_key``).
 
     Returns:
-        One row per step: the session key (``group``, sessions in sorted order) and the item_id.
+        One row per step: the session key (``group``, sessions in sorted order), the item_id and the
+        step's first timestamp (numpy datetime64, no time zone).
     """
     ev = pd.DataFrame({"group": session_key(events).to_numpy(), "item_id": events["item_id"].to_numpy(),
-                       "timestamp": events["timestamp"].to_numpy()})
+                       "timestamp": events["timestamp"].to_numpy("datetime64[ns]")})  # not Timestamp objects
     ev = ev.sort_values(["group", "timestamp"], kind="stable")
     g, it = ev["group"].to_numpy(), ev["item_id"].to_numpy()
     new = np.ones(len(ev), dtype=bool)
     new[1:] = (g[1:] != g[:-1]) | (it[1:] != it[:-1])
-    return pd.DataFrame({"group": g[new], "item_id": it[new]})
+    return pd.DataFrame({"group": g[new], "item_id": it[new], "timestamp": ev["timestamp"].to_numpy()[new]})
 
 
 def pair_matrix(group: np.ndarray, code: np.ndarray, n_items: int, window: int | None,
@@ -186,6 +187,26 @@ def _backfill(idx: np.ndarray, popular: np.ndarray, ex_keys: np.ndarray, m: int)
     idx[np.broadcast_to(rows[:, None], cand.shape)[use], slot[use]] = cand[use]
 
 
+def flatten_histories(histories: Sequence[Sequence[str]], index: pd.Index) -> tuple[np.ndarray, ...]:
+    """One entry per (history, position): (history lengths, each entry's row, its position (0 = the
+    newest) and its item's position in ``index``, -1 when unknown).
+
+    Args:
+        histories: item ids, each history newest first.
+        index: the model's item index.
+
+    Returns:
+        (lens, row, pos, code).
+    """
+    n = len(histories)
+    lens = np.fromiter(map(len, histories), dtype=np.int64, count=n)
+    flat = list(chain.from_iterable(histories))
+    code = index.get_indexer(flat) if flat else np.zeros(0, dtype=np.int64)
+    row = np.repeat(np.arange(n), lens)
+    pos = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
+    return lens, row, pos, code
+
+
 class NextItem(Recommender):
     name = "next_item"
 
@@ -253,11 +274,7 @@ class NextItem(Recommender):
             (positions, scores), both (n, k), best first.
         """
         n, m = len(histories), len(self.item_ids_)
-        lens = np.fromiter(map(len, histories), dtype=np.int64, count=n)
-        flat = list(chain.from_iterable(histories))
-        code = self.index_.get_indexer(flat) if flat else np.zeros(0, dtype=np.int64)
-        row = np.repeat(np.arange(n), lens)
-        pos = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
+        _, row, pos, code = flatten_histories(histories, self.index_)
         known = code >= 0
         recent = known & (pos < self.max_history)
         weight = self.position_decay ** pos.astype(float)

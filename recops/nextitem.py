@@ -19,6 +19,7 @@ from itertools import pairwise
 import numpy as np
 import pandas as pd
 
+from recops.models.nextitem_ranker import RankedNextItem
 from recops.models.sequential import NextItem, session_key, touches
 
 BATCH = 5_000  # prefixes ranked at once: bounds memory, big enough to stay vectorized
@@ -168,21 +169,25 @@ NEXT_ITEM_GRID: tuple[dict, ...] = tuple(
 TUNE_SESSIONS = 2_000  # validation sessions at most (the newest): ~10k predictions, ~20 s on 1M events
 
 
-def choose_next_item(events: pd.DataFrame, grid: tuple[dict, ...] = NEXT_ITEM_GRID,
+def choose_next_item(events: pd.DataFrame, items: pd.DataFrame | None = None, grid: tuple[dict, ...] = NEXT_ITEM_GRID,
                      k: int = 20) -> tuple[NextItem, dict]:
     """The next-item model with its settings chosen from the data: each of ``grid`` is fitted on
     the sessions that ended first and scored (MRR@k, next different item) on the newest fifth, at
-    most ``TUNE_SESSIONS`` of them; the best is refitted on every event.
+    most ``TUNE_SESSIONS`` of them. The best rules are then re-ranked (``RankedNextItem``, its ranker
+    trained on the first sessions alone) and scored on the same newest sessions; the re-ranked model
+    serves when it scores higher, else the rules alone. The winner's sources are refitted on every event.
 
     Args:
         events: the training events (with session ids, or users' days as sessions).
+        items: the catalog (category and price feed the re-ranker); None: events alone.
         grid: the settings tried (``NextItem`` keyword arguments).
         k: the cutoff of the validation MRR.
 
     Returns:
         The fitted model, and a report: ``params`` (chosen), ``valid_mrr``, ``valid_hr``,
-        ``valid_predictions`` and ``tried`` (params -> MRR); the defaults without tuning when the
-        data holds too few sessions to validate on.
+        ``valid_predictions``, ``tried`` (params -> MRR) and ``ranker`` (the re-ranked model's
+        validation figures and whether it serves); the defaults without tuning when the data holds too
+        few sessions to validate on.
     """
     fit, valid = split_sessions(events, 0.2)
     groups = session_key(valid)
@@ -202,6 +207,14 @@ def choose_next_item(events: pd.DataFrame, grid: tuple[dict, ...] = NEXT_ITEM_GR
     if best is None:
         return NextItem().fit(events), {"params": {}, "reason": "too few sessions to validate on: defaults"}
     params, res = best
-    return NextItem(**params).fit(events), {"params": params, "valid_mrr": round(res["mrr"], 5),
-                                            "valid_hr": round(res["hr"], 5), "valid_predictions": res["n"],
-                                            "tried": tried}
+    ranked = RankedNextItem(**params).fit(fit, items)
+    ranked_res = evaluate_next_item(ranked, valid, k) if ranked.ranker_ is not None else None
+    use = ranked_res is not None and ranked_res["mrr"] > res["mrr"]
+    report = {"params": params, "valid_mrr": round(res["mrr"], 5), "valid_hr": round(res["hr"], 5),
+              "valid_predictions": res["n"], "tried": tried,
+              "ranker": {"serves": use, "valid_mrr": round(ranked_res["mrr"], 5) if ranked_res else None,
+                         "valid_hr": round(ranked_res["hr"], 5) if ranked_res else None,
+                         "iterations": ranked.ranker_.current_iteration() if ranked.ranker_ is not None else 0}}
+    if use:
+        return ranked.fit_sources(events, items), report
+    return NextItem(**params).fit(events), report

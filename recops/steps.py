@@ -329,12 +329,17 @@ def train(settings: Settings) -> dict:
               "num_features": len(model.feature_names), **{f"tuned_{k_}": v for k_, v in rep["tuned"].items()},
               **{f"scorer_{seg}": v for seg, v in model.scorer.items()},
               **{f"next_item_{k_}": v for k_, v in rep["next_item"].get("params", {}).items()},
+              "next_item_model": type(model.next_item).__name__ if model.next_item is not None else "none",
               "cold_start": rep["cold_start"]["cold_start"], "cold_start_why": rep["cold_start"]["cold_start_why"]}
     metrics.update({k_: v for k_, v in rep["cold_start"].items() if k_.startswith("valid_")})
     params.update(model_params(model))
     if "valid_mrr" in rep["next_item"]:
         metrics.update({"next_item_valid_mrr_at_20": rep["next_item"]["valid_mrr"],
                         "next_item_valid_hr_at_20": rep["next_item"]["valid_hr"]})
+    ranked = rep["next_item"].get("ranker") or {}
+    if ranked.get("valid_mrr") is not None:  # the re-ranked rules on the same sessions, served or not
+        metrics.update({"next_item_reranked_valid_mrr_at_20": ranked["valid_mrr"],
+                        "next_item_reranked_valid_hr_at_20": ranked["valid_hr"]})
 
     figs = reporting.training_figures(model, ev, k)
     rules = {f"rule_{f}": v for f, v in vars(BusinessRules.from_settings(settings)).items()}

@@ -847,7 +847,7 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
     cut = next(iter(outer.cut.values()))
     # the live session: what tends to come next after its items (directional, /next-items), its
     # settings chosen on the newest sessions
-    next_item, next_report = choose_next_item(events)
+    next_item, next_report = choose_next_item(events, items)
     split = {"inner_cuts": ",".join(str(next(iter(w.cut.values()))) for w in inner), "cut": str(cut), "end": str(end)}
     final = RecopsModel(fit_generators(model.generators, events, items, users), model.ranker,
                         item_table_at(fs, items, events, end), settings.candidates_per_source,
@@ -896,6 +896,10 @@ def choices(model: RecopsModel, cold: dict, next_report: dict, split: dict, wind
         "why": ("best NDCG@k of the trending list on the global windows' new users: " + ", ".join(
             f"{k_[len('valid_ndcg_trending_hl'):]} days {v:.4f}" for k_, v in cold.items()
             if k_.startswith("valid_ndcg_trending_hl"))) if "valid_users_new" in cold else "no new users: the default"}
-    out["next_item"] = {"chose": next_report.get("params", {}), "why": "best MRR@20 on the newest sessions"}
+    ranked = next_report.get("ranker", {})
+    out["next_item"] = {"chose": {**next_report.get("params", {}), "reranked": bool(ranked.get("serves"))},
+                        "why": "best MRR@20 on the newest sessions"
+                        + (f": rules {next_report['valid_mrr']:.4f}, re-ranked {ranked['valid_mrr']:.4f}"
+                           if ranked.get("valid_mrr") is not None else "")}
     out["tuned"] = {"chose": model.meta["tuned"], "why": "each generator's own NDCG@k on the first window"}
     return out

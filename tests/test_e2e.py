@@ -75,6 +75,10 @@ def test_mlflow_run_has_metrics_features_and_model(trained):
     assert "known users" in choices["scorer_known"]["why"] and logged["valid_users_known"] > 0
     assert [w.split(":")[0] for w in choices["windows"]["chose"]][:2] == ["per_user", "per_user"]
     assert int(params["rule_max_per_category"]) == settings.max_per_category
+    # the next-item model: the re-ranked rules serve exactly when they validated better than the rules
+    reranked = logged["next_item_reranked_valid_mrr_at_20"] > logged["next_item_valid_mrr_at_20"]
+    assert choices["next_item"]["chose"]["reranked"] == reranked
+    assert params["next_item_model"] == ("RankedNextItem" if reranked else "NextItem")
     plots = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/metric_vs_k.png", "plots/ndcg_by_segment.png", "plots/feature_importance.png"}
     feats = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/features.json")

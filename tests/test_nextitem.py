@@ -108,12 +108,17 @@ def test_unknown_history_gets_a_full_popular_list(planted):
 
 
 def test_training_chooses_the_next_item_settings_on_the_newest_sessions(synthetic):
+    from recops.models.nextitem_ranker import RankedNextItem
     from recops.nextitem import NEXT_ITEM_GRID, choose_next_item
 
-    model, rep = choose_next_item(synthetic.events)
+    model, rep = choose_next_item(synthetic.events, synthetic.items)
     assert rep["params"] in NEXT_ITEM_GRID and len(rep["tried"]) == len(NEXT_ITEM_GRID)
     assert rep["valid_mrr"] == max(rep["tried"].values()) > 0 and rep["valid_predictions"] > 100
     assert model.backward_weight == rep["params"]["backward_weight"]
+    # the re-ranked rules were scored on the same newest sessions; the better of the two serves
+    ranker = rep["ranker"]
+    assert ranker["valid_mrr"] > 0 and ranker["iterations"] > 0
+    assert ranker["serves"] == (ranker["valid_mrr"] > rep["valid_mrr"]) == isinstance(model, RankedNextItem)
     assert set(model.item_ids_) == set(synthetic.events["item_id"].dropna())  # refitted on every event
     few = synthetic.events[synthetic.events["session_id"] == synthetic.events["session_id"].iloc[0]]
     _, rep = choose_next_item(few)
