@@ -53,7 +53,7 @@ class RankedNextItem(NextItem):
     ``neighbors``: V-SKNN's keyword arguments (None: ``NEIGHBORS``); ``rules``: ``NextItem``'s."""
 
     def __init__(self, candidates: int = 50, neighbors: dict | None = None, folds: int = 4,
-                 max_queries: int = 20_000, seed: int = 42, **rules):
+                 max_queries: int = 40_000, seed: int = 42, **rules):
         super().__init__(**rules)  # NextItem's settings
         self.rules = rules
         self.candidates = candidates
