@@ -15,9 +15,10 @@ item's category, its category's share of the session and its price against the n
 Training (``fit``): the sessions are dealt into ``folds``; for each fold the sources are fitted on the
 other folds, and the prefixes of sessions drawn from the fold (about ``max_queries`` / ``folds``
 prefixes; each predicts the next *different* item, as ``recops.nextitem`` scores) become ranking
-queries, the true next item the one relevant candidate. A fifth of the queries, by session, stops the
-boosting early. The sources are then refitted on all events. Everything else ``NextItem`` answers
-(reasons, unknown items, ``predict``'s format) comes from its rules as before; only the order changes.
+queries, the true next item the one relevant candidate. The queries of a fifth of those sessions
+stop the boosting early (whole sessions, so no prefix of theirs also trains it). The sources are then
+refitted on all events. Everything else ``NextItem`` answers (reasons, unknown items, ``predict``'s
+format) comes from its rules as before; only the order changes.
 """
 
 from __future__ import annotations
@@ -138,23 +139,26 @@ class RankedNextItem(NextItem):
         rng = np.random.default_rng(self.seed)
         fold = pd.Series(rng.integers(0, self.folds, len(sessions)), index=sessions)
         event_fold = fold.reindex(group).to_numpy()
-        xs, ys, qs = [], [], []
+        xs, ys, qs, keys = [], [], [], []
         for f in range(self.folds):
             rest, held = events[event_fold != f], events[event_fold == f]
             if rest.empty or held.empty:
                 continue
             held = _some_sessions(held, self.max_queries // self.folds, rng)
-            x, y, q = _queries(type(self)(self.candidates, self.neighbors, **self.rules).fit_sources(rest, items), held)
-            xs.append(x); ys.append(y); qs.append(q + (qs[-1].max() + 1 if qs and len(qs[-1]) else 0))
+            x, y, q, key = _queries(type(self)(self.candidates, self.neighbors, **self.rules).fit_sources(rest, items),
+                                    held)
+            xs.append(x); ys.append(y); keys.append(key)
+            qs.append(q + (qs[-1].max() + 1 if qs and len(qs[-1]) else 0))
         if not xs:
             return None
-        x, y, q = np.concatenate(xs), np.concatenate(ys), np.concatenate(qs)
+        x, y, q, key = np.concatenate(xs), np.concatenate(ys), np.concatenate(qs), np.concatenate(keys)
         answered = np.bincount(q, weights=y)[q] > 0  # queries whose answer is a candidate
-        x, y, q = x[answered], y[answered], q[answered]
+        x, y, q, key = x[answered], y[answered], q[answered], key[answered]
         if len(np.unique(q)) < MIN_QUERIES:
             return None
-        stop = np.random.default_rng(self.seed).random(q.max() + 1) < 0.2
-        tr, va = ~stop[q], stop[q]
+        session = pd.factorize(key)[0]  # whole sessions stop the boosting, so no prefix of theirs trains it
+        stop = np.random.default_rng(self.seed).random(session.max() + 1) < 0.2
+        tr, va = ~stop[session], stop[session]
         sizes = (lambda mask: np.bincount(q[mask])[np.unique(q[mask])])
         return train_ranker(x[tr], y[tr], sizes(tr), list(FEATURES), x[va], y[va], sizes(va), params=RANKER_PARAMS)
 
@@ -266,14 +270,14 @@ def _some_sessions(events: pd.DataFrame, prefixes: int, rng: np.random.Generator
     return events[key.isin(chosen).to_numpy()]
 
 
-def _queries(model: RankedNextItem, sessions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _queries(model: RankedNextItem, sessions: pd.DataFrame) -> tuple[np.ndarray, ...]:
     """Ranking rows from every prefix of ``sessions`` under ``model``'s sources: (features, label 1 for
-    the next different item, query number per row)."""
+    the next different item, query number per row, session key per row)."""
     steps = touches(sessions)
     g, items = steps["group"].to_numpy(), steps["item_id"].to_numpy()
     same = np.r_[False, g[1:] == g[:-1]]
     day = _days_back(model.end_, steps["timestamp"].to_numpy("datetime64[ns]"))
-    histories, targets, days = [], [], []
+    histories, targets, days, owner = [], [], [], []
     start = 0
     for t in range(1, len(g) + 1):
         if t == len(g) or not same[t]:
@@ -282,15 +286,17 @@ def _queries(model: RankedNextItem, sessions: pd.DataFrame) -> tuple[np.ndarray,
         histories.append(items[start:t][::-1][:50].tolist())
         targets.append(items[t])
         days.append(day[t - 1])
+        owner.append(g[t])
     days = np.asarray(days, dtype=np.int64)
-    xs, ys, qs = [], [], []
+    owner = np.asarray(owner, dtype=object)
+    xs, ys, qs, ks = [], [], [], []
     for lo in range(0, len(histories), 5_000):
         r, c, x, _ = model.candidates_of(histories[lo: lo + 5_000], days[lo: lo + 5_000])
         want = model.index_.get_indexer(targets[lo: lo + 5_000])
-        xs.append(x); ys.append((c == want[r]).astype(float)); qs.append(r + lo)
+        xs.append(x); ys.append((c == want[r]).astype(float)); qs.append(r + lo); ks.append(owner[r + lo])
     if not xs:
-        return np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, dtype=np.int64)
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(qs)
+        return np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(qs), np.concatenate(ks)
 
 
 def _days_back(end: np.datetime64, stamps: np.ndarray) -> np.ndarray:
