@@ -51,10 +51,11 @@ NEIGHBORS = {"k": 100, "sample": 500, "weighting": "div", "weighting_score": "di
 class RankedNextItem(NextItem):
     """``NextItem`` whose candidates (its rules' and V-SKNN's top ``candidates`` each, and the session's
     categories' ``CATEGORY_TOP`` favourites) are ordered by a LightGBM ranker (see the module docstring).
-    ``neighbors``: V-SKNN's keyword arguments (None: ``NEIGHBORS``); ``rules``: ``NextItem``'s."""
+    ``neighbors``: V-SKNN's keyword arguments (None: ``NEIGHBORS``); ``num_threads``: LightGBM's when
+    training (0: every core; scoring uses one); ``rules``: ``NextItem``'s."""
 
     def __init__(self, candidates: int = 50, neighbors: dict | None = None, folds: int = 4,
-                 max_queries: int = 40_000, seed: int = 42, **rules):
+                 max_queries: int = 40_000, seed: int = 42, num_threads: int = 0, **rules):
         super().__init__(**rules)  # NextItem's settings
         self.rules = rules
         self.candidates = candidates
@@ -62,6 +63,7 @@ class RankedNextItem(NextItem):
         self.folds = folds
         self.max_queries = max_queries
         self.seed = seed
+        self.num_threads = num_threads
 
     def fit(self, events: pd.DataFrame, items: SideTable = None, users: SideTable = None) -> RankedNextItem:
         """Train the ranker on held-out folds, then fit the sources on all ``events``.
@@ -160,7 +162,8 @@ class RankedNextItem(NextItem):
         stop = np.random.default_rng(self.seed).random(session.max() + 1) < 0.2
         tr, va = ~stop[session], stop[session]
         sizes = (lambda mask: np.bincount(q[mask])[np.unique(q[mask])])
-        return train_ranker(x[tr], y[tr], sizes(tr), list(FEATURES), x[va], y[va], sizes(va), params=RANKER_PARAMS)
+        return train_ranker(x[tr], y[tr], sizes(tr), list(FEATURES), x[va], y[va], sizes(va), params=RANKER_PARAMS,
+                            num_threads=self.num_threads, seed=self.seed)
 
     def candidates_of(self, histories: Sequence[Sequence[str]], days: np.ndarray | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:

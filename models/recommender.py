@@ -328,6 +328,8 @@ class RecopsModel:
     segment: "ranker" or the generator whose own order ranks that segment), ``calibration`` (score
     gap -> probability), ``demographic`` (cold start by segment) and ``next_item`` (what follows a
     session's items). The optional parts are None when a model was trained without them.
+    ``holdout_eval``: the pipeline's holdout evaluation as training computed it, with the digest of
+    its inputs (``recops.training.holdout_fingerprint``), or None.
     """
 
     def __init__(self, generators: dict[str, Recommender], ranker: lgb.Booster | None, items: ItemTable,
@@ -342,6 +344,7 @@ class RecopsModel:
         self.calibration = calibration  # score gap to the user's best candidate -> P(interaction) (training.calibrate)
         self.demographic = demographic
         self.next_item = next_item
+        self.holdout_eval: dict | None = None
         self._derive()
 
     def _derive(self) -> None:
@@ -358,7 +361,8 @@ class RecopsModel:
 
     def __setstate__(self, state: dict) -> None:
         # models pickled before a part was declared load with that part empty
-        self.__dict__.update({"meta": {}, "scorer": {}, "calibration": None, "demographic": None, "next_item": None})
+        self.__dict__.update({"meta": {}, "scorer": {}, "calibration": None, "demographic": None, "next_item": None,
+                              "holdout_eval": None})
         self.__dict__.update(state)
         self._derive()
 
@@ -437,12 +441,14 @@ class RecopsModel:
         return pool
 
     # -- ranking --------------------------------------------------------------------------------
-    def score_matrix(self, x: np.ndarray, segment: str = "known") -> np.ndarray:
+    def score_matrix(self, x: np.ndarray, segment: str = "known", ranked: np.ndarray | None = None) -> np.ndarray:
         """Scores of one user's candidate rows by the scorer chosen for the user's segment.
 
         Args:
             x: the candidate rows (``feature_matrix``).
             segment: ``segment_of(history)``.
+            ranked: the ranker's scores of ``x`` when already computed (batch scoring predicts every
+                user's rows in one call); None: predicted here.
 
         Returns:
             One score per row: the ranker's, or a generator's own order where that generator ranked
@@ -450,7 +456,7 @@ class RecopsModel:
         """
         choice = self.scorer.get(segment, "ranker")
         if choice == "ranker" and self.ranker is not None:
-            return self.ranker.predict(x, num_threads=1)
+            return self.ranker.predict(x, num_threads=1) if ranked is None else ranked
         g = list(self.generators).index(choice) if choice in self.generators else 0
         score, proposed = x[:, 2 * g], x[:, 2 * g + 1] <= self.candidates_per_source
         if not proposed.any():

@@ -68,7 +68,7 @@ class Settings:
     itemknn_neighbors: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0])  # tuned on the inner split
     promote_tolerance: float = 0.0
     random_state: int = 42
-    num_threads: int = 1
+    num_threads: int = 0  # LightGBM threads when training (both rankers); 0: every core. Serving uses one
     # Business rules, applied after ranking at request time (recops.models.rules).
     exclude_event_types: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE_TYPES))  # never recommend again
     in_stock_only: bool = True

@@ -170,7 +170,7 @@ TUNE_SESSIONS = 2_000  # validation sessions at most (the newest): ~10k predicti
 
 
 def choose_next_item(events: pd.DataFrame, items: pd.DataFrame | None = None, grid: tuple[dict, ...] = NEXT_ITEM_GRID,
-                     k: int = 20) -> tuple[NextItem, dict]:
+                     k: int = 20, num_threads: int = 0) -> tuple[NextItem, dict]:
     """The next-item model with its settings chosen from the data: each of ``grid`` is fitted on
     the sessions that ended first and scored (MRR@k, next different item) on the newest fifth, at
     most ``TUNE_SESSIONS`` of them. The best rules are then re-ranked (``RankedNextItem``, its ranker
@@ -182,6 +182,7 @@ def choose_next_item(events: pd.DataFrame, items: pd.DataFrame | None = None, gr
         items: the catalog (category and price feed the re-ranker); None: events alone.
         grid: the settings tried (``NextItem`` keyword arguments).
         k: the cutoff of the validation MRR.
+        num_threads: the re-ranker's LightGBM threads in training (0: every core).
 
     Returns:
         The fitted model, and a report: ``params`` (chosen), ``valid_mrr``, ``valid_hr``,
@@ -207,7 +208,7 @@ def choose_next_item(events: pd.DataFrame, items: pd.DataFrame | None = None, gr
     if best is None:
         return NextItem().fit(events), {"params": {}, "reason": "too few sessions to validate on: defaults"}
     params, res = best
-    ranked = RankedNextItem(**params).fit(fit, items)
+    ranked = RankedNextItem(num_threads=num_threads, **params).fit(fit, items)
     ranked_res = evaluate_next_item(ranked, valid, k) if ranked.ranker_ is not None else None
     use = ranked_res is not None and ranked_res["mrr"] > res["mrr"]
     report = {"params": params, "valid_mrr": round(res["mrr"], 5), "valid_hr": round(res["hr"], 5),

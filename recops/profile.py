@@ -106,10 +106,7 @@ def _prepare(events: pd.DataFrame, catalog: Catalog, as_of: pd.Timestamp) -> pd.
     ts = pd.to_datetime(events["timestamp"], utc=True)
     keep = (events["user_id"].notna() & (ts <= as_of)).to_numpy()
     ev = events.loc[keep, ["user_id", "item_id", "event_type", "session_id"]].assign(timestamp=ts[keep])
-    session = ev["session_id"].copy()
-    missing = session.isna()
-    if missing.any():  # session_groups formats dates, which is slow: call it only where it matters
-        session[missing] = session_groups(ev[missing])
+    session = session_groups(ev)
     item_id = ev["item_id"].astype(str).to_numpy()
     info = catalog.info.reindex(item_id)
     return pd.DataFrame({

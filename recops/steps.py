@@ -380,14 +380,17 @@ def model_params(model) -> dict:
 def evaluate(settings: Settings) -> dict:
     """Compare @challenger with @champion on the same holdout (paired bootstrap CI of the NDCG gap).
 
-    The results are also recorded as tags of the challenger's version (read by ``promote``).
+    The results are also recorded as tags of the challenger's version (read by ``promote``). On the
+    data and settings it was trained with (``training.holdout_fingerprint``), the challenger's own
+    evaluation from training is reused: the same computation, done once.
 
     Args:
         settings: the settings (event store, Feast, MLflow registry, ``k``, split settings).
 
     Returns:
         ``challenger``, ``champion`` (None when there is none), ``holdout_cut``, ``k``,
-        ``challenger_metrics``, ``baseline_metrics``, ``seconds`` and, when a different champion
+        ``challenger_metrics``, ``baseline_metrics``, ``challenger_reused`` (training's evaluation
+        served), ``seconds`` and, when a different champion
         exists, ``champion_metrics``, ``ndcg_delta`` (challenger minus champion, mean per user) and
         ``ndcg_delta_ci`` (95% bootstrap interval ``[lo, hi]``).
 
@@ -397,7 +400,7 @@ def evaluate(settings: Settings) -> dict:
     from recops import registry
     from recops.featurestore import FeatureStoreClient
     from recops.models.metrics import bootstrap_ci
-    from recops.training import FeastFeatures, evaluate_model, pipeline_split
+    from recops.training import FeastFeatures, evaluate_model, holdout_fingerprint, pipeline_split
 
     challenger = registry.alias_version(settings, registry.CHALLENGER)
     if challenger is None:
@@ -412,9 +415,14 @@ def evaluate(settings: Settings) -> dict:
         raise StepFailed(str(exc)) from exc
     provider = FeastFeatures(FeatureStoreClient(settings))
     cut = next(iter(split.cut.values()))
-    res_c = evaluate_model(registry.load_version(settings, challenger), split, items, users, settings, provider)
+    model = registry.load_version(settings, challenger)
+    res_c = model.holdout_eval or {}
+    reused = res_c.get("fingerprint") == holdout_fingerprint(events, items, users, settings)
+    if not reused:
+        res_c = evaluate_model(model, split, items, users, settings, provider)
     out = {"challenger": challenger, "champion": champion, "holdout_cut": str(cut), "k": settings.k,
-           "challenger_metrics": res_c["model"], "baseline_metrics": res_c.get("baseline")}
+           "challenger_metrics": res_c["model"], "baseline_metrics": res_c.get("baseline"),
+           "challenger_reused": reused}
     if champion is not None and champion != challenger:
         res_p = evaluate_model(registry.load_version(settings, champion), split, items, users, settings, provider,
                                with_baseline=False)

@@ -23,6 +23,8 @@ store, used by the pipeline, whose cuts fall on snapshot midnights) or ``DirectF
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from typing import Protocol
 
 import numpy as np
@@ -356,9 +358,12 @@ def recommend_at_cuts(model: RecopsModel, split: EvalSplit, items: pd.DataFrame,
         excl = {u: excl.get(u, set()) | gone for u in users}
     hist = split.histories(HISTORY_LEN)
     x, slices, idx_all = rows_at_cuts(model, users, split.cut, hist, excl, provider)
+    # the ranker's scores of every row in one call (a call per user cost 2 ms each)
+    ranked = model.ranker.predict(x, num_threads=1) if model.ranker is not None and len(x) else None
     out = {}
     for u, (a, b), idx in zip(users, slices, idx_all):
-        scores = model.score_matrix(x[a:b], segment_of(hist.get(u, []))) if b > a else np.zeros(0)
+        scores = (model.score_matrix(x[a:b], segment_of(hist.get(u, [])), None if ranked is None else ranked[a:b])
+                  if b > a else np.zeros(0))
         out[u] = [str(model.items.ids[idx[o]]) for o in rank_order(model, x[a:b], scores, idx, k, rules)]
     return out
 
@@ -483,10 +488,11 @@ def calibrate(folds: list) -> IsotonicRegression:
     """
     gaps, hits = [], []
     for fit, x, users, labels, _ in folds:
+        pred = fit.predict(x, num_threads=1) if len(x) else np.zeros(0)  # one call: 2 ms each per user added up
         for u, (a, b), _ in users:
             if b <= a:  # a user without candidates says nothing about calibration
                 continue
-            s = fit.predict(x[a:b], num_threads=1)
+            s = pred[a:b]
             gaps.append(s - s.max())
             hits.append(labels[u] > 0)
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
@@ -516,6 +522,7 @@ def choose_scorers(generators: list[str], folds: list, k: int) -> tuple[dict[str
     disc = 1.0 / np.log2(np.arange(2, k + 2))
     per: dict[str, dict[str, list[float]]] = {}
     for booster, x, valid, labels, hist in folds:
+        pred = booster.predict(x, num_threads=1) if len(x) else np.zeros(0)  # one call per fold, sliced per user
         for u, (a, b), n_rel in valid:
             if b <= a:
                 continue
@@ -524,7 +531,7 @@ def choose_scorers(generators: list[str], folds: list, k: int) -> tuple[dict[str
             seg = segment_of(hist.get(u, []))
             ideal = disc[: min(n_rel, k)].sum()
             for n, name in enumerate(names):
-                s = booster.predict(x[a:b], num_threads=1) if name == "ranker" else -x[a:b, 2 * (n - 1) + 1]
+                s = pred[a:b] if name == "ranker" else -x[a:b, 2 * (n - 1) + 1]
                 top = np.lexsort((best_rank, -s))[:k]
                 per.setdefault(seg, {}).setdefault(name, []).append(float((rel[top] * disc[: len(top)]).sum() / ideal))
     scorer, scores = {}, {}
@@ -807,6 +814,32 @@ def pipeline_split(events: pd.DataFrame, settings: Settings) -> EvalSplit:
                         weights=settings.event_types)
 
 
+def holdout_fingerprint(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None,
+                        settings: Settings) -> str:
+    """What the pipeline's holdout evaluation depends on, as one digest: the events (ids, users after
+    identity stitching, times), the catalog (stock changes the business rules' exclusions), the users
+    file and every setting. Training keeps its evaluation under this digest, so the evaluate step that
+    follows on the same data reuses it instead of computing it again.
+
+    Args:
+        events: the events (with actors).
+        items: the catalog.
+        users: user attributes, or None.
+        settings: the settings.
+
+    Returns:
+        A hex digest; equal inputs give equal digests, in any process.
+    """
+    h = hashlib.sha256()
+    h.update(pd.util.hash_pandas_object(events[["event_id", "user_id", "timestamp"]], index=False).to_numpy())
+    for frame in (items, users):
+        if frame is not None:
+            h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy())
+        h.update(b"|")
+    h.update(json.dumps(settings.to_env(), sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None, fs,
                 settings: Settings) -> tuple[RecopsModel, dict]:
     """The whole training procedure on point-in-time features from Feast; returns the model to
@@ -847,7 +880,7 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
     cut = next(iter(outer.cut.values()))
     # the live session: what tends to come next after its items (directional, /next-items), its
     # settings chosen on the newest sessions
-    next_item, next_report = choose_next_item(events, items)
+    next_item, next_report = choose_next_item(events, items, num_threads=settings.num_threads)
     split = {"inner_cuts": ",".join(str(next(iter(w.cut.values()))) for w in inner), "cut": str(cut), "end": str(end)}
     final = RecopsModel(fit_generators(model.generators, events, items, users), model.ranker,
                         item_table_at(fs, items, events, end), settings.candidates_per_source,
@@ -858,6 +891,9 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
                         demographic=(make_generator("demographic", settings, half_life_days=half_life)
                                      .fit(events, items, users) if use_demographic else None),
                         next_item=next_item)
+    # the evaluate step on the same data reuses this evaluation (steps.evaluate); not in meta, which
+    # the server's /model shows
+    final.holdout_eval = {**ev, "fingerprint": holdout_fingerprint(events, items, users, settings)}
     return final, {"split": split, "ranker": model.meta["ranker"], "tuned": model.meta["tuned"], "eval": ev,
                    "next_item": next_report, "cold_start": cold,
                    "choices": choices(model, cold, next_report, split, inner)}

@@ -26,6 +26,7 @@ os.environ.update({
 })
 for var in [k for k in os.environ if k.startswith("RECOPS_")]:
     del os.environ[var]
+os.environ["RECOPS_NUM_THREADS"] = "1"  # training's LightGBM: the server and the tests share two cores
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 END = "2026-11-01"  # synthetic data ends here (fixed, so tests are deterministic)

@@ -27,6 +27,9 @@ def test_pipeline_flow_ran_every_step(trained):
     store.dispose()
     m = res["train"]["metrics"]
     assert m["ndcg_at_10"] > m["baseline_ndcg_at_10"], m  # the ranker beats popularity on the same split
+    # evaluate ran on the data train saw: training's own evaluation of the challenger is reused
+    ev = res["evaluate"]
+    assert ev["challenger_reused"] and round(ev["challenger_metrics"]["ndcg_at_10"], 5) == m["ndcg_at_10"]
     assert res["promote"]["promoted"] and registry.alias_version(settings, registry.CHAMPION) == res["train"]["version"]
 
 

@@ -104,3 +104,20 @@ def test_cli_help_and_status(tmp_path):
     assert json.loads(st.stdout)["events"] == 0
     bad = subprocess.run([str(recops), "--profile", "cloud", "status"], capture_output=True, text=True, check=False)
     assert bad.returncode != 0 and "profile" in (bad.stderr + bad.stdout)
+
+
+def test_holdout_fingerprint_follows_what_the_evaluation_depends_on(synthetic, tmp_path):
+    from recops.schema import with_actors
+    from recops.training import holdout_fingerprint
+
+    ev, items = with_actors(synthetic.events), synthetic.items
+    s = load_settings(home=tmp_path / "h")
+    base = holdout_fingerprint(ev, items, synthetic.users, s)
+    same = holdout_fingerprint(ev.copy(), items.copy(), synthetic.users.copy(), load_settings(home=tmp_path / "h"))
+    assert same == base
+    out_of_stock = items.assign(in_stock=items["in_stock"].where(items.index != 0, ~items["in_stock"]))
+    changed = [holdout_fingerprint(ev.iloc[:-1], items, synthetic.users, s),  # one event fewer
+               holdout_fingerprint(ev, out_of_stock, synthetic.users, s),  # the business rules exclude another item
+               holdout_fingerprint(ev, items, None, s),  # no users file
+               holdout_fingerprint(ev, items, synthetic.users, load_settings(home=tmp_path / "h", k=5))]
+    assert base not in changed and len(set(changed)) == len(changed)

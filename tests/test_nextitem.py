@@ -111,7 +111,7 @@ def test_training_chooses_the_next_item_settings_on_the_newest_sessions(syntheti
     from recops.models.nextitem_ranker import RankedNextItem
     from recops.nextitem import NEXT_ITEM_GRID, choose_next_item
 
-    model, rep = choose_next_item(synthetic.events, synthetic.items)
+    model, rep = choose_next_item(synthetic.events, synthetic.items, num_threads=1)
     assert rep["params"] in NEXT_ITEM_GRID and len(rep["tried"]) == len(NEXT_ITEM_GRID)
     assert rep["valid_mrr"] == max(rep["tried"].values()) > 0 and rep["valid_predictions"] > 100
     assert model.backward_weight == rep["params"]["backward_weight"]
@@ -121,5 +121,26 @@ def test_training_chooses_the_next_item_settings_on_the_newest_sessions(syntheti
     assert ranker["serves"] == (ranker["valid_mrr"] > rep["valid_mrr"]) == isinstance(model, RankedNextItem)
     assert set(model.item_ids_) == set(synthetic.events["item_id"].dropna())  # refitted on every event
     few = synthetic.events[synthetic.events["session_id"] == synthetic.events["session_id"].iloc[0]]
-    _, rep = choose_next_item(few)
+    _, rep = choose_next_item(few, num_threads=1)
     assert rep["params"] == {} and "too few sessions" in rep["reason"]
+
+
+def test_top_per_row_keeps_each_rows_largest_in_order_ties_by_storage():
+    import numpy as np
+    import scipy.sparse as sp
+
+    from recops.models.sequential import top_per_row
+
+    rng = np.random.default_rng(3)
+    m = sp.random(300, 400, density=0.2, format="csr", random_state=4)
+    m.data = np.round(m.data * 6)  # many ties, some at the cut
+    m.data[m.indptr[5]: m.indptr[6]] = 0  # an empty row
+    m.eliminate_zeros()
+    for k in (0, 1, 7, 80, 1000):
+        got = top_per_row(m, k)
+        for r in rng.choice(m.shape[0], 40, replace=False).tolist() + [5]:
+            s, e = m.indptr[r], m.indptr[r + 1]
+            want = np.lexsort((np.arange(e - s), -m.data[s:e]))[:k]  # value descending, then storage order
+            g = slice(got.indptr[r], got.indptr[r + 1])
+            assert np.array_equal(got.indices[g], m.indices[s:e][want]), (k, r)
+            assert np.array_equal(got.data[g], m.data[s:e][want]), (k, r)

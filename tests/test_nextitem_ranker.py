@@ -30,7 +30,7 @@ def split():
 @pytest.fixture(scope="module")
 def ranked(split):
     train, _, items = split
-    return RankedNextItem().fit(train, items)
+    return RankedNextItem(num_threads=1).fit(train, items)
 
 
 def test_reranking_beats_the_rules_it_starts_from(split, ranked):
@@ -67,7 +67,7 @@ def test_served_answer_equals_batch_scoring_and_survives_a_pickle(split, ranked)
 def test_too_little_data_falls_back_to_the_rules(split):
     train, _, items = split
     few = train[train["session_id"].isin(train["session_id"].unique()[:3])]
-    model = RankedNextItem().fit(few, items)
+    model = RankedNextItem(num_threads=1).fit(few, items)
     rules = NextItem().fit(few)
     assert model.ranker_ is None
     history = [few["item_id"].iloc[-1]]
