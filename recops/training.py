@@ -450,7 +450,8 @@ def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: S
             (xt, yt, gt), (xv, yv, gv) = stack(train), stack(grp)
             fit = train_ranker(xt, yt, gt, model.feature_names, xv, yv, gv, **params)
             rounds.append((int(fit.best_iteration or fit.current_iteration()), len(grp)))
-            folds.append((fit, x, [(u, sl, len(split.test[u])) for u, sl in zip(split.users, slices)], labels, hist))
+            valid = [(u, sl, len(split.test[u])) for u, sl in zip(split.users, slices)]
+            folds.append((_predict(fit, x, settings), x, valid, labels, hist))
     if not folds:  # one window: its users with the latest cuts validate
         x, slices, labels, hist, split, grp = data[0]
         latest = pd.Series({u: pd.Timestamp(split.cut[u]) for u in split.users}).rank(method="first", pct=True)
@@ -460,8 +461,8 @@ def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: S
         (xt, yt, gt), (xv, yv, gv) = stack(train), stack([g for g in grp if latest[g[0]] > 0.8])
         fit = train_ranker(xt, yt, gt, model.feature_names, xv, yv, gv, **params)
         rounds.append((int(fit.best_iteration or fit.current_iteration()), 1))
-        folds.append((fit, x, [(u, sl, len(split.test[u])) for u, sl in zip(split.users, slices) if latest[u] > 0.8],
-                      labels, hist))
+        valid = [(u, sl, len(split.test[u])) for u, sl in zip(split.users, slices) if latest[u] > 0.8]
+        folds.append((_predict(fit, x, settings), x, valid, labels, hist))
     # each fold's best round count, weighed by its validation users: a fold of few users stops early on noise
     n_rounds = max(round(np.average([r for r, _ in rounds], weights=[n for _, n in rounds])), 1)
     scorer, scores = choose_scorers(list(model.generators), folds, settings.k)
@@ -473,6 +474,11 @@ def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: S
     return booster, scorer, stats, calibrate(folds)
 
 
+def _predict(booster, x: np.ndarray, settings: Settings) -> np.ndarray:
+    """A fold's out-of-fold scores of all its rows, in one call (calibration and the scorers' choice share them)."""
+    return booster.predict(x, num_threads=settings.num_threads) if len(x) else np.zeros(0)
+
+
 def calibrate(folds: list) -> IsotonicRegression:
     """P(the user interacts with the item in the holdout | its ranker score's gap to the user's best
     candidate), fitted on the out-of-fold candidate lists. LambdaRank scores only order one user's
@@ -480,15 +486,14 @@ def calibrate(folds: list) -> IsotonicRegression:
     is not. Monotone (isotonic): a smaller gap never gets a lower probability.
 
     Args:
-        folds: ``(fitted ranker, rows, [(user, slice, n relevant)], labels, histories)`` per held-out
-            window (see ``choose_scorers``).
+        folds: ``(out-of-fold ranker scores of the rows, rows, [(user, slice, n relevant)], labels,
+            histories)`` per held-out window (see ``choose_scorers``).
 
     Returns:
         The fitted isotonic regression: gap (score minus the list's top score, <= 0) -> probability in [0, 1].
     """
     gaps, hits = [], []
-    for fit, x, users, labels, _ in folds:
-        pred = fit.predict(x, num_threads=1) if len(x) else np.zeros(0)  # one call: 2 ms each per user added up
+    for pred, _, users, labels, _ in folds:
         for u, (a, b), _ in users:
             if b <= a:  # a user without candidates says nothing about calibration
                 continue
@@ -504,13 +509,14 @@ def choose_scorers(generators: list[str], folds: list, k: int) -> tuple[dict[str
     order ranks the validation users' candidates best (NDCG@k over full candidate lists, pooled
     over the out-of-fold windows) by more than one standard error of the paired difference; then
     that generator. Small or odd data can leave the ranker little to learn; this keeps recops as
-    good as its best source there. ``folds``: (fitted ranker, rows, [(user, slice, n relevant)],
-    labels, histories).
+    good as its best source there. ``folds``: (out-of-fold ranker scores of the rows, rows,
+    [(user, slice, n relevant)], labels, histories).
 
     Args:
         generators: the generator names, in the order of the model's generator feature columns.
-        folds: per held-out window: the ranker fitted without it, its rows, ``(user, (start, end), number
-            of relevant items)`` per validation user, user -> labels per row, user -> history.
+        folds: per held-out window: the scores of its rows by the ranker fitted without it, the rows,
+            ``(user, (start, end), number of relevant items)`` per validation user, user -> labels per
+            row, user -> history.
         k: the list length NDCG is measured at.
 
     Returns:
@@ -521,8 +527,7 @@ def choose_scorers(generators: list[str], folds: list, k: int) -> tuple[dict[str
     g = 2 * len(generators)
     disc = 1.0 / np.log2(np.arange(2, k + 2))
     per: dict[str, dict[str, list[float]]] = {}
-    for booster, x, valid, labels, hist in folds:
-        pred = booster.predict(x, num_threads=1) if len(x) else np.zeros(0)  # one call per fold, sliced per user
+    for pred, x, valid, labels, hist in folds:
         for u, (a, b), n_rel in valid:
             if b <= a:
                 continue

@@ -121,8 +121,9 @@ def test_scorer_choice_falls_back_to_the_best_generator_when_the_ranker_learned_
         labels[u], hist[u] = rel.astype(float), ["something"] if n % 2 else []
         valid.append((u, (start, start + 30), max(int(rel.sum()), 1)))
         start += 30
-    scorer, scores = choose_scorers(list(model.generators),
-                                    [(NoiseRankerStub(), np.vstack(x_parts), valid, labels, hist)], 10)
+    x = np.vstack(x_parts)
+    folds = [(NoiseRankerStub().predict(x), x, valid, labels, hist)]
+    scorer, scores = choose_scorers(list(model.generators), folds, 10)
     assert scorer == {"known": "b", "new": "b"}, scores
     assert scores["valid_ndcg_known_b"] > scores["valid_ndcg_known_ranker"] + 0.2
 
@@ -134,7 +135,7 @@ def test_calibration_skips_users_without_candidates():
     x = np.random.default_rng(0).normal(size=(20, 3))
     users = [("a", (0, 10), 1), ("empty", (10, 10), 1), ("b", (10, 20), 1)]
     labels = {"a": (np.arange(10) == 0).astype(float), "empty": np.zeros(0), "b": (np.arange(10) == 3).astype(float)}
-    iso = calibrate([(NoiseRankerStub(), x, users, labels, {})])
+    iso = calibrate([(NoiseRankerStub().predict(x), x, users, labels, {})])
     p = iso.predict([0.0, -3.0, -100.0])
     assert 0.0 <= p.min() and p.max() <= 1.0 and p[0] >= p[1] >= p[2]
 
