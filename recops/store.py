@@ -92,6 +92,12 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return clean.to_dict("records")
 
 
+def _tuples(df: pd.DataFrame) -> list[tuple]:
+    """Rows as tuples in column order, NaN/NaT as None, built a column at a time (a dict per row
+    costs about 10 s per million events)."""
+    return list(zip(*(df[c].astype(object).where(df[c].notna(), None).tolist() for c in df.columns)))
+
+
 class EventStore:
     """Events, items, users and quarantined rows behind one SQLAlchemy engine."""
 
@@ -153,7 +159,23 @@ class EventStore:
         frame = df[EVENT_COLUMNS].copy()
         frame["timestamp"] = _to_epoch(frame["timestamp"])
         frame["ingested_at"] = time.time()
+        if self.dialect == "sqlite":
+            return self._bulk_insert_sqlite(frame)
         return len(self.insert_events(_records(frame)))
+
+    def _bulk_insert_sqlite(self, frame: pd.DataFrame) -> int:
+        """A batch load on SQLite: one prepared statement for every row, through the driver's
+        ``executemany``. SQLAlchemy's per-row parameter processing and RETURNING cost about 25 s per
+        million events; a skipped duplicate modifies no row, so the summed rowcount is the number
+        stored by this call (the same figure ``insert_events`` counts)."""
+        cols = ", ".join(frame.columns)
+        sql = (f"INSERT INTO events ({cols}) VALUES ({', '.join('?' * len(frame.columns))}) "
+               "ON CONFLICT (event_id) DO NOTHING")
+        rows, new = _tuples(frame), 0
+        with self.engine.begin() as conn:
+            for start in range(0, len(rows), _CHUNK):
+                new += conn.exec_driver_sql(sql, rows[start : start + _CHUNK]).rowcount
+        return new
 
     def insert_events(self, rows: list[dict]) -> list[str]:
         """Insert rows in the table's own shape (epoch timestamps, JSON context); returns the ids

@@ -66,3 +66,31 @@ def test_upsert_items_replaces(store):
     store.upsert_items(items.assign(price=2.0, in_stock=False))
     got = store.items()
     assert len(got) == 1 and got.loc[0, "price"] == 2.0 and not got.loc[0, "in_stock"]
+
+
+def test_batch_load_stores_what_the_row_path_stores(tmp_path):
+    """``add_events`` loads SQLite through the driver's executemany; the rows and the count must be
+    those of ``insert_events`` (SQLAlchemy, RETURNING): missing users and values as NULL, context
+    kept, an id repeated in the batch or already stored counted once."""
+    from recops.store import _records
+
+    ev = _events(6, context={"page": "home"})
+    ev.loc[1, "user_id"] = None
+    ev.loc[2, "value"] = 3.5
+    ev.loc[3, "event_id"] = "e0"  # repeated within the batch
+    bulk, rows = EventStore(f"sqlite:///{tmp_path}/bulk.db"), EventStore(f"sqlite:///{tmp_path}/rows.db")
+    try:
+        bulk.add_events(ev.iloc[:2])
+        assert bulk.add_events(ev) == 3  # e0, e1 stored before; e0 again in the batch
+        frame = ev.copy()
+        frame["timestamp"] = (frame["timestamp"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+        frame["ingested_at"] = 0.0
+        assert len(rows.insert_events(_records(frame))) == 5
+        got, want = (s.events().sort_values("event_id").reset_index(drop=True) for s in (bulk, rows))
+        cols = [c for c in want.columns if c != "ingested_at"]
+        pd.testing.assert_frame_equal(got[cols], want[cols])
+        assert got.loc[got.event_id == "e1", "user_id"].isna().all() and got["value"].notna().sum() == 1
+        assert got["context"].str.contains("home").all()
+    finally:
+        bulk.dispose()
+        rows.dispose()
