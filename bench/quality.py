@@ -16,7 +16,8 @@ the events file alone. Every method's lists go through one evaluation (`top_k`, 
 
 Prints one table (NDCG@10 with its 95% bootstrap interval), recops against the best peer (paired
 bootstrap interval of the ratio) and ends with one JSON line per dataset, split and recops run.
-Run: `make bench-quality` (installs the optional `bench` extra). `--quick` uses smaller grids.
+Run: `make bench-quality` (installs the optional `bench` extra). `--quick` uses smaller grids;
+`--datasets movielens-100k,online-retail,synthetic` and `--splits per_user,global` run a part.
 """
 
 from __future__ import annotations
@@ -237,7 +238,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--synthetic-events", type=int, default=200_000)
-    ap.add_argument("--datasets", default="")
+    ap.add_argument("--datasets", default="", help="comma-separated data set names (default: all)")
+    ap.add_argument("--splits", default="per_user,global", help="comma-separated: per_user, global")
     ap.add_argument("--work", default="", help="keep recops' files and homes here (default: a temp dir, removed)")
     args = ap.parse_args()
     try:
@@ -251,7 +253,7 @@ def main() -> None:
     for ds_name, (ds, holdout_days) in datasets(args.synthetic_events).items():
         if args.datasets and ds_name not in args.datasets.split(","):
             continue
-        for kind in ("per_user", "global"):
+        for kind in (k for k in ("per_user", "global") if k in args.splits.split(",")):
             split = make_split(kind, ds.events, holdout_days)
             scored = {}  # method -> (metrics, per-user NDCG@10)
             peers = {"popularity": (Popularity(half_life_days=7.0), 0.0)}

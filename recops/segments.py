@@ -80,7 +80,10 @@ def category_shares(events: pd.DataFrame, category: pd.Series) -> pd.DataFrame:
     """
     ev = events[events["user_id"].notna()]
     cats = ev["item_id"].map(category)
-    counts = pd.crosstab(ev["user_id"][cats.notna()], cats[cats.notna()])
+    known = cats.notna().to_numpy()
+    # groupby-size, not crosstab: crosstab counts through a Python function per cell (4 s per 1M events)
+    counts = ev["user_id"][known].groupby([ev["user_id"][known], cats[known]]).size().unstack(fill_value=0)
+    counts.index.name, counts.columns.name = "user_id", "item_id"
     return counts.div(counts.sum(axis=1), axis=0)
 
 
@@ -163,7 +166,7 @@ def fit_segments(x: pd.DataFrame, profiles: pd.DataFrame, category_share: pd.Dat
     z = scaler.transform(x.to_numpy(float))
     best, sil = None, {}
     for k in range(lo, min(hi, len(x) - 1) + 1):
-        km = KMeans(n_clusters=k, n_init=10, random_state=random_state).fit(z)
+        km = KMeans(n_clusters=k, n_init=3, random_state=random_state).fit(z)  # best of 3 starts (k-means++)
         if len(set(km.labels_)) < 2:
             continue
         sil[k] = float(silhouette_score(z, km.labels_, sample_size=min(SILHOUETTE_SAMPLE, len(z)),
