@@ -66,7 +66,7 @@ def make_generator(name: str, settings: Settings, **overrides) -> Recommender:
     Args:
         name: one of popularity, covisit, itemknn, ease, svd, session, content, demographic.
         settings: the event-type weights, and the middle value of each tuning grid (``ease_l2``,
-            ``svd_factors``, ``itemknn_neighbors``) as the untuned default.
+            ``svd_factors``, ``itemknn_neighbors``, ``covisit_half_life_days``) as the untuned default.
         **overrides: attributes set on the generator after construction.
 
     Returns:
@@ -85,7 +85,8 @@ def make_generator(name: str, settings: Settings, **overrides) -> Recommender:
     w = settings.event_types
     makers = {
         "popularity": lambda: Popularity(weights=w),
-        "covisit": lambda: CoVisitation(weights=w),
+        "covisit": lambda: CoVisitation(
+            half_life_days=settings.covisit_half_life_days[len(settings.covisit_half_life_days) // 2], weights=w),
         "itemknn": lambda: ItemKNN(neighbors=int(settings.itemknn_neighbors[len(settings.itemknn_neighbors) // 2]),
                                    half_life_days=1e9, weights=w),
         "ease": lambda: EASE(l2=settings.ease_l2[len(settings.ease_l2) // 2], weights=w),
@@ -118,19 +119,23 @@ def tunable(settings: Settings) -> dict[str, tuple[str, list]]:
     """Generator hyper-parameters recops tunes itself: generator -> (parameter, settings' grid).
 
     Args:
-        settings: the grids ``ease_l2``, ``svd_factors`` and ``itemknn_neighbors``.
+        settings: the grids ``ease_l2``, ``svd_factors``, ``itemknn_neighbors`` and ``covisit_half_life_days``.
 
     Returns:
         Generator name -> (attribute name, candidate values; ints for factors and neighbors).
     """
     return {"ease": ("l2", list(settings.ease_l2)), "svd": ("factors", [int(f) for f in settings.svd_factors]),
-            "itemknn": ("neighbors", [int(f) for f in settings.itemknn_neighbors])}
+            "itemknn": ("neighbors", [int(f) for f in settings.itemknn_neighbors]),
+            "covisit": ("half_life_days", list(settings.covisit_half_life_days))}
 
 
 def tune_generators(generators: dict, split: EvalSplit, items: pd.DataFrame, users: pd.DataFrame | None,
-                    settings: Settings) -> tuple[dict, dict]:
+                    settings: Settings) -> tuple[dict, dict, dict]:
     """Pick each tunable generator's parameter by the generator's own NDCG on ``split`` (a slice
-    carved out of train); returns the generators with their choices and the choices.
+    carved out of train); returns the generators with their choices and the choices. A value other
+    than the generator's own (the grid's middle one if its own is not in the grid) is taken only when
+    it beats that one by more than one standard error of the paired per-user difference, as the
+    scorers are chosen: on a slice where the values tie, the choice would be noise.
 
     Args:
         generators: name -> unfitted generator (not modified); generators absent from ``tunable`` or
@@ -141,31 +146,37 @@ def tune_generators(generators: dict, split: EvalSplit, items: pd.DataFrame, use
         settings: ``k`` (NDCG@k) and the grids.
 
     Returns:
-        ``(generators, chosen)``: the generators with the chosen values set (tuned ones are copies), and
-        ``"<generator>_<parameter>"`` -> chosen value.
+        ``(generators, chosen, fitted)``: the generators with the chosen values set (tuned ones are
+        copies), ``"<generator>_<parameter>"`` -> chosen value, and the tuned generators as fitted on
+        ``split.train`` with their chosen values (``fit_generators`` reuses them for that train).
     """
-    from recops.evaluation import evaluate
-
-    generators, chosen = dict(generators), {}
+    generators, chosen, fitted = dict(generators), {}, {}
+    truth = {u: split.test[u] for u in split.users}  # per-user arrays follow this order
     for name, (param, grid) in tunable(settings).items():
         if name not in generators or len(grid) < 2:
             continue
-        best, best_score = None, -1.0
+        ndcg, fits = {}, {}
         for value in grid:
             g = copy.deepcopy(generators[name])
             setattr(g, param, value)
-            recs = recommend_all(generator_recommender(g.fit(split.train, items, users)), split, settings.k)
-            score = evaluate(recs, split, items, ks=(settings.k,))[f"ndcg@{settings.k}"]
-            if score > best_score:
-                best, best_score = value, score
+            fits[value] = g.fit(split.train, items, users)
+            recs = recommend_all(generator_recommender(g), split, settings.k)
+            ndcg[value] = per_user_metrics(recs, truth, settings.k)["ndcg"]
+        top = max(grid, key=lambda v: ndcg[v].mean())  # the first of equals
+        current = getattr(generators[name], param)
+        default = current if current in ndcg else grid[len(grid) // 2]
+        diff = ndcg[top] - ndcg[default]
+        se = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else np.inf
+        best = top if diff.mean() > se else default  # noise does not move a parameter off its default
         generators[name] = copy.deepcopy(generators[name])
         setattr(generators[name], param, best)
         chosen[f"{name}_{param}"] = best
-    return generators, chosen
+        fitted[name] = fits[best]
+    return generators, chosen, fitted
 
 
 def fit_generators(generators: dict, events: pd.DataFrame, items: pd.DataFrame | None,
-                   users: pd.DataFrame | None) -> dict:
+                   users: pd.DataFrame | None, fitted: dict | None = None) -> dict:
     """Fresh fitted copies of ``generators``.
 
     Args:
@@ -173,11 +184,14 @@ def fit_generators(generators: dict, events: pd.DataFrame, items: pd.DataFrame |
         events: the training events.
         items: the catalog, or None.
         users: user attributes, or None.
+        fitted: name -> a generator already fitted on ``events`` with the same settings (tuning's);
+            taken as it is instead of fitting again.
 
     Returns:
-        Name -> fitted deep copy.
+        Name -> fitted deep copy (or the given fit), in ``generators``' order.
     """
-    return {n: copy.deepcopy(g).fit(events, items, users) for n, g in generators.items()}
+    fitted = fitted or {}
+    return {n: fitted[n] if n in fitted else copy.deepcopy(g).fit(events, items, users) for n, g in generators.items()}
 
 
 # -- feature providers ---------------------------------------------------------------------------
@@ -580,12 +594,13 @@ def train_on_split(train: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
     windows = [w.sample(settings.ranker_max_users, settings.random_state)
                for w in (inner if isinstance(inner, list) else [inner])]
     tune_on = windows[0].sample(settings.tuning_users, settings.random_state)
-    generators, tuned = tune_generators(generators, tune_on, items, users, settings)
+    generators, tuned, tuning_fits = tune_generators(generators, tune_on, items, users, settings)
     table = ItemTable.build(pd.DataFrame({"item_id": pd.unique(train["item_id"])}), items)
     fits: dict[int, dict] = {}  # windows that share their training events share one fit
     for w in windows:
-        if id(w.train) not in fits:
-            fits[id(w.train)] = fit_generators(generators, w.train, items, users)
+        if id(w.train) not in fits:  # the first window's train is tuning's: its tuned fits are reused
+            fits[id(w.train)] = fit_generators(generators, w.train, items, users,
+                                               tuning_fits if w.train is tune_on.train else None)
     fitted = [(RecopsModel(fits[id(w.train)], None, table, settings.candidates_per_source),
                w, provider or DirectFeatures(w.train, items)) for w in windows]
     ranker, scorer, stats, calibration = fit_ranker(fitted, settings)
@@ -942,5 +957,7 @@ def choices(model: RecopsModel, cold: dict, next_report: dict, split: dict, wind
                         "why": "best MRR@20 on the newest sessions"
                         + (f": rules {next_report['valid_mrr']:.4f}, re-ranked {ranked['valid_mrr']:.4f}"
                            if ranked.get("valid_mrr") is not None else "")}
-    out["tuned"] = {"chose": model.meta["tuned"], "why": "each generator's own NDCG@k on the first window"}
+    out["tuned"] = {"chose": model.meta["tuned"],
+                    "why": "each generator's own NDCG@k on the first window; a value off the grid's middle one only "
+                           "where it wins by more than one standard error"}
     return out

@@ -224,3 +224,45 @@ def test_returning_windows_hold_out_returning_users_in_two_halves_of_one_fit(syn
         assert set(w.grades[u]) == w.test[u]
     settings.ranker_max_users = 10
     assert sum(len(w.test) for w in returning_windows(ev, settings)) == 10
+
+
+def _pairs_case(old_age_days: float):
+    """30 anchor items: 20 users who left ``old_age_days`` ago touched anchor then partner, 2 recent
+    users touched anchor then a decoy; each test user touched the anchor and comes back for the partner."""
+    from recops.evaluation import EvalSplit
+
+    rows, test = [], {}
+    for a in range(30):
+        for n in range(20):
+            t = T - pd.Timedelta(days=old_age_days) + pd.Timedelta(minutes=n)
+            rows += [(f"old{a}_{n}", f"a{a}", "view", t), (f"old{a}_{n}", f"b{a}", "view", t + pd.Timedelta(minutes=1))]
+        for n in range(2):
+            t = T - pd.Timedelta(days=1) + pd.Timedelta(minutes=n)
+            rows += [(f"new{a}_{n}", f"a{a}", "view", t), (f"new{a}_{n}", f"c{a}", "view", t + pd.Timedelta(minutes=1))]
+        rows.append((f"u{a}", f"a{a}", "view", T))
+        test[f"u{a}"] = {f"b{a}"}
+    train = _ev(rows)
+    return EvalSplit("global", train, test, {u: T + pd.Timedelta(hours=1) for u in test})
+
+
+def test_tuning_moves_a_parameter_off_its_default_only_on_evidence():
+    from recops.config import load_settings
+    from recops.training import fit_generators, make_generator, tune_generators
+
+    settings = load_settings()
+    assert settings.covisit_half_life_days == [7.0, 30.0, 365.0]
+    gens = {"covisit": make_generator("covisit", settings)}
+    assert gens["covisit"].half_life_days == 30.0  # the grid's middle value, untuned
+    # partners touched 200 days ago by many users: only the long half-life still ranks them first
+    case = _pairs_case(200.0)
+    tuned, chosen, fitted = tune_generators(gens, case, pd.DataFrame(), None, settings)
+    assert chosen == {"covisit_half_life_days": 365.0} and tuned["covisit"].half_life_days == 365.0
+    assert gens["covisit"].half_life_days == 30.0  # the given generators are not modified
+    # the chosen value's fit on the tuning train is handed back, and equals a fresh fit of the tuned generator
+    assert fitted["covisit"].half_life_days == 365.0
+    fresh = fit_generators(tuned, case.train, pd.DataFrame(), None)["covisit"]
+    assert fitted["covisit"].recommend("u0", 5, ["a0"]) == fresh.recommend("u0", 5, ["a0"]) != []
+    assert fit_generators(tuned, case.train, pd.DataFrame(), None, fitted)["covisit"] is fitted["covisit"]
+    # the same pairs one day old: every half-life ranks alike, so the default stays
+    _, chosen, _ = tune_generators(gens, _pairs_case(1.0), pd.DataFrame(), None, settings)
+    assert chosen == {"covisit_half_life_days": 30.0}
