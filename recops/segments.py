@@ -81,9 +81,9 @@ def category_shares(events: pd.DataFrame, category: pd.Series) -> pd.DataFrame:
     ev = events[events["user_id"].notna()]
     cats = ev["item_id"].map(category)
     known = cats.notna().to_numpy()
+    pairs = pd.DataFrame({"user_id": ev["user_id"][known], "item_id": cats[known]})
     # groupby-size, not crosstab: crosstab counts through a Python function per cell (4 s per 1M events)
-    counts = ev["user_id"][known].groupby([ev["user_id"][known], cats[known]]).size().unstack(fill_value=0)
-    counts.index.name, counts.columns.name = "user_id", "item_id"
+    counts = pairs.groupby(["user_id", "item_id"]).size().unstack(fill_value=0)
     return counts.div(counts.sum(axis=1), axis=0)
 
 

@@ -60,6 +60,18 @@ from recops.vocabulary import HISTORY_LEN
 
 
 # -- generators -----------------------------------------------------------------------------------
+def grid_default(grid: list):
+    """A tuning grid's untuned value: its middle one (the later of the two middle ones for an even count).
+
+    Args:
+        grid: the candidate values, in the settings' order (at least one).
+
+    Returns:
+        The value a generator gets before tuning, and keeps where no other value wins clearly.
+    """
+    return grid[len(grid) // 2]
+
+
 def make_generator(name: str, settings: Settings, **overrides) -> Recommender:
     """A fresh, unfitted candidate generator by name.
 
@@ -86,12 +98,12 @@ def make_generator(name: str, settings: Settings, **overrides) -> Recommender:
     makers = {
         "popularity": lambda: Popularity(weights=w),
         "covisit": lambda: CoVisitation(
-            half_life_days=settings.covisit_half_life_days[len(settings.covisit_half_life_days) // 2], weights=w),
-        "itemknn": lambda: ItemKNN(neighbors=int(settings.itemknn_neighbors[len(settings.itemknn_neighbors) // 2]),
+            half_life_days=grid_default(settings.covisit_half_life_days), weights=w),
+        "itemknn": lambda: ItemKNN(neighbors=int(grid_default(settings.itemknn_neighbors)),
                                    half_life_days=1e9, weights=w),
-        "ease": lambda: EASE(l2=settings.ease_l2[len(settings.ease_l2) // 2], weights=w),
+        "ease": lambda: EASE(l2=grid_default(settings.ease_l2), weights=w),
         "session": lambda: SessionKNN(),
-        "svd": lambda: PureSVD(factors=int(settings.svd_factors[len(settings.svd_factors) // 2]), weights=w),
+        "svd": lambda: PureSVD(factors=int(grid_default(settings.svd_factors)), weights=w),
         "content": lambda: ContentSimilarity(),
         "demographic": lambda: DemographicPopularity(weights=w),
     }
@@ -164,7 +176,7 @@ def tune_generators(generators: dict, split: EvalSplit, items: pd.DataFrame, use
             ndcg[value] = per_user_metrics(recs, truth, settings.k)["ndcg"]
         top = max(grid, key=lambda v: ndcg[v].mean())  # the first of equals
         current = getattr(generators[name], param)
-        default = current if current in ndcg else grid[len(grid) // 2]
+        default = current if current in ndcg else grid_default(grid)
         diff = ndcg[top] - ndcg[default]
         se = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else np.inf
         best = top if diff.mean() > se else default  # noise does not move a parameter off its default
