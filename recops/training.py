@@ -25,6 +25,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -385,7 +387,7 @@ def recommend_at_cuts(model: RecopsModel, split: EvalSplit, items: pd.DataFrame,
     hist = split.histories(HISTORY_LEN)
     x, slices, idx_all = rows_at_cuts(model, users, split.cut, hist, excl, provider)
     # the ranker's scores of every row in one call (a call per user cost 2 ms each)
-    ranked = model.ranker.predict(x, num_threads=1) if model.ranker is not None and len(x) else None
+    ranked = model.ranker.predict(x, num_threads=0) if model.ranker is not None and len(x) else None  # every core
     out = {}
     for u, (a, b), idx in zip(users, slices, idx_all):
         scores = (model.score_matrix(x[a:b], segment_of(hist.get(u, [])), None if ranked is None else ranked[a:b])
@@ -763,7 +765,7 @@ def choose_cold_start(windows: list[EvalSplit], items: pd.DataFrame, users: pd.D
 
 # -- evaluation ------------------------------------------------------------------------------------
 def evaluate_model(model: RecopsModel, split: EvalSplit, items: pd.DataFrame, users: pd.DataFrame | None,
-                   settings: Settings, provider=None, with_baseline: bool = True) -> dict:
+                   settings: Settings, provider=None, with_baseline: bool = True, refit: bool = True) -> dict:
     """Refit ``model``'s generators on ``split.train``, rank for the test users as of their cuts
     under the business rules, and score: metrics at K (1, 5, k, 20), per segment, bootstrap CI, and
     the popularity baseline on the same users. Per-user NDCG (in ``users`` order) for paired tests.
@@ -776,6 +778,8 @@ def evaluate_model(model: RecopsModel, split: EvalSplit, items: pd.DataFrame, us
         settings: ``k``, the business rules and the event-type weights (baseline).
         provider: the feature provider; None: ``DirectFeatures`` on ``split.train``.
         with_baseline: also score the popularity baseline.
+        refit: refit the generators on ``split.train``; False: ``model``'s generators are already fitted
+            on exactly those events (training's model on its own outer split) and are used as they are.
 
     Returns:
         ``model`` (metrics at k, with ``ndcg_ci_low``/``ndcg_ci_high``), ``per_user_ndcg`` (array aligned
@@ -786,8 +790,8 @@ def evaluate_model(model: RecopsModel, split: EvalSplit, items: pd.DataFrame, us
     rules = BusinessRules.from_settings(settings)
     provider = provider or DirectFeatures(split.train, items)
     table = ItemTable.build(pd.DataFrame({"item_id": pd.unique(split.train["item_id"])}), items)
-    m = RecopsModel(fit_generators(model.generators, split.train, items, users), model.ranker, table,
-                    model.candidates_per_source, scorer=model.scorer)
+    m = RecopsModel(fit_generators(model.generators, split.train, items, users) if refit else model.generators,
+                    model.ranker, table, model.candidates_per_source, scorer=model.scorer)
     ks = sorted({1, 5, k, 20})
     recs = recommend_at_cuts(m, split, items, max(ks), rules, provider)
     test_users = split.users
@@ -892,6 +896,23 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
     Raises:
         ValueError: the events cannot be split, or the ranker has nothing to learn from.
     """
+    # work that needs nothing from what runs beside it goes to a second thread, on the other core while
+    # this one waits on pandas, Feast or Python
+    pool = ThreadPoolExecutor(1, thread_name_prefix="recops-train")
+    try:
+        return _train_model(events, items, users, fs, settings, pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None, fs, settings: Settings,
+                 pool: ThreadPoolExecutor) -> tuple[RecopsModel, dict]:
+    """``train_model``'s procedure, with independent work on ``pool``'s thread."""
+    # the live session's model: what tends to come next after its items (directional, /next-items), its
+    # settings chosen on the newest sessions. Its ranker gets half the cores: the rest of training runs
+    # beside it (on 2 cores, 2 LightGBM threads beside the main thread took 14 s longer than 1 on 1M events)
+    threads = max((settings.num_threads or os.cpu_count() or 1) // 2, 1)
+    next_job = pool.submit(choose_next_item, events, items, num_threads=threads)
     outer = pipeline_split(events, settings)
     # labelled users: half the budget for the global cuts, half for the returning users
     half = max(settings.ranker_max_users // 2, 1)
@@ -907,14 +928,14 @@ def train_model(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
     inner = returning_windows(outer.train, settings, max_users=half) + inner
     provider = FeastFeatures(fs)
     model = train_on_split(outer.train, items, users, settings, inner, generators, provider)
-    ev = evaluate_model(model, outer, items, users, settings, provider)
+    # the generators to serve, refitted on every event while the holdout is scored (a copy: scoring reads them)
+    final_job = pool.submit(fit_generators, copy.deepcopy(model.generators), events, items, users)
+    ev = evaluate_model(model, outer, items, users, settings, provider, refit=False)  # fitted on outer.train
     end = events["timestamp"].max()
     cut = next(iter(outer.cut.values()))
-    # the live session: what tends to come next after its items (directional, /next-items), its
-    # settings chosen on the newest sessions
-    next_item, next_report = choose_next_item(events, items, num_threads=settings.num_threads)
+    next_item, next_report = next_job.result()
     split = {"inner_cuts": ",".join(str(next(iter(w.cut.values()))) for w in inner), "cut": str(cut), "end": str(end)}
-    final = RecopsModel(fit_generators(model.generators, events, items, users), model.ranker,
+    final = RecopsModel(final_job.result(), model.ranker,
                         item_table_at(fs, items, events, end), settings.candidates_per_source,
                         meta={"split": split, "trained_on_events": len(events), **model.meta,
                               "next_item": next_report},
