@@ -266,3 +266,19 @@ def test_tuning_moves_a_parameter_off_its_default_only_on_evidence():
     # the same pairs one day old: every half-life ranks alike, so the default stays
     _, chosen, _ = tune_generators(gens, _pairs_case(1.0), pd.DataFrame(), None, settings)
     assert chosen == {"covisit_half_life_days": 30.0}
+
+
+def test_evaluating_a_model_as_fitted_equals_refitting_it(synthetic):
+    """Training scores its holdout with the generators ``train_on_split`` has just fitted on exactly the
+    holdout's training events (``refit=False``): that must equal refitting them, for every default generator."""
+    from recops.config import load_settings
+    from recops.training import evaluate_model, inner_windows, train_on_split
+
+    s = load_settings()
+    split = per_user_split(normalize_events(synthetic.events))
+    model = train_on_split(split.train, synthetic.items, synthetic.users, s, inner_windows(split.train, per_user_split, 1))
+    assert set(model.generators) == set(s.generators)
+    as_fitted = evaluate_model(model, split, synthetic.items, synthetic.users, s, with_baseline=False, refit=False)
+    refitted = evaluate_model(model, split, synthetic.items, synthetic.users, s, with_baseline=False)
+    assert len(as_fitted["per_user_ndcg"]) > 100
+    np.testing.assert_array_equal(as_fitted["per_user_ndcg"], refitted["per_user_ndcg"])

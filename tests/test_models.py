@@ -102,3 +102,21 @@ def test_reason_cites_the_history_item_that_contributes_most():
     # b co-occurs with c 6 times, a 4 times: b wins when newest, a wins when b is older (6/2 < 4)
     assert "B" in m.recommend(RecommendRequest(k=1, user_id="u", history=("b", "a")))[0].reason
     assert "A" in m.recommend(RecommendRequest(k=1, user_id="u", history=("a", "b")))[0].reason
+
+
+def test_spd_inverse_in_either_precision_and_refuses_a_matrix_that_is_not_positive_definite():
+    """EASE inverts its Gram matrix by Cholesky in single precision: within single precision's reach of
+    the double-precision inverse, both triangles filled; an indefinite matrix is an error, not garbage."""
+    import pytest
+    from recops.models.ease import spd_inverse
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((400, 60)) < 0.1).astype(float)
+    g = x.T @ x + 5.0 * np.eye(60)
+    want = np.linalg.inv(g)
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        got = spd_inverse(g.astype(dtype))
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, atol=tol * np.abs(want).max())
+    with pytest.raises(np.linalg.LinAlgError):
+        spd_inverse(np.array([[1.0, 2.0], [2.0, 1.0]]))
