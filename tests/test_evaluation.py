@@ -276,7 +276,8 @@ def test_evaluating_a_model_as_fitted_equals_refitting_it(synthetic):
 
     s = load_settings()
     split = per_user_split(normalize_events(synthetic.events))
-    model = train_on_split(split.train, synthetic.items, synthetic.users, s, inner_windows(split.train, per_user_split, 1))
+    windows = inner_windows(split.train, per_user_split, 1)
+    model = train_on_split(split.train, synthetic.items, synthetic.users, s, windows)
     assert set(model.generators) == set(s.generators)
     as_fitted = evaluate_model(model, split, synthetic.items, synthetic.users, s, with_baseline=False, refit=False)
     refitted = evaluate_model(model, split, synthetic.items, synthetic.users, s, with_baseline=False)

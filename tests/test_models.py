@@ -108,6 +108,7 @@ def test_spd_inverse_in_either_precision_and_refuses_a_matrix_that_is_not_positi
     """EASE inverts its Gram matrix by Cholesky in single precision: within single precision's reach of
     the double-precision inverse, both triangles filled; an indefinite matrix is an error, not garbage."""
     import pytest
+
     from recops.models.ease import spd_inverse
 
     rng = np.random.default_rng(0)
