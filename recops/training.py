@@ -266,41 +266,25 @@ class FeastFeatures:
 
     def user_rows(self, users: list[str], cuts: list[pd.Timestamp]) -> list[dict | None]:
         """``FeatureProvider.user_rows``, by point-in-time lookup in Feast (None: nothing stored by the cut)."""
-        return self.user_rows_many([(users, cuts)])[0]
-
-    def user_rows_many(self, parts: list[tuple[list[str], list[pd.Timestamp]]]) -> list[list[dict | None]]:
-        """``user_rows`` of several ``(users, cuts)`` parts (windows) in one Feast lookup."""
-        users = [u for us, _ in parts for u in us]
-        cuts = [c for _, cs in parts for c in cs]
         if not users:
-            return [[] for _ in parts]
-        rows = _user_records(self.fs.historical(pd.DataFrame({"user_id": users, "event_timestamp": cuts}), "user"),
-                             cuts)
-        ends = np.cumsum([len(us) for us, _ in parts])
-        return [rows[e - len(us):e] for e, (us, _) in zip(ends, parts)]
+            return []
+        feats = self.fs.historical(pd.DataFrame({"user_id": users, "event_timestamp": cuts}), "user")
+        return _user_records(feats, cuts)
 
     def item_rows(self, item_ids: np.ndarray, cuts: pd.DatetimeIndex) -> np.ndarray:
         """``FeatureProvider.item_rows``, by point-in-time lookup in Feast (each distinct (item, cut)
         once). Users cut at their own times (returning users) look their candidates up as of the
         midnight before their cut, the items' daily snapshot: one lookup per item and day instead of
         one per candidate row, and never a later event."""
-        return self.item_rows_many([(item_ids, cuts)])[0]
-
-    def item_rows_many(self, parts: list[tuple[np.ndarray, pd.DatetimeIndex]]) -> list[np.ndarray]:
-        """``item_rows`` of several ``(item_ids, cuts)`` parts (windows) in one Feast lookup: each call
-        reads and filters the whole offline table (about 3 s on 1M events), whatever it asks for."""
-        parts = [(ids, cuts.floor("D") if cuts.nunique() > 1 else cuts) for ids, cuts in parts]  # see item_rows
-        sizes = [len(ids) for ids, _ in parts]
-        if not sum(sizes):
-            return [np.zeros((0, 1)) for _ in parts]
-        item_ids = np.concatenate([ids for ids, _ in parts])
-        cuts = parts[0][1].append([c for _, c in parts[1:]])
+        if not len(item_ids):
+            return np.zeros((0, 1))
+        if cuts.nunique() > 1:
+            cuts = cuts.floor("D")
         ents = pd.DataFrame({"item_id": item_ids, "event_timestamp": cuts})
         uniq = ents.drop_duplicates(ignore_index=True)  # one lookup per (item, cut), mapped back per row
         got = self.fs.historical(uniq, "item")
         got["event_timestamp"] = uniq["event_timestamp"].to_numpy()
-        rows = stored_item_matrix(ents.merge(got, on=["item_id", "event_timestamp"], how="left"))
-        return np.split(rows, np.cumsum(sizes)[:-1])
+        return stored_item_matrix(ents.merge(got, on=["item_id", "event_timestamp"], how="left"))
 
 
 def _user_records(feats: pd.DataFrame, cuts: list[pd.Timestamp]) -> list[dict | None]:
@@ -356,48 +340,13 @@ def rows_at_cuts(model: RecopsModel, users: list[str], cuts: dict, hist: dict, e
         ``(x, slices, idx)``: the rows (columns ``model.feature_names``), each user's ``(start, end)``
         rows of ``x`` in ``users`` order, and each user's candidate positions in ``model.items``.
     """
-    return rows_at_cuts_many([(model, users, cuts, hist, excl, provider)])[0]
-
-
-def rows_at_cuts_many(jobs: list[tuple]) -> list[tuple]:
-    """``rows_at_cuts`` of several ``(model, users, cuts, hist, excl, provider)`` jobs (windows). Jobs that
-    share a provider able to (``item_rows_many``, ``user_rows_many``: Feast) look their features up in
-    one call per kind: each Feast lookup reads and filters the whole offline table.
-
-    Args:
-        jobs: ``rows_at_cuts``' arguments, one tuple per job.
-
-    Returns:
-        ``rows_at_cuts``' answer per job, in order.
-    """
-    asks = []  # per job: candidates, cuts per user, candidate ids, cut per candidate row
-    for model, users, cuts, hist, excl, _ in jobs:
-        cand = _candidates(model, users, hist, excl, cuts)
-        cut_of = [pd.Timestamp(cuts[u]) for u in users]
-        ids = model.items.ids[np.concatenate([c[0] for c in cand])] if cand else np.array([], dtype=object)
-        asks.append((cand, cut_of, ids, pd.DatetimeIndex(cut_of).repeat([len(c[0]) for c in cand]) if cand
-                     else pd.DatetimeIndex([], tz="UTC")))
-    stored, ufeats = [None] * len(jobs), [None] * len(jobs)
-    by_provider: dict[int, list[int]] = {}
-    for j, job in enumerate(jobs):
-        by_provider.setdefault(id(job[5]), []).append(j)
-    for js in by_provider.values():
-        provider = jobs[js[0]][5]
-        if hasattr(provider, "item_rows_many"):
-            got = provider.item_rows_many([(asks[j][2], asks[j][3]) for j in js])
-            users = provider.user_rows_many([(jobs[j][1], asks[j][1]) for j in js])
-        else:
-            got = [provider.item_rows(asks[j][2], asks[j][3]) for j in js]
-            users = [provider.user_rows(jobs[j][1], asks[j][1]) for j in js]
-        for j, g, us in zip(js, got, users):
-            stored[j], ufeats[j] = g, dict(zip(jobs[j][1], us))
-    return [_assemble(job[0], job[1], job[3], ask[0], ask[1], st, uf)
-            for job, ask, st, uf in zip(jobs, asks, stored, ufeats)]
-
-
-def _assemble(model: RecopsModel, users: list[str], hist: dict, cand: list, cut_of: list, stored: np.ndarray,
-              ufeats: dict) -> tuple:
-    """One job's rows from its candidates and looked-up features (``rows_at_cuts``' answer)."""
+    cand = _candidates(model, users, hist, excl, cuts)
+    cut_of = [pd.Timestamp(cuts[u]) for u in users]
+    lens = [len(c[0]) for c in cand]
+    ids = model.items.ids[np.concatenate([c[0] for c in cand])] if cand else np.array([], dtype=object)
+    stored = provider.item_rows(ids, pd.DatetimeIndex(cut_of).repeat(lens) if cand
+                                else pd.DatetimeIndex([], tz="UTC"))
+    ufeats = dict(zip(users, provider.user_rows(users, cut_of)))
     blocks, slices, start = [], [], 0
     for u, cut, (idx, gen) in zip(users, cut_of, cand):
         n = len(idx)
@@ -448,35 +397,31 @@ def recommend_at_cuts(model: RecopsModel, split: EvalSplit, items: pd.DataFrame,
 
 
 # -- the ranker ------------------------------------------------------------------------------------
-def labelled_rows(windows: list[tuple[RecopsModel, EvalSplit, FeatureProvider]]) -> list[tuple]:
-    """Candidate rows of each window's users with their labels (graded when the split has grades),
-    the windows' features looked up together where they share a provider (``rows_at_cuts_many``).
+def labelled_rows(model: RecopsModel, split: EvalSplit, provider: FeatureProvider):
+    """Candidate rows of ``split``'s users with their labels (graded when the split has grades):
+    (X, per-user slices, labels per user, histories).
 
     Args:
-        windows: ``(model, split, provider)`` per window: the model fitted on ``split.train``
-            (generators; its ranker is not used), the labelled window (test users, cuts, test items and
-            grades, exclusions) and the feature provider.
+        model: the model fitted on ``split.train`` (generators; its ranker is not used).
+        split: the labelled window: test users, cuts, test items (and grades), exclusions.
+        provider: the feature provider.
 
     Returns:
-        Per window, ``(x, slices, labels, hist)``: the rows and per-user ``(start, end)`` slices as in
-        ``rows_at_cuts``, user -> label per candidate row (the grade, or 1.0 for a test item; 0.0
-        otherwise), and user -> recent items, newest first.
+        ``(x, slices, labels, hist)``: the rows and per-user ``(start, end)`` slices as in ``rows_at_cuts``,
+        user -> label per candidate row (the grade, or 1.0 for a test item; 0.0 otherwise), and user ->
+        recent items, newest first.
     """
-    hists = [split.histories(HISTORY_LEN) for _, split, _ in windows]
-    rows = rows_at_cuts_many([(model, split.users, split.cut, hist, split.excluded(), provider)
-                              for (model, split, provider), hist in zip(windows, hists)])
-    out = []
-    for (model, split, _), hist, (x, slices, idx_all) in zip(windows, hists, rows):
-        labels = {}
-        for u, idx in zip(split.users, idx_all):
-            ids = model.items.ids[idx]
-            if split.grades is not None:
-                g = split.grades.get(u, {})
-                labels[u] = np.array([g.get(i, 0) for i in ids], dtype=float)
-            else:
-                labels[u] = np.isin(ids, list(split.test[u])).astype(float)
-        out.append((x, slices, labels, hist))
-    return out
+    hist = split.histories(HISTORY_LEN)
+    x, slices, idx_all = rows_at_cuts(model, split.users, split.cut, hist, split.excluded(), provider)
+    labels = {}
+    for u, idx in zip(split.users, idx_all):
+        ids = model.items.ids[idx]
+        if split.grades is not None:
+            g = split.grades.get(u, {})
+            labels[u] = np.array([g.get(i, 0) for i in ids], dtype=float)
+        else:
+            labels[u] = np.isin(ids, list(split.test[u])).astype(float)
+    return x, slices, labels, hist
 
 
 def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: Settings, neg_per_user: int = 50):
@@ -506,7 +451,8 @@ def fit_ranker(windows: list[tuple[RecopsModel, EvalSplit, object]], settings: S
     """
     rng = np.random.default_rng(settings.random_state)
     data = []  # per window: rows, slices, labels, histories, split, labelled groups (negatives sampled)
-    for (model, split, provider), (x, slices, labels, hist) in zip(windows, labelled_rows(windows)):
+    for model, split, provider in windows:
+        x, slices, labels, hist = labelled_rows(model, split, provider)
         grp = []
         for u, (a, b) in zip(split.users, slices):
             y = labels[u]

@@ -43,33 +43,3 @@ def test_offline_point_in_time_equals_online_push(trained):
     finally:
         refresh(store, fs, users, [], items)  # back to the current state for the other tests
         store.dispose()
-
-
-def test_feast_lookups_of_several_windows_at_once_equal_one_window_at_a_time(trained):
-    """Training looks up every labelled window's features in one Feast call per kind
-    (``FeastFeatures.item_rows_many``, ``user_rows_many``): each window's rows equal its own lookup, for a
-    window cut at one time, an empty one, and one whose users are cut at their own times."""
-    from recops.training import FeastFeatures
-
-    settings, _ = trained
-    store = EventStore(settings.event_store_uri)
-    provider = FeastFeatures(FeatureStoreClient(settings))
-    events = store.events()
-    until = pd.Timestamp(trained[1]["features"]["until"])
-    items = events["item_id"].value_counts().index[:40].to_numpy()
-    users = events["user_id"].dropna().value_counts().index[:40].tolist()
-    one_cut = pd.DatetimeIndex([until - pd.Timedelta(days=2, hours=5)] * 40)
-    own_cuts = pd.DatetimeIndex(until - pd.to_timedelta(np.arange(40) % 7, unit="D") - pd.Timedelta(hours=3))
-    parts = [(items, one_cut), (np.array([], dtype=object), pd.DatetimeIndex([], tz="UTC")), (items[::-1], own_cuts)]
-    together = provider.item_rows_many(parts)
-    assert len(together) == 3 and len(together[1]) == 0
-    for (ids, cuts), got in zip(parts[::2], together[::2]):
-        np.testing.assert_array_equal(got, provider.item_rows(ids, cuts))
-        assert np.isfinite(got).any()
-    uparts = [(users, list(one_cut)), ([], []), (users[::-1], list(own_cuts))]
-    utogether = provider.user_rows_many(uparts)
-    assert [len(r) for r in utogether] == [40, 0, 40]
-    for (us, cuts), got in zip(uparts[::2], utogether[::2]):
-        alone = provider.user_rows(us, cuts)
-        assert sum(r is not None for r in got) > 20
-        pd.testing.assert_frame_equal(pd.DataFrame([r or {} for r in got]), pd.DataFrame([r or {} for r in alone]))
