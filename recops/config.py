@@ -73,7 +73,9 @@ class Settings:
     covisit_half_life_days: list[float] = field(default_factory=lambda: [7.0, 30.0, 365.0])
     promote_tolerance: float = 0.0
     random_state: int = 42
-    num_threads: int = 0  # LightGBM threads when training (both rankers); 0: every core. Serving uses one
+    # LightGBM threads when training (the next-item ranker, trained beside the rest, gets half); 0: every
+    # core. Serving uses one
+    num_threads: int = 0
     # Business rules, applied after ranking at request time (recops.models.rules).
     exclude_event_types: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE_TYPES))  # never recommend again
     in_stock_only: bool = True
