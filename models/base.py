@@ -75,6 +75,22 @@ class Recommender(ABC):
         ids, scores = self.score(history, k, user_id=user_id, as_of=as_of)
         return pd.Index(self.item_ids_).get_indexer(ids), scores
 
+    def score_indices_many(self, histories: Sequence[list[str]], k: int, user_ids: Sequence[str | None],
+                           as_ofs: Sequence[pd.Timestamp | None]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``score_indices`` for many users at once (batch work: training's labelled rows, evaluation),
+        with the same answers. Generators whose scoring vectorizes over users override it.
+
+        Args:
+            histories: each user's recent distinct items, newest first.
+            k: how many items at most per user.
+            user_ids: the users (None: anonymous), as ``histories``.
+            as_ofs: each user's as-of time (None: now), as ``histories``.
+
+        Returns:
+            One ``score_indices`` answer per user, in order.
+        """
+        return [self.score_indices(h, k, user_id=u, as_of=t) for h, u, t in zip(histories, user_ids, as_ofs)]
+
     def recommend(self, user_id: str | None, k: int = 10, history: list[str] | None = None,
                   exclude: set[str] | None = None) -> list[tuple[str, float]]:
         """Top-``k`` for one user, now.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -15,6 +17,7 @@ class ItemKNN(Recommender):
     """Scores items by their summed similarity to what the user rated and recently touched."""
 
     name = "itemknn"
+    batch_users = 1024  # users per sparse product in score_indices_many
 
     def __init__(self, neighbors: int = 100, half_life_days: float = 30.0, weights: dict[str, float] | None = None,
                  history_weight: float = 5.0):
@@ -83,6 +86,35 @@ class ItemKNN(Recommender):
         present[items] = True
         cand = np.flatnonzero(present)
         return top_k(cand, sums[cand], k)
+
+    def score_indices_many(self, histories: Sequence[list[str]], k: int, user_ids: Sequence[str | None],
+                           as_ofs: Sequence[pd.Timestamp | None]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``score_indices`` for many users as one sparse product of their weight rows and the
+        similarities: the same sums, added in the same order (so the same answers, ties included).
+        The weights and similarities are positive, so no item a user's items point to sums to zero
+        (a sparse product leaves zero sums out).
+
+        See Recommender.score_indices_many.
+        """
+        if not hasattr(self, "col_index_"):
+            self._index()
+        if len(histories) > self.batch_users:  # the products' rows are dense-ish: bound their memory
+            b = self.batch_users
+            return [a for i in range(0, len(histories), b)
+                    for a in self.score_indices_many(histories[i:i + b], k, user_ids[i:i + b], as_ofs[i:i + b])]
+        parts = [self._user_weights(h, u) for h, u in zip(histories, user_ids)]
+        if not parts:
+            return []
+        indptr = np.concatenate([[0], np.cumsum([len(c) for c, _ in parts])])
+        # built without summing repeated columns: the product adds each entry's share in row order, as score_indices
+        w = sp.csr_matrix((np.concatenate([w for _, w in parts]), np.concatenate([c for c, _ in parts]), indptr),
+                          shape=(len(parts), self.sim_.shape[0]))
+        sums = (w @ self.sim_).toarray()  # dense rows: cheaper to read than sorting the sparse ones
+        out = []
+        for row in sums:
+            cand = np.flatnonzero(row)  # what the user's items point to: every sum is positive
+            out.append(top_k(cand, row[cand], k) if len(cand) else NONE)
+        return out
 
     def _index(self) -> None:
         self.col_index_ = {item: j for j, item in enumerate(self.data_.items)}

@@ -382,9 +382,31 @@ class RecopsModel:
             proposed) and which generators proposed each item.
         """
         n = self.candidates_per_source
+        return self._union([gen.score_indices(history, n, user_id=user_id, as_of=as_of)
+                            for gen in self.generators.values()])
+
+    def candidates_many(self, histories: list[list[str]], user_ids: list[str | None],
+                        as_ofs: list[pd.Timestamp | None]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``candidates`` for many users at once (batch work), each generator scoring them together
+        (``Recommender.score_indices_many``): the same answers.
+
+        Args:
+            histories: each user's recent distinct items, newest first.
+            user_ids: the users, as ``histories``.
+            as_ofs: each user's as-of time (None: now), as ``histories``.
+
+        Returns:
+            One ``candidates`` answer per user, in order.
+        """
+        n = self.candidates_per_source
+        per_gen = [gen.score_indices_many(histories, n, user_ids, as_ofs) for gen in self.generators.values()]
+        return [self._union([answers[i] for answers in per_gen]) for i in range(len(histories))]
+
+    def _union(self, answers: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``candidates``' answer from each generator's ``score_indices`` answer, in generator order."""
+        n = self.candidates_per_source
         idx_parts, g_parts, rank_parts, score_parts = [], [], [], []
-        for g, (name, gen) in enumerate(self.generators.items()):
-            gi, scores = gen.score_indices(history, n, user_id=user_id, as_of=as_of)
+        for g, ((name, gen), (gi, scores)) in enumerate(zip(self.generators.items(), answers)):
             ix = self._table_positions(name, gen)[gi]
             ok = ix >= 0
             idx_parts.append(ix[ok])

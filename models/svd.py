@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import TruncatedSVD
 
-from recops.models.base import NONE, SideTable, top_k
+from recops.models.base import NONE, Recommender, SideTable, top_k
 from recops.models.itemknn import ItemKNN
 from recops.models.matrix import interactions
 
@@ -42,6 +42,9 @@ class PureSVD(ItemKNN):
         self.item_ids_ = self.data_.items.to_numpy(dtype=object)
         self._index()
         return self
+
+    # one user at a time: a batched float32 product rounds differently from the one-user one
+    score_indices_many = Recommender.score_indices_many
 
     def score_indices(self, history: list[str], k: int, user_id: str | None = None,
                       as_of: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:

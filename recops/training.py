@@ -315,8 +315,9 @@ def _candidates(model: RecopsModel, users: list[str], hist: dict, excl: dict,
                 cuts: dict | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each user's candidates (item indexes, generator features) as of their cut, excluded items removed."""
     out = []
-    for u in users:
-        idx, gen, _ = model.candidates(hist.get(u, []), u, as_of=cuts[u] if cuts else None)
+    answers = model.candidates_many([hist.get(u, []) for u in users], list(users),
+                                    [cuts[u] if cuts else None for u in users])
+    for u, (idx, gen, _) in zip(users, answers):
         if excl.get(u) and len(idx):
             keep = ~np.isin(idx, model.items.positions(list(excl[u])))
             idx, gen = idx[keep], gen[keep]
