@@ -13,6 +13,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 
 import pandas as pd
 
@@ -77,6 +78,7 @@ class Refresher:
         self._lock = threading.Lock()
         self._queued: dict[tuple[str, str], int] = {}  # ("u"|"s", id) -> sequence number it was queued at
         self._seq = 0
+        self._sent: deque[tuple[int, float]] = deque()  # (sequence number, monotonic time) of submits not landed
         self._proc = None
 
     def _start(self) -> None:
@@ -110,6 +112,8 @@ class Refresher:
                 for i in ids:
                     self._queued[(kind, i)] = self._seq
             self._q.put((self._seq, list(users), list(sessions)))
+            self._sent.append((self._seq, time.monotonic()))
+            self._forget_landed()
             if len(self._queued) > 100_000:  # forget what has landed
                 done = self._done.value
                 self._queued = {k: v for k, v in self._queued.items() if v > done}
@@ -173,6 +177,24 @@ class Refresher:
             Submits not yet covered by a finished refresh cycle (0 before the first submit).
         """
         return 0 if self._proc is None else self._seq - self._done.value
+
+    def lag(self) -> float:
+        """How long the oldest submitted refresh that has not landed has waited.
+
+        Returns:
+            Seconds (0.0 when nothing is outstanding).
+        """
+        if self._proc is None:
+            return 0.0
+        with self._lock:
+            self._forget_landed()
+            return time.monotonic() - self._sent[0][1] if self._sent else 0.0
+
+    def _forget_landed(self) -> None:
+        """Drop the submit times of refreshes that have landed (under ``_lock``)."""
+        done = self._done.value
+        while self._sent and self._sent[0][0] <= done:
+            self._sent.popleft()
 
     @property
     def refreshes(self) -> int:

@@ -127,6 +127,20 @@ def latest_version(settings: Settings) -> str | None:
     return str(max(int(v.version) for v in versions)) if versions else None
 
 
+def registered_at(settings: Settings, version: str) -> float:
+    """When a version was registered (its training run ended then).
+
+    Args:
+        settings: the MLflow backend and registered model name.
+        version: the version number.
+
+    Returns:
+        Epoch seconds.
+    """
+    client = setup(settings)
+    return client.get_model_version(settings.model_name, version).creation_timestamp / 1000.0
+
+
 def load_version(settings: Settings, version: str):
     """The RecopsModel of a registered version.
 

@@ -261,6 +261,15 @@ class EventStore:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())
 
+    def count_quarantined(self) -> int:
+        """How many rows validation has quarantined (each with its reason).
+
+        Returns:
+            The number of rows of the quarantine table.
+        """
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(quarantine)).scalar_one())
+
     def events(self, since: float | None = None, until: float | None = None) -> pd.DataFrame:
         """All events (optionally in [since, until)), timestamps as UTC pandas datetimes.
 

@@ -16,6 +16,9 @@
 - ``GET /experiments``, ``GET /experiments/{name}``: online experiments and their figures (the same
   JSON as ``recops experiment status NAME --json``).
 - ``GET /health``, ``GET /model``. Invalid input gets a 4xx naming the bad field.
+- ``GET /metrics``: Prometheus text: BentoML's requests and latency per endpoint, then recops's own
+  (answers by strategy, variant and fallback; events by outcome; the refresher's backlog and lag;
+  the served model and its age): ``recops.services.metrics``.
 
 Under a running experiment, ``/recommend`` and ``/session/recommend`` answer from the user's variant
 (or interleave both models) and say so (``request_id``, ``experiment``, ``variant``); every served
@@ -68,9 +71,11 @@ ItemQuery = Annotated[str, Query(min_length=1, max_length=128, description="the 
 @bentoml.service(name="recops", workers=1, threads=4, traffic={"timeout": 30})
 class Recops:
     def __init__(self) -> None:
+        from recops.services.metrics import ServiceMetrics
         from recops.serving import Serving
 
         self.rt = Serving(load_settings())
+        self.metrics = ServiceMetrics(self.rt)
         self._stop = threading.Event()
         threading.Thread(target=self.rt.run_reloader, args=(self._stop,), name="champion-reloader", daemon=True).start()
 
@@ -95,9 +100,11 @@ class Recops:
         from recops.serving import BadWeights
 
         try:
-            return self.rt.experiments.recommend(user_id, k, session_id, exclude, weights)
+            resp = self.rt.experiments.recommend(user_id, k, session_id, exclude, weights)
         except BadWeights as exc:
             raise bentoml.exceptions.InvalidArgument(str(exc)) from None
+        self.metrics.answered("/recommend", resp)
+        return resp
 
     @bentoml.api(route="/session/recommend")
     def session_recommend(
@@ -109,7 +116,9 @@ class Recops:
     ) -> SessionRecommendResponse:
         """Top-k for a session from its live state, steered by its intent (browsing, research,
         transactional), with the intent, the signals it was read from and a reason per item."""
-        return self.rt.experiments.session_recommend(session_id, k, exclude)
+        resp = self.rt.experiments.session_recommend(session_id, k, exclude)
+        self.metrics.answered("/session/recommend", resp)
+        return resp
 
     @bentoml.api(route="/next-items")
     def next_items(
@@ -130,7 +139,9 @@ class Recops:
 
         ``async``: one indexed insert (~1 ms) costs less on the event loop than the thread-pool
         hand-off; the batch endpoint, whose insert takes longer, stays in the pool."""
-        return self.rt.tracking.track([event])
+        resp = self.rt.tracking.track([event])
+        self.metrics.tracked([event], resp)
+        return resp
 
     @bentoml.api(route="/track/batch")
     def track_batch(self, events: list[TrackEvent], /) -> TrackResponse:
@@ -139,7 +150,9 @@ class Recops:
             raise bentoml.exceptions.InvalidArgument("empty batch: send at least one event")
         if len(events) > MAX_BATCH:
             raise bentoml.exceptions.InvalidArgument(f"batch too large: {len(events)} events (max {MAX_BATCH})")
-        return self.rt.tracking.track(events)
+        resp = self.rt.tracking.track(events)
+        self.metrics.tracked(events, resp)
+        return resp
 
     @app.get("/implicit-rating")
     def implicit_rating(self, user_id: UserQuery, item_id: ItemQuery) -> ImplicitRatingResponse:
@@ -196,6 +209,10 @@ class Recops:
             return status(self.rt.settings, name, self.rt.experiment_records)
         except ExperimentError as exc:
             raise HTTPException(404, str(exc)) from None
+
+    def __metrics__(self, content: str) -> str:
+        """BentoML's hook on ``GET /metrics``: its text, then recops's scrape-time gauges."""
+        return content + self.metrics.live()
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:

@@ -26,6 +26,28 @@ log = logging.getLogger("recops.serving")
 TRENDING_CONFIDENCE = 0.2  # the most a trending (non-personal) recommendation's confidence can be
 DEMOGRAPHIC_CONFIDENCE = 0.35  # ... and a demographic one's (it knows the segment, not the person)
 MODEL_ERROR = "model error"  # how a fallback reason starts when the model failed (an error, for the guardrail)
+UNKNOWN_USER = "unknown user: no events yet"
+NEW_SESSION = "new session: no events yet"
+NO_CANDIDATES = "the model found no candidates"
+
+
+def fallback_kind(reason: str | None) -> str:
+    """A fallback reason as one of a few fixed names (a metric label; the reason itself names the error).
+
+    Args:
+        reason: the ``fallback_reason`` of an answer, None when the model answered.
+
+    Returns:
+        ``none``, ``no_model``, ``model_error``, ``unknown_user``, ``new_session``, ``no_candidates`` or ``other``.
+    """
+    if reason is None:
+        return "none"
+    if reason.startswith(MODEL_ERROR):
+        return "model_error"
+    for text, kind in ((UNKNOWN_USER, "unknown_user"), (NEW_SESSION, "new_session"), (NO_CANDIDATES, "no_candidates")):
+        if reason == text:
+            return kind
+    return "no_model" if reason.startswith(f"{ModelSlot.NO_MODEL} ") else "other"
 
 
 class Recommendations:
@@ -92,7 +114,7 @@ class Recommendations:
                                             signals=intent.signals, **resp.model_dump(exclude={"user_id"}))
 
         if visit is None:
-            return answer(self.fallback(session_id, k, excl, served, "new session: no events yet"))
+            return answer(self.fallback(session_id, k, excl, served, NEW_SESSION))
         if served is None:
             return answer(self.fallback(session_id, k, excl, None, slot.why_none()))
         try:
@@ -106,7 +128,7 @@ class Recommendations:
         """The served model's list for ``request``; the fallback when it finds no candidate."""
         recs = served.model.recommend(request)
         if not recs:
-            return self.fallback(who, request.k, request.exclude, served, "the model found no candidates")
+            return self.fallback(who, request.k, request.exclude, served, NO_CANDIDATES)
         return RecommendResponse(user_id=who, items=as_items(recs), model_version=served.version, fallback=False,
                                  strategy=request.strategy, weights_used=request.weights)
 
@@ -126,7 +148,7 @@ class Recommendations:
         row = self.store.user_row(user_id)
         demo = served.model.demographic
         if demo is None or not row or all(row.get(c) is None for c in ("age", "gender", "region")):
-            return self.fallback(user_id, k, exclude, served, "unknown user: no events yet")
+            return self.fallback(user_id, k, exclude, served, UNKNOWN_USER)
         gone = exclude | self.requests.unavailable()
         ids, scores, key = demo.score_profile(row, 3 * k + len(gone))
         who = ", ".join(str(row[c]) for c in ("region", "gender") if row.get(c)) or "your segment"
@@ -136,7 +158,7 @@ class Recommendations:
                                round(DEMOGRAPHIC_CONFIDENCE * max(float(s), 0.0) / top, 4))
                 for i, s in zip(ids, scores) if i not in gone][:k]
         if len(recs) < k:
-            return self.fallback(user_id, k, exclude, served, "unknown user: no events yet")
+            return self.fallback(user_id, k, exclude, served, UNKNOWN_USER)
         return RecommendResponse(user_id=user_id, items=as_items(recs), model_version=served.version, fallback=False,
                                  strategy="demographic" if key else "trending")
 

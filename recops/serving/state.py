@@ -36,6 +36,8 @@ class ModelSlot:
     """One served model: a pinned registry version (batch scoring), or whatever version an alias
     points to, re-checked by ``reload``. A version that fails to load leaves the previous one serving."""
 
+    NO_MODEL = "no"  # how the reason starts when nothing is served (``why_none``)
+
     def __init__(self, settings: Settings, alias: str = registry.CHAMPION, pinned: str | None = None):
         self.settings = settings
         self.alias = alias
@@ -44,6 +46,7 @@ class ModelSlot:
         self._served: Served | None = None
         self.load_error: str | None = None
         self.loaded_at: float | None = None
+        self.registered_at: float | None = None  # when the served version was registered (epoch s)
         self.reload()
 
     def reload(self) -> None:
@@ -52,8 +55,10 @@ class ModelSlot:
             version = self.pinned or registry.alias_version(self.settings, self.alias)
             if version is not None and (self._served is None or version != self._served.version):
                 model = registry.load_version(self.settings, version)
+                registered = registry.registered_at(self.settings, version)
                 with self._lock:
                     self._served, self.loaded_at, self.load_error = Served(model, version), time.time(), None
+                    self.registered_at = registered
                 log.info("serving %s version %s", self.alias, version)
             elif version is None and self._served is None:
                 self.load_error = f"no model has the @{self.alias} alias yet"
@@ -90,7 +95,7 @@ class ModelSlot:
         Returns:
             A sentence for a fallback reason or a 503's detail.
         """
-        return f"no {self.alias} model: {self.load_error or 'not loaded'}"
+        return f"{self.NO_MODEL} {self.alias} model: {self.load_error or 'not loaded'}"
 
 
 class LiveCatalog:
