@@ -76,9 +76,14 @@ def features_flow() -> dict:
 
 
 @flow(name="train")
-def train_flow() -> dict:
-    """Point-in-time training data, LightGBM ranker, MLflow run, registered version @challenger."""
-    res = steps.train(load_settings())
+def train_flow(trigger: str = "manual", evidence: dict | None = None) -> dict:
+    """Point-in-time training data, LightGBM ranker, MLflow run, registered version @challenger.
+
+    Args:
+        trigger: what started it: schedule, volume, drift, performance or manual (recorded on the run).
+        evidence: why (the monitor's figures, or a person's reason).
+    """
+    res = steps.train(load_settings(), trigger=trigger, evidence=evidence)
     create_markdown_artifact(f"Registered version {res['version']} (@challenger), run `{res['run_id']}`\n\n"
                              + _table(res["metrics"]), key="training-metrics", description="training metrics")
     return _log(res, "train")
@@ -176,17 +181,98 @@ def pipeline_flow(source: str = "synthetic", path: str | None = None, n_events: 
 
 
 @flow(name="retrain")
-def retrain_flow(force_promote: bool = False) -> dict:
-    """Features -> train -> evaluate -> promote on what the event store holds now (the scheduled job).
+def retrain_flow(force_promote: bool = False, trigger: str = "schedule", evidence: dict | None = None) -> dict:
+    """Features -> train -> evaluate -> promote on what the event store holds now.
+
+    Scheduled (nightly, weekly), started by the monitor's events (volume, drift, performance: the
+    deployment's triggers) or by hand (``recops retrain --reason``). What started it is a tag of this
+    flow run (``trigger:<name>``), and a tag and parameter of the training run. An event-triggered run
+    within ``retrain_cooldown_hours`` of the last training does nothing (the alarms of one change
+    arrive hour after hour).
 
     Args:
         force_promote: promote the new version even when it is worse than the champion.
+        trigger: schedule, volume, drift, performance or manual.
+        evidence: the monitor's figures (or the reason given by hand).
     """
+    if trigger not in steps.TRIGGERS:
+        raise ValueError(f"unknown trigger {trigger!r}: one of {', '.join(steps.TRIGGERS)}")
+    _tag_run(f"trigger:{trigger}")
+    settings = load_settings()
+    if trigger in ("volume", "drift", "performance"):
+        age = steps.last_training_age_hours(settings)
+        if age < settings.retrain_cooldown_hours:
+            get_run_logger().info("%s alarm ignored: the last training started %.1f h ago (cool-down %.1f h)",
+                                  trigger, age, settings.retrain_cooldown_hours)
+            return {"skipped": f"cool-down: the last training started {age:.1f} h ago", "trigger": trigger}
     feats = features_flow()
-    trained = train_flow()
+    trained = train_flow(trigger=trigger, evidence=evidence)
     evaluated = evaluate_flow()
     promoted = promote_flow(force=force_promote)
-    return {"features": feats, "train": trained, "evaluate": evaluated, "promote": promoted}
+    return {"features": feats, "train": trained, "evaluate": evaluated, "promote": promoted, "trigger": trigger}
+
+
+def _tag_run(*tags: str) -> None:
+    """Add tags to the running flow run (the Prefect UI filters runs by them)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run.id)
+        client.update_flow_run(flow_run.id, tags=sorted({*run.tags, *tags}))
+
+
+ALARM_EVENTS = {"drift": "recops.drift.detected", "volume": "recops.volume.reached",
+                "performance": "recops.performance.dropped"}
+
+
+@flow(name="monitor")
+def monitor_flow(at: float | None = None) -> dict:
+    """Watch the champion: drift against its training reference, online quality, performance, volume.
+
+    Each alarm becomes a Prefect event (``ALARM_EVENTS``) that the retrain deployment's triggers
+    answer, unless a retrain ran within the cool-down.
+
+    Args:
+        at: the end of the look (epoch seconds); None: now.
+    """
+    from prefect.events import emit_event
+
+    res = steps.monitor(load_settings(), at)
+    if res.get("version") is None:
+        get_run_logger().info("no champion to watch yet")
+        return res
+    emitted = []
+    for alarm in res["alarms"] if not res["cooling_down"] else []:
+        evidence = _evidence(res, alarm)
+        emit_event(ALARM_EVENTS[alarm], resource={"prefect.resource.id": f"recops.model.{res['version']}",
+                                                  "prefect.resource.name": f"champion v{res['version']}"},
+                   payload={"trigger": alarm, "evidence": evidence})
+        emitted.append(ALARM_EVENTS[alarm])
+    res["emitted"] = emitted
+    d, q = res["drift"], res["quality"]
+    rows = {k: v for k, v in {**d, **{f"online_{k}": v for k, v in q.items()}}.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    create_markdown_artifact(
+        f"**Champion v{res['version']}**: alarms {', '.join(res['alarms']) or 'none'}"
+        + (" (cool-down: not acted on)" if res["cooling_down"] and res["alarms"] else "")
+        + f"; {res['new_events']} events since its training cut. Drifted: {', '.join(d['drifted']) or 'nothing'}.\n\n"
+        + _table(rows) + f"\n\nReport: `{res['report']}`; MLflow run `{res['mlflow_run_id']}`.",
+        key="monitor", description="monitoring look")
+    return _log(res, "monitor")
+
+
+def _evidence(res: dict, alarm: str) -> dict:
+    """What an alarm rests on, for the retrain it starts."""
+    if alarm == "drift":
+        d = res["drift"]
+        return {"drifted": d["drifted"], "at": res["at"], "version": res["version"],
+                **{k: round(d[k], 4) for k in d["drifted"] if isinstance(d.get(k), float)}}
+    if alarm == "volume":
+        return {"new_events": res["new_events"], "at": res["at"], "version": res["version"]}
+    p = res["performance"]
+    return {"dropped": p["dropped"], "at": res["at"], "version": res["version"],
+            **{f"{m}_lift": round(p[f"{m}_lift"], 4) for m in p["dropped"]}}
 
 
 @flow(name="ab-evaluate")

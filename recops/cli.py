@@ -54,8 +54,10 @@ def settings() -> Settings:
 def prepare_env(s: Settings) -> None:
     """Export the settings (so flow runs and the server see them) and Prefect's local state dir.
 
-    Also turns off the libraries' telemetry and quiets Prefect's logging, unless the environment sets
-    them already; ``PREFECT_API_URL`` is overwritten when the settings name a Prefect server.
+    Also turns off the libraries' telemetry and sends flow runs' logs to Prefect (INFO and up) but only
+    warnings to the terminal, unless the environment sets these already. ``PREFECT_API_URL`` is
+    overwritten when the settings name a Prefect server, and set to the server ``recops schedule`` runs
+    for this home when it answers (the runs then show in its UI).
 
     Args:
         s: the settings to export (``Settings.to_env``) into ``os.environ``.
@@ -63,12 +65,20 @@ def prepare_env(s: Settings) -> None:
     os.environ.update(s.to_env())
     os.environ.setdefault("PREFECT_HOME", str((Path(s.home) / "prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # every step's log lines go to its Prefect run (the UI shows them), only warnings to the terminal
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "recops")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     if s.prefect_api_url:
         os.environ["PREFECT_API_URL"] = s.prefect_api_url
+    elif "PREFECT_API_URL" not in os.environ and (Path(s.home) / "prefect" / "server-url").exists():
+        from recops.flows.server import running_api  # runs go to the server `recops schedule` started
+
+        if api := running_api(Path(s.home) / "prefect"):
+            os.environ["PREFECT_API_URL"] = api
 
 
 def _run(title: str, fn, *args, stages: int = 1, **kwargs) -> dict:
@@ -291,14 +301,72 @@ def serve(port: int | None = typer.Option(None, help="default: serve_port settin
 
 
 @app.command()
-def schedule(cron: str = typer.Option("0 3 * * *", help="cron for the nightly retrain deployment"),
-             ab_cron: str = typer.Option("0 * * * *", "--ab-cron",
-                                         help="cron for the ab-evaluate deployment (default hourly)")) -> None:
-    """Serve the scheduled Prefect deployments from this process (Ctrl-C stops)."""
-    settings()
+def schedule(cron: str = typer.Option("0 3 * * *", help="the nightly retrain's cron ('' : off)"),
+             weekly_cron: str = typer.Option("0 4 * * 0", "--weekly-cron", help="the weekly retrain's cron ('' : off)"),
+             monitor_cron: str = typer.Option("0 * * * *", "--monitor-cron", help="the monitor's cron (hourly)"),
+             ab_cron: str = typer.Option("0 * * * *", "--ab-cron", help="the ab-evaluate deployment's cron (hourly)"),
+             port: int = typer.Option(4200, help="local profile: the port of the Prefect server started here")) -> None:
+    """Serve every deployment (retrains on crons and on the monitor's alarms, the monitor, ab-evaluate).
+
+    With the local profile a Prefect server (embedded SQLite) starts here first, so its UI shows the
+    deployments, schedules, triggers and runs; the scale-out profile uses ``prefect_api_url``.
+    Ctrl-C stops the deployments, then the server."""
+    s = settings()
+    from recops.flows.server import PrefectServer
+
+    server = None
+    if not s.prefect_api_url:
+        server = PrefectServer(Path(s.home) / "prefect", port=port)
+        console.print(f"starting a Prefect server on {server.url} (PREFECT_HOME={server.home}) ...")
+        server.start()
+        os.environ.update(server.env())
+    ui = server.url if server else s.prefect_api_url.removesuffix("/api")
+    console.print(f"[bold]Prefect UI: {ui}[/bold] (deployments, schedules, triggers, runs); Ctrl-C stops")
     from recops.flows.deployments import serve_schedules
 
-    serve_schedules(cron, ab_cron)
+    try:
+        serve_schedules({"nightly-retrain": cron, "weekly-retrain": weekly_cron, "monitor": monitor_cron,
+                         "ab-evaluate": ab_cron})
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.stop()
+        console.print("stopped")
+
+
+@app.command()
+def retrain(reason: str = typer.Option(..., "--reason", help="why (recorded on the runs and the version)"),
+            force_promote: bool = typer.Option(False, help="promote even if the new version is worse")) -> None:
+    """Retrain now, by hand: features -> train -> evaluate -> promote, recorded as ``trigger=manual``."""
+    if not reason.strip():
+        raise typer.BadParameter("say why: --reason must not be empty", param_hint="--reason")
+    settings()
+    from recops.flows.pipeline import retrain_flow
+
+    _print(_run("retrain", retrain_flow, stages=4, force_promote=force_promote, trigger="manual",
+                evidence={"reason": reason}))
+
+
+@app.command()
+def monitor(at: str | None = typer.Option(None, help="the look's end (ISO time; default now)")) -> None:
+    """One monitor look now: drift, online quality, performance, volume (a monitor flow run)."""
+    settings()
+    from recops.flows.pipeline import monitor_flow
+
+    when = None if at is None else pd_timestamp(at)
+    _print(_run("monitor", monitor_flow, at=when))
+
+
+def pd_timestamp(text: str) -> float:
+    """An ISO time (UTC unless it says otherwise) as epoch seconds."""
+    import pandas as pd
+
+    try:
+        t = pd.Timestamp(text)
+    except ValueError:
+        raise typer.BadParameter(f"not a time: {text!r}") from None
+    return (t if t.tzinfo else t.tz_localize("UTC")).value / 1e9
 
 
 @app.command()
@@ -376,8 +444,11 @@ def demo(
     console.rule("[bold]4. look around")
     console.print(f"  MLflow UI:  {Path(sys.executable).with_name('mlflow')} ui --backend-store-uri {s.tracking_uri} "
                   "--port 5000")
-    console.print(f"  Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} "
-                  f"{Path(sys.executable).with_name('prefect')} server start")
+    console.print(f"  Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} PREFECT_SERVER_ANALYTICS_ENABLED=false "
+                  "PREFECT_SERVER_UI_API_URL=http://127.0.0.1:4200/api "
+                  f"{Path(sys.executable).with_name('prefect')} server start --port 4200")
+    console.print(f"  Operate:    RECOPS_HOME={Path(s.home).resolve()} recops schedule   (Prefect server, every "
+                  "deployment, the monitor; Ctrl-C stops)")
     console.print(f"  Reports:    {s.reports_dir}")
     console.print(f"  Serve it:   RECOPS_HOME={Path(s.home).resolve()} recops serve")
     console.print("[green]demo finished; the server is stopped.")
@@ -597,17 +668,55 @@ def segments(as_json: bool = typer.Option(False, "--json", help="the fit as JSON
 
 @app.command()
 def status() -> None:
-    """What the local state holds: events, quarantine, registered versions and aliases."""
+    """What the local state holds: events, quarantine, the champion and challenger, the last runs of each
+    deployment (when a Prefect server is configured or running), the last monitor look and any alarm."""
     s = settings()
     from recops import registry
     from recops.store import EventStore
 
     store = EventStore(s.event_store_uri)
     out = {"home": str(Path(s.home).resolve()), "profile": s.profile, "events": store.count_events(),
-           "quarantined": len(store.quarantined()),
+           "quarantined": store.count_quarantined(),
            "champion": registry.alias_version(s, registry.CHAMPION),
            "challenger": registry.alias_version(s, registry.CHALLENGER)}
-    typer.echo(json.dumps(out, indent=2))
+    store.dispose()
+    latest = s.reports_dir / "monitor-latest.json"
+    if latest.exists():
+        look = json.loads(latest.read_text())
+        out["monitor"] = {"at": pd_iso(look.get("at")), "version": look.get("version"), "alarms": look.get("alarms"),
+                          "drifted": look.get("drift", {}).get("drifted"), "new_events": look.get("new_events"),
+                          "online": look.get("quality"), "report": look.get("report")}
+    out["deployments"] = _last_runs(s)
+    typer.echo(json.dumps(out, indent=2, default=str))
+
+
+def pd_iso(epoch: float | None) -> str | None:
+    """Epoch seconds as an ISO time (UTC)."""
+    import datetime as dt
+
+    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat()
+
+
+def _last_runs(s: Settings, per_deployment: int = 3) -> dict | str:
+    """Each deployment's latest flow runs on the Prefect server (the settings' or a local one running)."""
+    import httpx
+
+    from recops.flows.server import running_api
+
+    api = s.prefect_api_url or running_api(Path(s.home) / "prefect")
+    if api is None:
+        return "no Prefect server runs for this home (recops schedule starts one)"
+    try:
+        deps = httpx.post(f"{api}/deployments/filter", json={"limit": 50}, timeout=3).json()
+        out = {}
+        for d in deps:
+            runs = httpx.post(f"{api}/flow_runs/filter", timeout=3, json={
+                "deployments": {"id": {"any_": [d["id"]]}}, "sort": "START_TIME_DESC", "limit": per_deployment}).json()
+            out[d["name"]] = [{"state": r["state_name"], "start": r["start_time"], "tags": r["tags"],
+                               "trigger": r["parameters"].get("trigger")} for r in runs]
+        return out
+    except (httpx.HTTPError, ValueError):
+        return f"the Prefect server at {api} does not answer"
 
 
 if __name__ == "__main__":

@@ -101,6 +101,26 @@ class Settings:
     experiment_latency_margin: float = 1.5  # how many times control's p99 latency the challenger may take
     experiment_cuped: bool = True  # take out what each user's activity before the start predicts (less variance)
     attribution_window_hours: float = 24.0  # an outcome without request_id goes to the latest impression this recent
+    # Monitoring (recops.monitoring) and what triggers a retrain.
+    monitor_window_hours: float = 24.0  # the recent window compared with the champion's training reference
+    monitor_reference_days: float = 7.0  # the reference: the events of this many days before the training cut
+    monitor_sample: int = 20_000  # events sampled on each side for the drift scores
+    monitor_min_events: int = 500  # a window with fewer events gets no drift verdict
+    monitor_top_items: int = 100  # the reference's most popular items, for the popularity rank correlation
+    # per column: Jensen-Shannon distance (categories), Wasserstein distance over the reference's std (numbers)
+    drift_threshold: float = 0.1
+    # ... or, where it is larger, what chance alone reaches on a window of that size: the mean plus this many
+    # standard deviations of windows drawn from the reference (recops.monitoring.null_scores)
+    drift_null_z: float = 4.0
+    drift_min_rank_correlation: float = 0.3  # Spearman of the top items' events, reference vs window
+    drift_max_new_item_share: float = 0.3  # events on items training never saw
+    drift_max_new_user_share: float = 0.75  # active users training never saw
+    performance_baseline_days: float = 7.0  # the champion's own baseline: this many days before the window
+    performance_alpha: float = 0.01  # a drop counts when the lift's (1 - alpha) interval lies below zero ...
+    performance_min_drop: float = 0.1  # ... and it is at least this large (relative)
+    performance_min_users: int = 50  # users on each side before performance is judged
+    retrain_min_new_events: int = 100_000  # the volume trigger: this many events after the champion's training cut
+    retrain_cooldown_hours: float = 6.0  # an event-triggered retrain waits this long after the last one
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
 

@@ -51,6 +51,10 @@ def generate(
     bad_share: float = 0.0,
     complement_prob: float = 0.35,
     seed: int = 42,
+    shift_at: str | pd.Timestamp | None = None,
+    shift: float = 0.0,
+    popularity_drift: float = 1.2,
+    new_share: float = 1.0,
 ) -> SyntheticData:
     """Generate about ``n_events`` valid events (plus ``bad_share`` malformed ones).
 
@@ -64,6 +68,14 @@ def generate(
         bad_share: malformed rows appended, as a share of the valid events (at least one when > 0).
         complement_prob: the probability that a session step goes to the previous item's complement.
         seed: the random seed.
+        shift_at: a planted shift: from this time on, category tastes move (every user's taste for
+            category c is multiplied by ``exp(shift * z_c)``, z_c standard normal, then renormalised).
+            None: tastes never move.
+        shift: the size of that shift (0: none; 0.5: a clear move; 1: a large one).
+        popularity_drift: the spread of each item's log-popularity change over the period (0: every
+            item keeps its popularity: stationary data, with ``new_share=0``).
+        new_share: scales the shares of items and users that appear during the period (1: the
+            default 8% and 10%; 0: none).
 
     Returns:
         Events, items, users and the planted ``truth``: complement, user_top_category, taste (user ->
@@ -74,9 +86,8 @@ def generate(
     n_users = n_users or max(50, n_events // 40)
     n_items = n_items or max(40, min(20_000, n_events // 150))
     n_categories = min(n_categories, len(CATEGORY_NAMES))
-    end_ts = pd.Timestamp(end, tz="UTC") if end is not None else pd.Timestamp.now(tz="UTC").normalize()
-    if end_ts.tzinfo is None:
-        end_ts = end_ts.tz_localize("UTC")
+    end_ts = pd.Timestamp(end) if end is not None else pd.Timestamp.now(tz="UTC").normalize()
+    end_ts = end_ts.tz_localize("UTC") if end_ts.tzinfo is None else end_ts.tz_convert("UTC")
     end_s = end_ts.value / 1e9
     start_s = end_s - days * 86400.0
 
@@ -85,8 +96,8 @@ def generate(
     cat_price_level = rng.lognormal(3.0, 0.6, n_categories)
     price = np.round(cat_price_level[item_cat] * rng.lognormal(0.0, 0.5, n_items), 2)
     base_pop = rng.pareto(1.2, n_items) + 1.0
-    drift = rng.normal(0.0, 1.2, n_items)  # log-popularity change over the whole period
-    is_new_item = rng.random(n_items) < 0.08
+    drift = rng.normal(0.0, 1.0, n_items) * popularity_drift  # log-popularity change over the whole period
+    is_new_item = rng.random(n_items) < 0.08 * new_share
     created = np.where(is_new_item, rng.uniform(start_s + 0.3 * (end_s - start_s), end_s - 86400, n_items),
                        start_s - rng.uniform(0, 365 * 86400, n_items))
     # Complements: an item in a "paired" category (c -> c+1), so sequences cross categories.
@@ -112,7 +123,7 @@ def generate(
     taste = np.vstack([rng.dirichlet(a) for a in alpha]) if n_users <= 5000 else _dirichlet_rows(rng, alpha)
     price_sens = rng.beta(2, 2, n_users)
     activity = rng.lognormal(0, 1.0, n_users)
-    is_new_user = rng.random(n_users) < 0.1
+    is_new_user = rng.random(n_users) < 0.1 * new_share
     signup = np.where(is_new_user, rng.uniform(start_s + 0.6 * (end_s - start_s), end_s - 3600, n_users),
                       start_s - rng.uniform(0, 365 * 86400, n_users))
     peak_hour = rng.choice([9, 13, 20, 21, 22], n_users)
@@ -151,6 +162,11 @@ def generate(
                         idx, ww = np.arange(n_items), np.ones(n_items)
                 cdfs[(b, c, ch)] = (idx, np.cumsum(ww) / ww.sum())
     taste_cdf = np.cumsum(taste, axis=1)
+    shift_ts = None if shift_at is None else pd.Timestamp(shift_at)
+    shift_s = np.inf if shift_ts is None else (shift_ts if shift_ts.tzinfo else shift_ts.tz_localize("UTC")).value / 1e9
+    moved = taste * np.exp(shift * np.random.default_rng(seed + 1).normal(0.0, 1.0, n_categories))
+    moved /= moved.sum(axis=1, keepdims=True)
+    moved_cdf = np.cumsum(moved, axis=1)
 
     max_len = int(sess_len.max())
     touch_sess, touch_item, touch_time = [], [], []
@@ -166,7 +182,8 @@ def generate(
         same_cat = has_prev & ~use_comp & (r < complement_prob + 0.3)
         fresh = ~use_comp
         chosen[use_comp] = complement[prev_item[active[use_comp]]]
-        cat = (taste_cdf[u] < rng.random(len(active))[:, None]).sum(1)
+        after = cur_time[active] >= shift_s
+        cat = (np.where(after[:, None], moved_cdf[u], taste_cdf[u]) < rng.random(len(active))[:, None]).sum(1)
         cat = np.minimum(cat, n_categories - 1)
         cat[same_cat] = item_cat[prev_item[active[same_cat]]]
         bucket = np.clip(((cur_time[active] - start_s) / (end_s - start_s) * n_buckets).astype(int), 0, n_buckets - 1)
@@ -195,7 +212,8 @@ def generate(
     n_t = len(t_sess)
 
     # -- funnel: view -> click -> cart -> purchase ----------------------------------------------
-    match = taste[t_user, item_cat[t_item]] * n_categories  # >1 when the user likes the category
+    match = np.where(t_time >= shift_s, moved[t_user, item_cat[t_item]],
+                     taste[t_user, item_cat[t_item]]) * n_categories  # >1 when the user likes the category
     rel_price = price[t_item] / cat_price_level[item_cat[t_item]]
     price_pen = np.exp(-price_sens[t_user] * np.log1p(rel_price) * 1.5)
     p_click = np.clip(0.35 * np.sqrt(match), 0.05, 0.9)

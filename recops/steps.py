@@ -8,6 +8,7 @@ state serving and a step can be re-run on its own.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -280,12 +281,22 @@ def segment_users(settings: Settings) -> dict:
 
 
 # -- train --------------------------------------------------------------------------------------
+TRIGGERS = ("schedule", "volume", "drift", "performance", "manual")  # what can start a training
+
+
 @_timed
-def train(settings: Settings) -> dict:
+def train(settings: Settings, trigger: str = "manual", evidence: dict | None = None) -> dict:
     """Train on the event store with point-in-time features; log to MLflow; register @challenger.
+
+    The run is named for what it is (version, events, data window, trigger) and carries tags, a
+    description, the training events as its dataset input and the monitoring reference
+    (``recops.monitoring.build_reference``) the monitor compares later windows with.
 
     Args:
         settings: the settings (event store, Feast, MLflow, training and rule settings).
+        trigger: what started it (``TRIGGERS``), recorded on the run and the registered version.
+        evidence: why (the monitor's figures for ``drift``, ``volume``, ``performance``; the reason
+            for ``manual``); None: none.
 
     Returns:
         ``run_id``, ``version`` and ``model_uri`` of the registered model, ``metrics`` (the logged holdout
@@ -294,10 +305,13 @@ def train(settings: Settings) -> dict:
     Raises:
         StepFailed: the event store is empty, or the data cannot be split or trained on.
     """
-    from recops import registry, reporting
+    from recops import monitoring, registry, reporting
     from recops.featurestore import FeatureStoreClient
     from recops.training import train_model
 
+    if trigger not in TRIGGERS:
+        raise StepFailed(f"unknown trigger {trigger!r}: one of {', '.join(TRIGGERS)}")
+    started = time.time()
     store = EventStore(settings.event_store_uri)
     events, items, users = with_actors(store.events()), store.items(), store.users()
     store.dispose()
@@ -344,13 +358,54 @@ def train(settings: Settings) -> dict:
     figs = reporting.training_figures(model, ev, k)
     rules = {f"rule_{f}": v for f, v in vars(BusinessRules.from_settings(settings)).items()}
     params.update({k_: ",".join(v) if isinstance(v, tuple) else v for k_, v in rules.items()})
+    params["trigger"] = trigger
+    reference = monitoring.build_reference(events, items, settings)
+    run = run_identity(events, trigger, evidence, metrics, k)
     try:
-        logged = registry.log_model(settings, model, params, metrics, figures=figs, extra={"split.json": split,
-                                                                                  "next_item.json": rep["next_item"],
-                                                                                  "choices.json": rep["choices"]})
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = reference.save(Path(tmp) / monitoring.REFERENCE_DIR)
+            logged = registry.log_model(settings, model, params, metrics, figures=figs,
+                                        extra={"split.json": split, "next_item.json": rep["next_item"],
+                                               "choices.json": rep["choices"]},
+                                        folders={monitoring.REFERENCE_DIR: folder}, run={**run, "started_at": started})
     finally:
         reporting.close(figs)
-    return {**logged, "metrics": {k_: round(v, 5) for k_, v in metrics.items()}, "split_cut": split["cut"]}
+    return {**logged, "metrics": {k_: round(v, 5) for k_, v in metrics.items()}, "split_cut": split["cut"],
+            "trigger": trigger}
+
+
+def run_identity(events: pd.DataFrame, trigger: str, evidence: dict | None, metrics: dict, k: int) -> dict:
+    """How a training run reads in the MLflow UI: its name, tags, description and dataset input.
+
+    Args:
+        events: the training events.
+        trigger: what started the training.
+        evidence: why, or None.
+        metrics: the holdout metrics (the description quotes NDCG@k against popularity).
+        k: the list length.
+
+    Returns:
+        ``name``, ``tags``, ``description`` and ``dataset`` for ``registry.log_model``'s ``run``.
+    """
+    import mlflow.data
+
+    first, last = events["timestamp"].min(), events["timestamp"].max()
+    window = f"{first:%Y-%m-%d}..{last:%Y-%m-%d}"
+    tags = {"trigger": trigger, "data_window": window, "data_start": first.isoformat(), "data_end": last.isoformat(),
+            "n_events": len(events), "n_users": int(events["user_id"].nunique()),
+            "n_items": int(events["item_id"].nunique())}
+    if evidence:
+        tags["trigger_evidence"] = json.dumps(evidence, sort_keys=True, default=str)[:4900]
+    ndcg, base = metrics.get(f"ndcg_at_{k}"), metrics.get(f"baseline_ndcg_at_{k}")
+    quality = (f" Holdout NDCG@{k} {ndcg:.4f} against {base:.4f} for popularity."
+               if ndcg is not None and base is not None else "")
+    why = f" Evidence: {tags['trigger_evidence']}" if evidence else ""
+    sample = events.sample(min(len(events), 10_000), random_state=0) if len(events) > 10_000 else events
+    return {"name": f"v{{version}} · {trigger} · {len(events):,} events · {window}", "tags": tags,
+            "description": f"Trained ({trigger}) on {len(events):,} events from {window}; registered as version "
+                           f"{{version}} (@challenger).{quality}{why}",
+            "dataset": mlflow.data.from_pandas(sample.assign(timestamp=sample["timestamp"].astype(str)),
+                                               name=f"events {window}", digest=f"{len(events)}-{last.value}")}
 
 
 def model_params(model) -> dict:
@@ -496,10 +551,107 @@ def promote(settings: Settings, force: bool = False, version: str | None = None,
     client.set_model_version_tag(settings.model_name, challenger, "promotion_reason", why)
     if promoted:
         client.set_registered_model_alias(settings.model_name, registry.CHAMPION, challenger)
+        client.set_model_version_tag(settings.model_name, challenger, "promoted_at",
+                                     pd.Timestamp.now(tz="UTC").isoformat())
         if champion is not None and champion != challenger:
             client.set_model_version_tag(settings.model_name, champion, "replaced_by", challenger)
     return {"promoted": promoted, "reason": why, "champion": challenger if promoted else champion,
             "previous_champion": champion}
+
+
+# -- monitor ------------------------------------------------------------------------------------
+MONITORING_SUFFIX = "-monitoring"  # the MLflow experiment of the monitoring runs: {mlflow_experiment}-monitoring
+
+
+@_timed
+def monitor(settings: Settings, at: float | None = None) -> dict:
+    """One look at the champion (``recops.monitoring.watch``): drift against its training reference,
+    the last hour's online quality, its performance against its own baseline, the new-event volume.
+
+    Logged to MLflow as time series in one run per day and champion version (experiment
+    ``{mlflow_experiment}-monitoring``; step: whole hours since the training cut), with Evidently's
+    HTML report; the latest look is also written to ``reports/monitor-latest.json`` (``recops status``).
+
+    Args:
+        settings: backends, windows and thresholds.
+        at: the end of the look (epoch seconds); None: now.
+
+    Returns:
+        ``watch``'s figures plus ``mlflow_run_id``, ``report`` (the HTML's path) and ``cooling_down``
+        (an event-triggered retrain ran within ``retrain_cooldown_hours``: alarms are not acted on);
+        ``version`` None when there is no champion.
+    """
+    from recops import monitoring, registry
+
+    version = registry.alias_version(settings, registry.CHAMPION)
+    if version is None:
+        return {"version": None, "alarms": [], "reason": "no champion to watch yet"}
+    try:
+        ref = monitoring.Reference.load(registry.reference_folder(settings, version, monitoring.REFERENCE_DIR))
+    except Exception as exc:  # a version trained before monitoring existed carries no reference
+        raise StepFailed(f"version {version} has no monitoring reference ({type(exc).__name__}): retrain it") from exc
+    at = time.time() if at is None else float(at)
+    stamp = pd.Timestamp(at, unit="s", tz="UTC")
+    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    report = settings.reports_dir / f"monitor-{stamp:%Y%m%dT%H%M%S}.html"
+    res = monitoring.watch(settings, ref, version, at, report_path=report)
+    res["report"] = str(report) if report.exists() else None
+    res["cooling_down"] = last_training_age_hours(settings) < settings.retrain_cooldown_hours
+    res["mlflow_run_id"] = _log_look(settings, res, ref, stamp)
+    (settings.reports_dir / "monitor-latest.json").write_text(to_json(res))
+    return res
+
+
+def last_training_age_hours(settings: Settings) -> float:
+    """Hours since the newest training run started (inf when none ran)."""
+    import mlflow
+
+    from recops import registry
+
+    registry.setup(settings)
+    runs = mlflow.search_runs(experiment_names=[settings.mlflow_experiment], filter_string="params.trigger != ''",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    return (time.time() - runs[0].info.start_time / 1000) / 3600 if runs else float("inf")
+
+
+def _log_look(settings: Settings, res: dict, ref, stamp: pd.Timestamp) -> str:
+    """One look's figures as points of the day's monitoring run (created on the day's first look)."""
+    import mlflow
+
+    from recops import registry
+
+    client = registry.setup(settings)
+    name = settings.mlflow_experiment + MONITORING_SUFFIX
+    exp = mlflow.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        name, artifact_location=f"{settings.artifact_root.rstrip('/')}/{name}")
+    day, version = f"{stamp:%Y-%m-%d}", res["version"]
+    found = client.search_runs([exp_id], f"tags.day = '{day}' and tags.model_version = '{version}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        run_id = client.create_run(exp_id, run_name=f"monitor {day} · v{version}", tags={
+            "day": day, "model_version": version, "model_uri": f"models:/{settings.model_name}/{version}",
+            "mlflow.note.content": f"Hourly looks at champion v{version} on {day}: drift against its training "
+                                   "reference, online quality, performance, new-event volume."}).info.run_id
+    step, ts = max(0, int((stamp.value / 1e9 - ref.cut) // 3600)), int(stamp.value / 1e6)
+    figures = {**{k: v for k, v in res["drift"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+               **{f"online_{k}": v for k, v in res["quality"].items() if isinstance(v, (int, float))},
+               **{f"performance_{k}": v for k, v in res["performance"].items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)},
+               "new_events": res["new_events"], "drift_detected": float(res["drift"]["detected"]),
+               "volume_reached": float(res["volume_reached"]),
+               "performance_dropped": float(res["performance"]["detected"])}
+    from mlflow.entities import Metric
+
+    client.log_batch(run_id, metrics=[Metric(k.replace("drift_events", "window_events"), float(v), ts, step)
+                                      for k, v in figures.items() if v is not None and np.isfinite(v)])
+    if res.get("report"):
+        client.log_artifact(run_id, res["report"], "reports")
+    client.set_tag(run_id, "last_alarms", ",".join(res["alarms"]) or "none")
+    client.set_terminated(run_id)  # finished as of this look; the next one adds its points
+    client.set_model_version_tag(settings.model_name, version, "monitoring_run", run_id)
+    return run_id
 
 
 # -- batch scoring ------------------------------------------------------------------------------

@@ -252,14 +252,23 @@ class EventStore:
         return len(rows)
 
     # -- reads ----------------------------------------------------------------------------------
-    def count_events(self) -> int:
-        """How many events the store holds.
+    def count_events(self, after: float | None = None, until: float | None = None) -> int:
+        """How many events the store holds (optionally those timed in (after, until)).
+
+        Args:
+            after: count only events after this time, UTC epoch seconds (exclusive); None: no bound.
+            until: ... and before this one (exclusive); None: no bound.
 
         Returns:
-            The number of rows of the events table.
+            The number of rows of the events table (in that period).
         """
+        q = sa.select(sa.func.count()).select_from(events)
+        if after is not None:
+            q = q.where(events.c.timestamp > after)
+        if until is not None:
+            q = q.where(events.c.timestamp < until)
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())
+            return int(conn.execute(q).scalar_one())
 
     def count_quarantined(self) -> int:
         """How many rows validation has quarantined (each with its reason).

@@ -38,6 +38,7 @@ from typing import Annotated
 
 import bentoml
 from fastapi import FastAPI, HTTPException, Path, Query
+from fastapi.responses import RedirectResponse
 from pydantic import Field
 
 from recops.config import load_settings
@@ -60,7 +61,13 @@ from recops.services.schemas import (
     TrackResponse,
 )
 
-app = FastAPI(title="recops", description="Real-time behavioral recommendations")
+# FastAPI's own /docs page loads its assets from a CDN (blank offline): BentoML's Swagger UI at / is the docs
+app = FastAPI(title="recops", description="Real-time behavioral recommendations", docs_url=None, redoc_url=None)
+
+
+@app.get("/docs", include_in_schema=False)
+def docs() -> RedirectResponse:
+    return RedirectResponse("/")
 
 MAX_BATCH = 10_000
 UserQuery = Annotated[str, Query(min_length=1, max_length=128, description="the user")]
@@ -93,10 +100,9 @@ class Recops:
     ) -> RecommendResponse:
         """Top-k items for a user, each with a reason. Never a 5xx for a valid request. With ``weights``,
         the named signals' normalised scores are blended by them instead of the learned ranker
-        (business rules, reasons and the fallback stay); unknown names get a 400 naming them.
-
-        ``async`` on purpose: the work is ~3 ms of GIL-bound CPU, and running it on the event loop
-        saves the thread-pool hand-off, which cost more than the work itself (bench/serving.py)."""
+        (business rules, reasons and the fallback stay); unknown names get a 400 naming them."""
+        # async on purpose: the work is ~3 ms of GIL-bound CPU, and running it on the event loop saves the
+        # thread-pool hand-off, which cost more than the work itself (bench/serving.py)
         from recops.serving import BadWeights
 
         try:
@@ -135,10 +141,9 @@ class Recops:
 
     @bentoml.api(route="/track")
     async def track(self, event: TrackEvent, /) -> TrackResponse:
-        """Store one event (idempotent on event_id), then refresh the user's online state.
-
-        ``async``: one indexed insert (~1 ms) costs less on the event loop than the thread-pool
-        hand-off; the batch endpoint, whose insert takes longer, stays in the pool."""
+        """Store one event (idempotent on event_id), then refresh the user's online state."""
+        # async: one indexed insert (~1 ms) costs less on the event loop than the thread-pool hand-off;
+        # the batch endpoint, whose insert takes longer, stays in the pool
         resp = self.rt.tracking.track([event])
         self.metrics.tracked([event], resp)
         return resp

@@ -83,14 +83,21 @@ def test_validation_threshold_fails_the_step_and_loads_nothing(reg):
     store.dispose()
 
 
-def test_deployments_have_their_crons():
+def test_deployments_have_their_crons_and_triggers():
     from recops.flows.deployments import deployments
 
-    retrain, ab = deployments("15 2 * * *")
-    assert retrain.name == "nightly-retrain" and retrain.schedules[0].schedule.cron == "15 2 * * *"
-    assert ab.name == "ab-evaluate" and ab.schedules[0].schedule.cron == "0 * * * *"  # hourly by default
-    _, ab = deployments(ab_cron="30 */2 * * *")
-    assert ab.schedules[0].schedule.cron == "30 */2 * * *"
+    deps = {d.name: d for d in deployments({"nightly-retrain": "15 2 * * *"})}
+    assert set(deps) == {"nightly-retrain", "weekly-retrain", "monitor", "ab-evaluate", "triggered-retrain"}
+    crons = {n: d.schedules[0].schedule.cron for n, d in deps.items() if d.schedules}
+    assert crons == {"nightly-retrain": "15 2 * * *", "weekly-retrain": "0 4 * * 0", "monitor": "0 * * * *",
+                     "ab-evaluate": "0 * * * *"}
+    assert deps["nightly-retrain"].parameters == {"trigger": "schedule"}
+    triggered = deps["triggered-retrain"]
+    assert {e for t in triggered.triggers for e in t.expect} == {
+        "recops.drift.detected", "recops.volume.reached", "recops.performance.dropped"}
+    assert {t.parameters["trigger"] for t in triggered.triggers} == {"drift", "volume", "performance"}
+    assert triggered.concurrency_limit == 1
+    assert "monitor" not in {d.name for d in deployments({"monitor": ""})}  # an empty cron leaves it out
 
 
 def test_cli_help_and_status(tmp_path):
