@@ -114,7 +114,7 @@ def main() -> None:
     print(f"Drift on {args.events:,} synthetic events over {DAYS:.0f} days (~{args.events / DAYS:,.0f} a day); "
           f"window {s.monitor_window_hours:.0f} h, reference {s.monitor_reference_days:.0f} days before the cut\n")
     print(f"{'shift':>6} {'delay h':>8}  {'first alarm on':<28} {'category JS / limit':>20} {'price W / limit':>18}")
-    for shift in (float(x) for x in args.shifts.split(",")):
+    for shift in (float(x) for x in args.shifts.split(",") if x):
         df = looks(args.events, shift, args.hours, s, stop_at_alarm=True)
         hit = df[df["detected"]]
         delay = int(hit["hour"].iloc[0]) if len(hit) else None
@@ -123,17 +123,18 @@ def main() -> None:
         print(f"{shift:>6} {str(delay) if delay else f'>{args.hours}':>8}  {row['drifted'] or '-':<28} "
               f"{row['drift_category']:>9.3f} / {row['drift_category_limit']:.3f} "
               f"{row['drift_price']:>8.3f} / {row['drift_price_limit']:.3f}")
-    df = looks(args.events, 0.0, args.stationary_hours, s, stop_at_alarm=False, popularity_drift=0.0, new_share=0.0)
-    judged = df[df["enough"]]
-    rate = float(judged["detected"].mean())
-    out.update({"stationary_looks": len(judged), "false_alarms": int(judged["detected"].sum()),
-                "false_alarm_rate": round(rate, 4),
-                "stationary_max_category": round(float(judged["drift_category"].max()), 4),
-                "stationary_max_price": round(float(judged["drift_price"].max()), 4)})
-    print(f"\nStationary events: {out['false_alarms']} alarms in {len(judged)} hourly looks = {rate:.2%} "
-          f"(target <= 1%); largest category JS {out['stationary_max_category']}, price W "
-          f"{out['stationary_max_price']}; median limit {judged['drift_category_limit'].median():.3f} and "
-          f"{judged['drift_price_limit'].median():.3f}")
+    if args.stationary_hours:
+        df = looks(args.events, 0.0, args.stationary_hours, s, stop_at_alarm=False, popularity_drift=0.0, new_share=0.0)
+        judged = df[df["enough"]]
+        rate = float(judged["detected"].mean())
+        out.update({"stationary_looks": len(judged), "false_alarms": int(judged["detected"].sum()),
+                    "false_alarm_rate": round(rate, 4),
+                    "stationary_max_category": round(float(judged["drift_category"].max()), 4),
+                    "stationary_max_price": round(float(judged["drift_price"].max()), 4)})
+        print(f"\nStationary events: {out['false_alarms']} alarms in {len(judged)} hourly looks = {rate:.2%} "
+              f"(target <= 1%); largest category JS {out['stationary_max_category']}, price W "
+              f"{out['stationary_max_price']}; median limit {judged['drift_category_limit'].median():.3f} and "
+              f"{judged['drift_price_limit'].median():.3f}")
     if args.flow_events:
         f = flow_time(args.flow_events)
         out["flow"] = f

@@ -276,6 +276,20 @@ def pipeline(
                 bad_share=bad_share, end=end, force_promote=force_promote))
 
 
+def server_home(s: Settings, port: int) -> str:
+    """The ``BENTOML_HOME`` of a server on ``port``: one per port, because BentoML empties its Prometheus
+    files there at start, and a second server sharing it would freeze the first one's ``/metrics``.
+
+    Args:
+        s: the settings (``home``).
+        port: the server's port.
+
+    Returns:
+        ``{home}/bentoml/port-{port}``, absolute.
+    """
+    return str((Path(s.home) / "bentoml" / f"port-{port}").resolve())
+
+
 def server_command(s: Settings, port: int | None = None) -> list[str]:
     """The command line that serves the BentoML service with the ``bentoml`` next to this Python.
 
@@ -295,7 +309,7 @@ def server_command(s: Settings, port: int | None = None) -> list[str]:
 def serve(port: int | None = typer.Option(None, help="default: serve_port setting (3000)")) -> None:
     """Serve the @champion over HTTP (BentoML): /recommend, /track, /health, /model."""
     s = settings()
-    os.environ.setdefault("BENTOML_HOME", str((Path(s.home) / "bentoml").resolve()))
+    os.environ.setdefault("BENTOML_HOME", server_home(s, port or s.serve_port))
     cmd = server_command(s, port)
     os.execv(cmd[0], cmd)
 
@@ -399,7 +413,7 @@ def demo(
     console.print(f"  promote: {p['reason']}")
 
     console.rule("[bold]2. serve the champion and call it")
-    os.environ.setdefault("BENTOML_HOME", str((Path(s.home) / "bentoml").resolve()))
+    os.environ.setdefault("BENTOML_HOME", server_home(s, port))
     proc = subprocess.Popen(server_command(s, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     base = f"http://{s.serve_host}:{port}"

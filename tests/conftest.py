@@ -87,7 +87,8 @@ class Server:
     def __init__(self, settings, port: int):
         self.settings, self.port = settings, port
         self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, **settings.to_env()}
+        # its own BENTOML_HOME: BentoML empties the Prometheus files there at start (another server's /metrics)
+        env = {**os.environ, **settings.to_env(), "BENTOML_HOME": str(Path(settings.home) / f"bentoml-{port}")}
         bentoml = Path(sys.executable).with_name("bentoml")
         self.log_path = Path(settings.home) / f"server-{port}.log"
         # the server gets its own copy of the descriptor, so ours can close once it has started

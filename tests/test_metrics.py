@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from recops.serving.recommend import MODEL_ERROR, NEW_SESSION, NO_CANDIDATES, UNKNOWN_USER, fallback_kind
 from recops.serving.state import ModelSlot
 from recops.store import EventStore
+from tests.conftest import Server, free_port
 
 
 def scrape(client) -> dict[tuple[str, frozenset], float]:
@@ -41,6 +42,8 @@ def test_metrics_count_requests_answers_and_events_exactly(client, trained):
     item = store.items()["item_id"].iloc[0]
     store.dispose()
     tag = time.time_ns()
+    # another server on the same home (a replica, a restart beside it) must not freeze this one's counts
+    Server(settings, free_port()).wait().stop()
     before = scrape(client)
 
     answers = Counter()
