@@ -11,6 +11,20 @@ from recops.config import load_settings
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 
+
+def singular_examples(schema: dict, _model=None) -> None:
+    """Give every property with JSON Schema ``examples`` an OpenAPI 3.0 ``example``: Swagger UI shows
+    that one in its sample bodies (without it a field reads ``"string"``)."""
+    for prop in schema.get("properties", {}).values():
+        if prop.get("examples") and "example" not in prop:
+            prop["example"] = prop["examples"][0]
+
+
+class Schema(BaseModel):
+    """The API's models: their field examples show in Swagger UI."""
+
+    model_config = ConfigDict(json_schema_extra=singular_examples)
+
 _ALLOWED: set[str] | None = None
 
 
@@ -21,7 +35,7 @@ def allowed_event_types() -> set[str]:
     return _ALLOWED
 
 
-class TrackEvent(BaseModel):
+class TrackEvent(Schema):
     """One behavioral event. ``event_id`` makes retries idempotent (derived from the fields when absent)."""
 
     # (no model-level "examples": BentoML 1.4's OpenAPI generator rejects that key with a 500)
@@ -64,7 +78,7 @@ class TrackEvent(BaseModel):
         return self
 
 
-class TrackResponse(BaseModel):
+class TrackResponse(Schema):
     accepted: int = Field(examples=[1])
     stored: int = Field(description="new events (a repeated event_id is stored once)")
     duplicates: int
@@ -77,7 +91,7 @@ class TrackResponse(BaseModel):
     warning: str | None = None
 
 
-class RecommendedItem(BaseModel):
+class RecommendedItem(Schema):
     item_id: str = Field(examples=["i42"])
     rank: int = Field(examples=[1])
     score: float = Field(description="the ranker's score (or the answering generator's); comparable within one list")
@@ -90,7 +104,7 @@ class RecommendedItem(BaseModel):
                              "(control or challenger); null otherwise", examples=[None])
 
 
-class RankedList(BaseModel):
+class RankedList(Schema):
     model_config = ConfigDict(protected_namespaces=())
 
     items: list[RecommendedItem]
@@ -122,7 +136,7 @@ class SessionRecommendResponse(RankedList):
     signals: dict[str, float] = Field(default_factory=dict, description="what the intent was read from")
 
 
-class ImplicitRatingResponse(BaseModel):
+class ImplicitRatingResponse(Schema):
     """How much a user likes an item, from what they did with it: per-event-type weights with time decay."""
 
     user_id: str
@@ -136,7 +150,7 @@ class ImplicitRatingResponse(BaseModel):
     half_life_days: float
 
 
-class PredictResponse(BaseModel):
+class PredictResponse(Schema):
     model_config = ConfigDict(protected_namespaces=())
 
     user_id: str
@@ -152,20 +166,20 @@ class PredictResponse(BaseModel):
     model_version: str | None
 
 
-class GeneratorVote(BaseModel):
+class GeneratorVote(Schema):
     generator: str = Field(examples=["covisit"])
     rank: int = Field(examples=[4])
     score: float
 
 
-class Contribution(BaseModel):
+class Contribution(Schema):
     feature: str = Field(examples=["x_category_affinity"])
     value: float
     contribution: float = Field(description="the feature's share of the ranker score (LightGBM pred_contrib)")
     reason: str = Field(examples=["raises it: beauty is 45% of your activity"])
 
 
-class ExplainResponse(BaseModel):
+class ExplainResponse(Schema):
     model_config = ConfigDict(protected_namespaces=())
 
     user_id: str
@@ -180,7 +194,7 @@ class ExplainResponse(BaseModel):
     reason: str
 
 
-class Segment(BaseModel):
+class Segment(Schema):
     segment: int = Field(examples=[2])
     size: int = Field(description="users in the segment")
     share: float
@@ -190,13 +204,13 @@ class Segment(BaseModel):
     top_categories: list[str] = Field(examples=[["books", "music"]])
 
 
-class SegmentsResponse(BaseModel):
+class SegmentsResponse(Schema):
     k: int = Field(description="how many segments (chosen by silhouette)", examples=[4])
     silhouette: dict[str, float] = Field(description="the silhouette of each k tried")
     segments: list[Segment]
 
 
-class ProfileResponse(BaseModel):
+class ProfileResponse(Schema):
     user_id: str
     as_of: datetime = Field(description="the time the profile was computed for")
     events: int = Field(description="the user's stored events")
@@ -217,7 +231,7 @@ class ProfileResponse(BaseModel):
                                     "flow fitted any")
 
 
-class DealsRequest(BaseModel):
+class DealsRequest(Schema):
     """Only who and how many: prices and discounts are the server's to decide."""
 
     model_config = ConfigDict(extra="forbid")
@@ -226,7 +240,7 @@ class DealsRequest(BaseModel):
     k: int = Field(5, ge=1, le=50, description="how many deals at most")
 
 
-class Deal(BaseModel):
+class Deal(Schema):
     item_id: str = Field(examples=["i42"])
     title: str
     list_price: float = Field(examples=[40.0])
@@ -238,7 +252,7 @@ class Deal(BaseModel):
     score: float
 
 
-class DealsResponse(BaseModel):
+class DealsResponse(Schema):
     model_config = ConfigDict(protected_namespaces=())
 
     user_id: str
@@ -250,7 +264,7 @@ class DealsResponse(BaseModel):
     fallback: bool = Field(description="the deals were picked from trending items, not the model's recommendations")
 
 
-class NextItemsResponse(BaseModel):
+class NextItemsResponse(Schema):
     model_config = ConfigDict(protected_namespaces=())
 
     items: list[RecommendedItem]
@@ -259,19 +273,19 @@ class NextItemsResponse(BaseModel):
                                      description="recent items the model has never seen (ignored)")
 
 
-class OnlineRefresh(BaseModel):
+class OnlineRefresh(Schema):
     pending: int = Field(description="/track requests whose online refresh has not landed yet", examples=[0])
     done: int = Field(description="online refreshes done since the server started")
     last_error: str | None = None
 
 
-class ImpressionLogState(BaseModel):
+class ImpressionLogState(Schema):
     pending: int = Field(description="served lists not written to the event store yet (written every half second)")
     written: int = Field(description="served lists written since the server started")
     last_error: str | None = None
 
 
-class HealthResponse(BaseModel):
+class HealthResponse(Schema):
     model_config = ConfigDict(protected_namespaces=())
 
     status: str = Field(examples=["ok"])
@@ -285,7 +299,7 @@ class HealthResponse(BaseModel):
     impressions: ImpressionLogState | None = None
 
 
-class ModelInfoResponse(BaseModel):
+class ModelInfoResponse(Schema):
     name: str = Field(examples=["recops"])
     alias: str = Field(examples=["champion"])
     version: str | None = Field(examples=["3"])
@@ -296,7 +310,7 @@ class ModelInfoResponse(BaseModel):
     meta: dict[str, Any] = Field(description="training split, ranker statistics, tuned hyper-parameters, scorers")
 
 
-class VariantFigures(BaseModel):
+class VariantFigures(Schema):
     users: int = Field(description="users (or anonymous sessions) served a non-fallback list")
     impressions: int = Field(description="non-fallback lists served")
     clicks: int = Field(description="shown items clicked (once per list and item), attributed to these lists")
@@ -312,13 +326,13 @@ class VariantFigures(BaseModel):
     team_credit: dict[str, float] | None = Field(None, description="interleaving: the credit each team earned")
 
 
-class ExperimentDecision(BaseModel):
+class ExperimentDecision(Schema):
     action: str = Field(examples=["continue"])
     reason: str
     at: float = Field(description="epoch seconds")
 
 
-class ExperimentChange(BaseModel):
+class ExperimentChange(Schema):
     at: float = Field(description="epoch seconds")
     action: str = Field(examples=["ramp"])
     status: str
@@ -327,7 +341,7 @@ class ExperimentChange(BaseModel):
     details: dict[str, Any] | None = None
 
 
-class ExperimentSummary(BaseModel):
+class ExperimentSummary(Schema):
     name: str = Field(examples=["ranker-v4"])
     control: str = Field(description="the control's registry version (@champion at start)", examples=["3"])
     challenger: str = Field(description="the challenger's registry version", examples=["4"])

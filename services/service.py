@@ -70,6 +70,11 @@ def docs() -> RedirectResponse:
     return RedirectResponse("/")
 
 MAX_BATCH = 10_000
+def example(value) -> dict:
+    """A field's example for JSON Schema (``examples``) and for Swagger UI (OpenAPI 3.0's ``example``)."""
+    return {"examples": [value], "json_schema_extra": {"example": value}}
+
+
 UserQuery = Annotated[str, Query(min_length=1, max_length=128, description="the user")]
 ItemQuery = Annotated[str, Query(min_length=1, max_length=128, description="the item")]
 
@@ -89,14 +94,15 @@ class Recops:
     @bentoml.api(route="/recommend")
     async def recommend(
         self,
-        user_id: Annotated[str, Field(min_length=1, max_length=128, description="the user to recommend for")],
+        user_id: Annotated[str, Field(min_length=1, max_length=128, description="the user to recommend for",
+                                      **example("u17"))],
         k: Annotated[int, Field(ge=1, le=100, description="how many items")] = 10,
         session_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None,
         exclude: Annotated[list[str], Field(max_length=1000)] | None = None,
         weights: Annotated[dict[str, Annotated[float, Field(ge=0, le=1000)]], Field(
             max_length=50, description="blend these signals instead of the learned ranker: generator names (see "
             "GET /model) and next_item (what follows the live session), each weight >= 0",
-            examples=[{"covisit": 0.6, "next_item": 0.4}])] | None = None,
+            **example({"covisit": 0.6, "next_item": 0.4}))] | None = None,
     ) -> RecommendResponse:
         """Top-k items for a user, each with a reason. Never a 5xx for a valid request. With ``weights``,
         the named signals' normalised scores are blended by them instead of the learned ranker
@@ -116,7 +122,7 @@ class Recops:
     def session_recommend(
         self,
         session_id: Annotated[str, Field(min_length=1, max_length=128, description="the session (anonymous or not)",
-                                         examples=["s-7f3a"])],
+                                         **example("s-7f3a"))],
         k: Annotated[int, Field(ge=1, le=100, description="how many items")] = 10,
         exclude: Annotated[list[str], Field(max_length=1000)] | None = None,
     ) -> SessionRecommendResponse:
@@ -131,7 +137,7 @@ class Recops:
         self,
         recent_item_ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]],
                                    Field(min_length=1, max_length=50, description="the session's items, newest first",
-                                         examples=[["i42", "i7"]])],
+                                         **example(["i42", "i7"]))],
         k: Annotated[int, Field(ge=1, le=100, description="how many items")] = 10,
         exclude: Annotated[list[str], Field(max_length=1000)] | None = None,
     ) -> NextItemsResponse:
@@ -167,8 +173,8 @@ class Recops:
     @bentoml.api(route="/predict")
     def predict(
         self,
-        user_id: Annotated[str, Field(min_length=1, max_length=128, examples=["u17"])],
-        item_id: Annotated[str, Field(min_length=1, max_length=128, examples=["i42"])],
+        user_id: Annotated[str, Field(min_length=1, max_length=128, **example("u17"))],
+        item_id: Annotated[str, Field(min_length=1, max_length=128, **example("i42"))],
     ) -> PredictResponse:
         """The user's preference score for an item and the calibrated probability of an interaction."""
         return _answer(self.rt.behavior.predict, user_id, item_id, api=True)

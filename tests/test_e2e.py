@@ -198,3 +198,8 @@ def test_openapi_documents_every_endpoint_with_models_and_examples(client):
         elif path not in ("/health", "/model", "/experiments"):  # the two that take no input
             assert op["parameters"], path
         assert '"examples"' in json.dumps(op) or '"example"' in json.dumps(op), path  # examples shown in the docs
+    # Swagger UI (OpenAPI 3.0) fills its sample bodies from `example`, not JSON Schema's `examples`
+    body = resolve(spec["paths"]["/recommend"]["post"])["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["user_id"]["example"] == "u17"
+    track = resolve(spec["paths"]["/track"]["post"])["requestBody"]["content"]["application/json"]["schema"]
+    assert track["properties"]["item_id"]["example"] == "i42"
