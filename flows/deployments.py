@@ -26,6 +26,8 @@ def retrain_triggers() -> list[DeploymentEventTrigger]:
     """One deployment trigger per monitor alarm: its event starts a retrain with ``trigger`` set to the
     alarm and ``evidence`` to the event's payload (JSON kept as JSON)."""
     return [DeploymentEventTrigger(name=f"retrain on {kind}", expect={event},
+                                   description=f"The monitor emitted {event}: retrain with its evidence "
+                                               "(one run at a time; nothing within the cool-down).",
                                    parameters={"trigger": kind, "evidence": "{{ event.payload.evidence }}"})
             for kind, event in ALARM_EVENTS.items()]
 

@@ -328,6 +328,7 @@ def schedule(cron: str = typer.Option("0 3 * * *", help="the nightly retrain's c
     s = settings()
     from recops.flows.server import PrefectServer
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops it even when started in the background
     server = None
     if not s.prefect_api_url:
         server = PrefectServer(Path(s.home) / "prefect", port=port)
@@ -722,12 +723,15 @@ def _last_runs(s: Settings, per_deployment: int = 3) -> dict | str:
         return "no Prefect server runs for this home (recops schedule starts one)"
     try:
         deps = httpx.post(f"{api}/deployments/filter", json={"limit": 50}, timeout=3).json()
+        started = {"state": {"type": {"any_": ["RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLED"]}}}
         out = {}
         for d in deps:
             runs = httpx.post(f"{api}/flow_runs/filter", timeout=3, json={
-                "deployments": {"id": {"any_": [d["id"]]}}, "sort": "START_TIME_DESC", "limit": per_deployment}).json()
-            out[d["name"]] = [{"state": r["state_name"], "start": r["start_time"], "tags": r["tags"],
-                               "trigger": r["parameters"].get("trigger")} for r in runs]
+                "deployments": {"id": {"any_": [d["id"]]}}, "flow_runs": started, "sort": "START_TIME_DESC",
+                "limit": per_deployment}).json()
+            out[d["name"]] = {"schedule": [x["schedule"].get("cron") for x in d.get("schedules", [])],
+                              "last_runs": [{"state": r["state_name"], "start": r["start_time"],
+                                             "trigger": r["parameters"].get("trigger")} for r in runs]}
         return out
     except (httpx.HTTPError, ValueError):
         return f"the Prefect server at {api} does not answer"

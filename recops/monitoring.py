@@ -192,7 +192,7 @@ def drift(ref: Reference, window: pd.DataFrame, items: pd.DataFrame, settings: S
             limit = max(settings.drift_threshold, float(null[c].mean() + settings.drift_null_z * null[c].std()))
             out[f"drift_{c}"], out[f"drift_{c}_limit"] = score, limit
         if report_path is not None:
-            _report(ref.frame[cols], cur[cols], report_path)
+            _report(ref.frame[cols], cur[cols], {c: out[f"drift_{c}_limit"] for c in cols}, report_path)
     limits = {f"drift_{c}": (out[f"drift_{c}_limit"], 1) for c in TESTS if f"drift_{c}" in out}
     limits.update({"new_item_share": (settings.drift_max_new_item_share, 1),
                    "new_user_share": (settings.drift_max_new_user_share, 1),
@@ -238,15 +238,15 @@ def null_scores(ref: pd.DataFrame, n: int, columns: list[str], rng: np.random.Ge
     return {c: np.array([_score(c, other[c], r[c]) for r in reps]) for c in columns}
 
 
-def _report(ref: pd.DataFrame, cur: pd.DataFrame, path: Path) -> None:
-    """Evidently's HTML report of the same scores."""
+def _report(ref: pd.DataFrame, cur: pd.DataFrame, limits: dict[str, float], path: Path) -> None:
+    """Evidently's HTML report of the same scores, each against the limit the verdict used."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 
     cols = list(ref.columns)
     definition = DataDefinition(categorical_columns=[c for c in cols if TESTS[c] != "wasserstein"],
                                 numerical_columns=[c for c in cols if TESTS[c] == "wasserstein"])
-    snap = Report([ValueDrift(column=c, method=TESTS[c]) for c in cols]).run(
+    snap = Report([ValueDrift(column=c, method=TESTS[c], threshold=limits[c]) for c in cols]).run(
         Dataset.from_pandas(cur, data_definition=definition), Dataset.from_pandas(ref, data_definition=definition))
     path.parent.mkdir(parents=True, exist_ok=True)
     snap.save_html(str(path))

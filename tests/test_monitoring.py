@@ -174,7 +174,8 @@ def test_monitor_alarms_start_retrains_through_prefect_automations(tmp_path):
         # recorded on the registered versions and their training runs
         client = registry.setup(settings)
         versions = {str(v.version): v for v in client.search_model_versions(f"name='{settings.model_name}'")}
-        assert sorted(v.tags.get("trigger") for v in versions.values()) == ["drift", "manual", "volume"]
+        # (a scheduled run may add its own when the test spans 03:00: the deployments run for real)
+        assert {"drift", "manual", "volume"} <= {v.tags.get("trigger") for v in versions.values()}
         drifted = next(v for v in versions.values() if v.tags.get("trigger") == "drift")
         assert json.loads(drifted.tags["trigger_evidence"])["drifted"] == look["drift"]["drifted"]
         mlrun = mlflow.get_run(drifted.run_id)
@@ -183,12 +184,15 @@ def test_monitor_alarms_start_retrains_through_prefect_automations(tmp_path):
         assert mlrun.inputs.dataset_inputs and mlrun.info.end_time - mlrun.info.start_time > 5_000  # the training's
 
         # the monitoring runs: one per day of looks, linked to the version they watched
-        mon = mlflow.search_runs(experiment_names=[settings.mlflow_experiment + "-monitoring"], output_format="list")
+        mon = [r for r in mlflow.search_runs(experiment_names=[settings.mlflow_experiment + "-monitoring"],
+                                             output_format="list")
+               if r.data.tags["day"] <= f"{END:%Y-%m-%d}"]  # not the hourly deployment's own looks at today
         days = {(r.data.tags["day"], r.data.tags["model_version"]) for r in mon}
         assert len(days) == len(mon) and all(r.data.tags["model_version"] in versions for r in mon)
         assert all("drift_category" in r.data.metrics for r in mon)
         status = _cli(env, "status")
-        assert status["monitor"]["alarms"] == ["drift"] and len(status["deployments"]["triggered-retrain"]) == 2
+        assert status["monitor"]["alarms"] == ["drift"]
+        assert [r["trigger"] for r in status["deployments"]["triggered-retrain"]["last_runs"]] == ["drift", "volume"]
     finally:
         os.killpg(sched.pid, 2)  # Ctrl-C: the deployments stop, then the server
         try:
