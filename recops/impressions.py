@@ -181,6 +181,26 @@ def load_outcomes(engine: sa.Engine, types: Sequence[str], since: float, until: 
                                      e.value, e.request_id).where(cond), conn)
 
 
+def attributed_outcomes(engine: sa.Engine, imps: pd.DataFrame, shown: pd.DataFrame, since: float,
+                        until: float | None, window_seconds: float) -> pd.DataFrame:
+    """The clicks, carts and purchases of [since, until) attributed to these lists (``attribution``).
+
+    Args:
+        engine: the event store's engine.
+        imps: the lists (``load_impressions``), possibly filtered.
+        shown: their items.
+        since: the outcomes' period start (epoch seconds).
+        until: its end; None: no bound.
+        window_seconds: the attribution window for outcomes without a ``request_id``.
+
+    Returns:
+        What ``attribution`` returns.
+    """
+    from recops.vocabulary import CART_ACTIVITY, ENGAGE
+
+    return attribution(imps, shown, load_outcomes(engine, (*ENGAGE, *CART_ACTIVITY), since, until), window_seconds)
+
+
 def attribution(imps: pd.DataFrame, shown: pd.DataFrame, outcomes: pd.DataFrame, window_seconds: float) -> pd.DataFrame:
     """Each outcome on a shown item, matched to the impression it came from.
 

@@ -29,7 +29,6 @@ Every windowed figure is computed on the same window lengths on both sides, so a
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,7 @@ import pandas as pd
 
 from recops.config import Settings
 from recops.schema import with_actors
-
-log = logging.getLogger("recops.monitoring")
+from recops.store import to_epoch
 
 REFERENCE_DIR = "monitor_reference"
 # the drift columns and Evidently's score for each: Jensen-Shannon distance, normed Wasserstein distance
@@ -80,10 +78,6 @@ class Reference:
                    set(pd.read_parquet(folder / "items.parquet")["item_id"]), meta["n_events"])
 
 
-def _epoch(ts: pd.Series) -> np.ndarray:
-    return (ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
-
-
 def describe(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """The columns drift is measured on, one row per event: the item's category and price and the
     event type, with its unit: who acted (user, else session) on which day (the bootstrap of
@@ -99,7 +93,7 @@ def describe(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     cat = items.set_index("item_id")
     col = lambda c: events["item_id"].map(cat[c]) if c in cat else pd.Series(np.nan, index=events.index)
     actor = events["user_id"].fillna(events["session_id"]).fillna("?").astype(str)
-    day = (_epoch(events["timestamp"]) // 86400).astype(np.int64).astype(str)
+    day = (to_epoch(events["timestamp"]).to_numpy() // 86400).astype(np.int64).astype(str)
     return pd.DataFrame({
         "unit": (actor + "@" + day).to_numpy(),
         "category": col("category").fillna("unknown").astype(str).to_numpy(),
@@ -140,7 +134,7 @@ def build_reference(events: pd.DataFrame, items: pd.DataFrame, settings: Setting
         The reference.
     """
     events = with_actors(events)
-    t = _epoch(events["timestamp"])
+    t = to_epoch(events["timestamp"]).to_numpy()
     cut = float(t.max())
     # the last days before the cut, or further back until they hold a full sample (a quiet week is no reference)
     since = min(cut - settings.monitor_reference_days * 86400.0,
@@ -266,7 +260,7 @@ def online_quality(engine, since: float, until: float, n_items: int, settings: S
         ``lists``, ``ctr``, ``conversion``, ``coverage``, ``fallback_share``, ``unknown_share`` and, under
         an experiment, the same per variant (``ctr_<variant>``, ...); rates are None without lists.
     """
-    from recops.impressions import attribution, load_impressions, load_outcomes, per_unit
+    from recops.impressions import attributed_outcomes, load_impressions, per_unit
     from recops.vocabulary import CART_ACTIVITY, CONVERSION, ENGAGE
 
     imps, shown = load_impressions(engine, since, until)
@@ -274,8 +268,8 @@ def online_quality(engine, since: float, until: float, n_items: int, settings: S
     if imps.empty:
         return {**out, "ctr": None, "conversion": None, "coverage": 0.0, "fallback_share": None,
                 "unknown_share": None}
-    outcomes = load_outcomes(engine, (*ENGAGE, *CART_ACTIVITY), since, until + settings.attribution_window_hours * 3600)
-    attributed = attribution(imps, shown, outcomes, settings.attribution_window_hours * 3600.0)
+    window = settings.attribution_window_hours * 3600.0
+    attributed = attributed_outcomes(engine, imps, shown, since, until + window, window)
     units = per_unit(imps, attributed, ENGAGE, CART_ACTIVITY, CONVERSION)
     served = units[~units["fallback"].astype(bool)]
     lists = served["impressions"].sum()
@@ -310,7 +304,7 @@ def performance(engine, version: str, end: float, settings: Settings) -> dict:
         that fell significantly) and ``detected``.
     """
     from recops.experiments.stats import ratio_estimate, relative_lift
-    from recops.impressions import attribution, load_impressions, load_outcomes, per_unit
+    from recops.impressions import attributed_outcomes, load_impressions, per_unit
     from recops.vocabulary import CART_ACTIVITY, CONVERSION, ENGAGE
 
     w = settings.monitor_window_hours * 3600.0
@@ -320,8 +314,7 @@ def performance(engine, version: str, end: float, settings: Settings) -> dict:
     out: dict = {"dropped": [], "detected": False}
     if imps.empty:
         return out
-    outcomes = load_outcomes(engine, (*ENGAGE, *CART_ACTIVITY), start, end)
-    attributed = attribution(imps, shown, outcomes, settings.attribution_window_hours * 3600.0)
+    attributed = attributed_outcomes(engine, imps, shown, start, end, settings.attribution_window_hours * 3600.0)
     recent = imps["served_at"].astype(float) >= end - w
     sides = [per_unit(part, attributed, ENGAGE, CART_ACTIVITY, CONVERSION) for part in (imps[~recent], imps[recent])]
     if min(len(s) for s in sides) < settings.performance_min_users:

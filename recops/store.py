@@ -81,7 +81,8 @@ class UserState(NamedTuple):
     last_seen: list[float]  # when each history item was last touched (epoch seconds)
 
 
-def _to_epoch(s: pd.Series) -> pd.Series:
+def to_epoch(s: pd.Series) -> pd.Series:
+    """Timestamps (or anything ``pd.to_datetime`` reads) as UTC epoch seconds."""
     ts = pd.to_datetime(s, utc=True)
     return (ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
 
@@ -157,7 +158,7 @@ class EventStore:
         if df.empty:
             return 0
         frame = df[EVENT_COLUMNS].copy()
-        frame["timestamp"] = _to_epoch(frame["timestamp"])
+        frame["timestamp"] = to_epoch(frame["timestamp"])
         frame["ingested_at"] = time.time()
         if self.dialect == "sqlite":
             return self._bulk_insert_sqlite(frame)
@@ -206,7 +207,7 @@ class EventStore:
         if df.empty:
             return
         frame = df.copy()
-        frame["created_at"] = _to_epoch(frame["created_at"]) if "created_at" in frame else None
+        frame["created_at"] = to_epoch(frame["created_at"]) if "created_at" in frame else None
         cols = [c.name for c in items.columns]
         self._write(items, _records(frame[cols]), upsert_keys=[c for c in cols if c != "item_id"])
 

@@ -25,9 +25,8 @@ from recops.experiments import stats
 from recops.experiments.assignment import CHALLENGER, CONTROL
 from recops.experiments.records import INTERLEAVED, Experiment
 from recops.impressions import (
-    attribution,
+    attributed_outcomes,
     load_impressions,
-    load_outcomes,
     p99,
     per_unit,
     team_credit_per_unit,
@@ -65,8 +64,7 @@ def observe(engine: sa.Engine, exp: Experiment, settings: Settings, until: float
     """
     since = exp.started_at if since is None else since
     imps, shown = load_impressions(engine, since, until)
-    outcomes = load_outcomes(engine, (*ENGAGE, *CART_ACTIVITY), since, until)
-    attributed = attribution(imps, shown, outcomes, settings.attribution_window_hours * 3600.0)
+    attributed = attributed_outcomes(engine, imps, shown, since, until, settings.attribution_window_hours * 3600.0)
     mine = imps[imps["experiment"] == exp.name]
     metric_types = {"ctr": ENGAGE, "conversion": CART_ACTIVITY, "revenue": CONVERSION}[exp.metric]
     units = per_unit(mine, attributed, ENGAGE, CART_ACTIVITY, CONVERSION)
