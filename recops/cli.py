@@ -315,6 +315,34 @@ def serve(port: int | None = typer.Option(None, help="default: serve_port settin
 
 
 @app.command()
+def package(version: str | None = typer.Option(None, help="the registry version to package"),
+            alias: str = typer.Option("champion", help="package the version this alias points to (without --version)"),
+            ) -> None:
+    """Package a model the BentoML way: import it into BentoML's model store, build a Bento (pinned
+    requirements) and print its tag, for ``bentoml serve TAG`` (no registry needed) and ``bentoml containerize``."""
+    s = settings()
+    from recops import registry
+    from recops.services.packaging import build
+
+    if version is None:
+        version = registry.alias_version(s, alias)
+        if version is None:
+            raise typer.BadParameter(f"no version has the @{alias} alias yet: train and promote one, or pass --version",
+                                     param_hint="--alias")
+    elif not version.isdigit():
+        raise typer.BadParameter(f"{version!r} is not a version number", param_hint="--version")
+    try:
+        tag = build(s, version)
+    except Exception as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+            raise typer.BadParameter(f"{s.model_name} has no version {version}", param_hint="--version") from None
+        raise
+    console.print(f"packaged {s.model_name} version {version}: serve it with [bold]bentoml serve {tag}[/bold] "
+                  f"(RECOPS_HOME={s.home}), or build an image with bentoml containerize {tag}")
+    typer.echo(tag)
+
+
+@app.command()
 def schedule(cron: str = typer.Option("0 3 * * *", help="the nightly retrain's cron ('' : off)"),
              weekly_cron: str = typer.Option("0 4 * * 0", "--weekly-cron", help="the weekly retrain's cron ('' : off)"),
              monitor_cron: str = typer.Option("0 * * * *", "--monitor-cron", help="the monitor's cron (hourly)"),

@@ -97,7 +97,7 @@ class LiveCollector:
         slot = rt.champion
         served = slot.get()
         yield InfoMetricFamily("recops_model", "the model being served (empty version: none, the fallback answers)",
-                               {"name": rt.settings.model_name, "alias": slot.alias,
+                               {"name": rt.settings.model_name, "alias": slot.alias, "source": slot.source,
                                 "version": served.version if served else ""})
         if served is not None and slot.registered_at is not None:
             yield GaugeMetricFamily("recops_champion_registered_timestamp_seconds",

@@ -302,6 +302,8 @@ class HealthResponse(Schema):
 class ModelInfoResponse(Schema):
     name: str = Field(examples=["recops"])
     alias: str = Field(examples=["champion"])
+    source: str = Field(description="registry: the alias is followed and reloaded; bento:TAG: the packaged model "
+                        "this Bento serves (recops package), never reloaded", examples=["registry"])
     version: str | None = Field(examples=["3"])
     loaded_at: float | None = Field(description="epoch seconds")
     load_error: str | None = None

@@ -25,7 +25,9 @@ Under a running experiment, ``/recommend`` and ``/session/recommend`` answer fro
 list is logged as an impression.
 
 The champion is loaded from the MLflow registry by alias and re-checked every
-``reload_interval_seconds``: promoting a new version needs no restart.
+``reload_interval_seconds``: promoting a new version needs no restart. Served from a Bento
+(``recops package``), the Bento's ``model`` argument names a packaged model instead: that one is
+served, with no registry (``recops.services.packaging``).
 
 Only light imports here: BentoML's supervisor process imports this module too, and pandas, LightGBM,
 Feast and MLflow there would cost ~200 MB for nothing. The worker loads them in ``__init__``.
@@ -42,6 +44,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import Field
 
 from recops.config import load_settings
+from recops.services.openapi import ApiInfo
 from recops.services.schemas import (
     DealsRequest,
     DealsResponse,
@@ -62,7 +65,7 @@ from recops.services.schemas import (
 )
 
 # FastAPI's own /docs page loads its assets from a CDN (blank offline): BentoML's Swagger UI at / is the docs
-app = FastAPI(title="recops", description="Real-time behavioral recommendations", docs_url=None, redoc_url=None)
+app = FastAPI(title="recops", docs_url=None, redoc_url=None)
 
 
 @app.get("/docs", include_in_schema=False)
@@ -84,9 +87,10 @@ ItemQuery = Annotated[str, Query(min_length=1, max_length=128, description="the 
 class Recops:
     def __init__(self) -> None:
         from recops.services.metrics import ServiceMetrics
+        from recops.services.packaging import from_arguments
         from recops.serving import Serving
 
-        self.rt = Serving(load_settings())
+        self.rt = Serving(load_settings(), packaged=from_arguments())  # a Bento's model, or the registry's
         self.metrics = ServiceMetrics(self.rt)
         self._stop = threading.Event()
         threading.Thread(target=self.rt.run_reloader, args=(self._stop,), name="champion-reloader", daemon=True).start()
@@ -240,6 +244,9 @@ class Recops:
     def model_info(self) -> ModelInfoResponse:
         """The served champion: registry name, version, when it was loaded, its features."""
         return self.rt.model_info()
+
+
+Recops.add_asgi_middleware(ApiInfo)  # /docs.json: recops's title, description and version, not BentoML's
 
 
 def _answer(fn, *args, api: bool = False):

@@ -84,16 +84,21 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, settings, port: int):
+    """``bentoml serve``: the service in the source tree (registry mode), or a Bento by its tag. Its own
+    BENTOML_HOME (BentoML empties the Prometheus files there at start: another server's /metrics), except
+    for a Bento, which is served from the home whose store holds it."""
+
+    def __init__(self, settings, port: int, bento: str | None = None, env: dict | None = None):
         self.settings, self.port = settings, port
         self.url = f"http://127.0.0.1:{port}"
-        # its own BENTOML_HOME: BentoML empties the Prometheus files there at start (another server's /metrics)
-        env = {**os.environ, **settings.to_env(), "BENTOML_HOME": str(Path(settings.home) / f"bentoml-{port}")}
+        home = os.environ["BENTOML_HOME"] if bento else Path(settings.home) / f"bentoml-{port}"
+        env = {**os.environ, **settings.to_env(), "BENTOML_HOME": str(home), **(env or {})}
+        target = bento or "recops.services.service:Recops"
         bentoml = Path(sys.executable).with_name("bentoml")
         self.log_path = Path(settings.home) / f"server-{port}.log"
         # the server gets its own copy of the descriptor, so ours can close once it has started
         with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen([str(bentoml), "serve", "recops.services.service:Recops", "--host",
+            self.proc = subprocess.Popen([str(bentoml), "serve", target, "--host",
                                           "127.0.0.1", "--port", str(port)], env=env, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
 

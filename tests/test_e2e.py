@@ -168,6 +168,11 @@ def test_health_and_model(client, trained):
     # one docs page, BentoML's Swagger UI at / (FastAPI's /docs loads its assets from a CDN: blank offline)
     docs = client.get("/docs", follow_redirects=False)
     assert docs.status_code in (302, 307) and docs.headers["location"] == "/" and "/docs" not in spec["paths"]
+    # the API's own title, version and description, not BentoML's ("None" outside a Bento, its team as contact)
+    import recops
+
+    assert spec["info"]["version"] == recops.__version__ and "contact" not in spec["info"]
+    assert spec["info"]["title"] == "recops" and "Real-time behavioral recommendations" in spec["info"]["description"]
 
 
 ENDPOINTS = {"/recommend": "post", "/session/recommend": "post", "/track": "post", "/track/batch": "post",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from recops import registry
 from recops.config import Settings
@@ -30,19 +31,23 @@ from recops.serving.state import LiveCatalog, ModelSlot, SegmentView
 from recops.serving.track import Tracking
 from recops.store import EventStore
 
+if TYPE_CHECKING:
+    from recops.services.packaging import Packaged
+
 log = logging.getLogger("recops.serving")
 
 
 class Serving:
     """The service's parts. ``version``: serve that registered version and never reload (batch
-    scoring); default: follow the @champion alias."""
+    scoring); ``packaged``: serve that packaged model (a Bento), with no registry; default: follow
+    the @champion alias."""
 
-    def __init__(self, settings: Settings, version: str | None = None):
+    def __init__(self, settings: Settings, version: str | None = None, packaged: Packaged | None = None):
         self.settings = settings
         self.store = EventStore(settings.event_store_uri)
         self.features = FeatureStoreClient(settings)
         self.catalog = LiveCatalog(self.store)
-        self.champion = ModelSlot(settings, registry.CHAMPION, pinned=version)
+        self.champion = ModelSlot(settings, registry.CHAMPION, pinned=version, packaged=packaged)
         self.refresher = Refresher(settings)
         self.segments = SegmentView(settings)
         self.requests = RequestBuilder(settings, self.store, self.features, self.catalog, self.refresher)
@@ -50,8 +55,9 @@ class Serving:
         self.tracking = Tracking(self.store, self.catalog, self.refresher)
         self.impressions = ImpressionLog(self.store.engine)
         self.experiment_records = ExperimentStore(self.store.engine)
+        # one model (batch scoring, a Bento): no online experiment is routed
         self.experiments = ExperimentRouting(settings, self.experiment_records, self.champion, self.recommendations,
-                                             self.impressions, follow=version is None)  # batch scoring: no test
+                                             self.impressions, follow=version is None and packaged is None)
         self.behavior = Behavior(settings, self.champion, self.requests, self.catalog, self.store, self.features,
                                  self.refresher, self.recommendations, self.segments)
 
@@ -96,7 +102,7 @@ class Serving:
         """
         served = self.champion.get()
         m = served.model if served else None
-        return {"name": self.settings.model_name, "alias": self.champion.alias,
+        return {"name": self.settings.model_name, "alias": self.champion.alias, "source": self.champion.source,
                 "version": served.version if served else None, "loaded_at": self.champion.loaded_at,
                 "load_error": self.champion.load_error, "generators": list(m.generators) if m else [],
                 "features": m.feature_names if m else [], "meta": m.meta if m else {}}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 
@@ -21,6 +21,9 @@ from recops.models.recommender import RecopsModel
 from recops.profile import Catalog
 from recops.serving.errors import NoModel
 from recops.store import EventStore
+
+if TYPE_CHECKING:
+    from recops.services.packaging import Packaged
 
 log = logging.getLogger("recops.serving")
 
@@ -33,15 +36,19 @@ class Served(NamedTuple):
 
 
 class ModelSlot:
-    """One served model: a pinned registry version (batch scoring), or whatever version an alias
-    points to, re-checked by ``reload``. A version that fails to load leaves the previous one serving."""
+    """One served model: a pinned registry version (batch scoring), a packaged model (a Bento: no
+    registry), or whatever version an alias points to, re-checked by ``reload``. A version that fails
+    to load leaves the previous one serving."""
 
     NO_MODEL = "no"  # how the reason starts when nothing is served (``why_none``)
 
-    def __init__(self, settings: Settings, alias: str = registry.CHAMPION, pinned: str | None = None):
+    def __init__(self, settings: Settings, alias: str = registry.CHAMPION, pinned: str | None = None,
+                 packaged: Packaged | None = None):
         self.settings = settings
         self.alias = alias
         self.pinned = pinned
+        self.packaged = packaged
+        self.source = f"bento:{packaged.tag}" if packaged else "registry"  # where the model comes from
         self._lock = threading.Lock()
         self._served: Served | None = None
         self.load_error: str | None = None
@@ -51,6 +58,9 @@ class ModelSlot:
 
     def reload(self) -> None:
         """Load the alias's (or the pinned) version if it changed; on failure keep what is loaded."""
+        if self.packaged is not None:
+            self._load_packaged()
+            return
         try:
             version = self.pinned or registry.alias_version(self.settings, self.alias)
             if version is not None and (self._served is None or version != self._served.version):
@@ -65,6 +75,20 @@ class ModelSlot:
         except Exception as exc:  # the previous model (or the fallback) keeps serving
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("could not load @%s", self.alias)
+
+    def _load_packaged(self) -> None:
+        """Load the packaged model once (it never changes); a failure is kept as the load error."""
+        if self._served is not None:
+            return
+        try:
+            model = self.packaged.load()
+            with self._lock:
+                self._served, self.loaded_at, self.load_error = Served(model, self.packaged.version), time.time(), None
+                self.registered_at = self.packaged.registered_at
+            log.info("serving the packaged %s (registry version %s)", self.packaged.tag, self.packaged.version)
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("could not load the packaged %s", self.packaged.tag)
 
     def get(self) -> Served | None:
         """The model being served.
