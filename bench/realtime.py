@@ -33,11 +33,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import HERE, free_port, rss_mb, start, trained_home
+from serving import HERE, authorize, client, free_port, rss_mb, start, trained_home
 
 from recops.featurestore import FeatureStoreClient
 from recops.store import EventStore
@@ -88,7 +87,7 @@ def pct(v, q: float) -> float:
 
 def track_latency(urls: dict[str, str], replay: Replay, n: int) -> tuple[dict, dict]:
     """Sequential single-event /track, the servers interleaved request by request."""
-    clients = {name: httpx.Client(base_url=url, timeout=30) for name, url in urls.items()}
+    clients = {name: client(url, timeout=30) for name, url in urls.items()}
     bad = {name: 0 for name in urls}
     try:
         for c in clients.values():
@@ -115,8 +114,8 @@ def freshness(urls: dict[str, str], users: list[str], trials: int, k: int, last_
     Then the Feast online row: poll ``last_event_ts(user)`` (read from the online store by this
     process) until it shows the tracked event; that time includes the /recommend polling before it.
     Bare, interleaved per trial: /track then one /recommend (the floor of the method)."""
-    rc = httpx.Client(base_url=urls["recops"], timeout=30)
-    bc = httpx.Client(base_url=urls["bare"], timeout=30)
+    rc = client(urls["recops"], timeout=30)
+    bc = client(urls["bare"], timeout=30)
     out = {"recops_ms": [], "track_ms": [], "polls": [], "bare_ms": [], "feature_ms": [], "feature_first_check": 0,
            "feature_never": 0, "skipped": 0, "never": 0}
     try:
@@ -177,7 +176,7 @@ def throughput(url: str, route: str, make_body, per_request: int, clients: int, 
     def worker(_w: int) -> tuple[int, int, int, str | None]:
         done = warned = miscounted = 0
         first = None
-        with httpx.Client(base_url=url, timeout=60) as c:
+        with client(url, timeout=60) as c:
             end = time.perf_counter() + seconds
             while time.perf_counter() < end:
                 body = make_body()
@@ -229,6 +228,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
     rng = np.random.default_rng(1)
     # freshness users: known users, distinct, in random order; the other phases draw their own
     fresh_users = [str(u) for u in rng.permutation(events["user_id"].dropna().unique())[: args.trials * 3]]
+    authorize(s)
     env = {**os.environ, **s.to_env(), "BENTOML_HOME": str(root / "bentoml")}
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     servers = {"recops": ([bentoml, "serve", "recops.services.service:Recops"], Path.cwd(), free_port()),

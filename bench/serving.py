@@ -46,6 +46,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+AUTH: dict[str, str] = {}  # the Authorization header of the token ``authorize`` made (the bare server ignores it)
+
+
+def authorize(s, scopes: str = "read,track,admin") -> None:
+    """Make an API token the way a user does (``recops token create``); every request sends it."""
+    recops = Path(sys.executable).with_name("recops")
+    out = subprocess.run([str(recops), "token", "create", "--scope", scopes, "--name", f"bench-{time.time_ns()}"],
+                         env={**os.environ, **s.to_env()}, capture_output=True, text=True, check=True).stdout
+    AUTH["Authorization"] = f"Bearer {out.strip().splitlines()[-1]}"
+
+
+def client(url: str, **kwargs) -> httpx.Client:
+    """An HTTP client of a server that sends the token."""
+    return httpx.Client(base_url=url, headers=AUTH, **kwargs)
+
+
 def start(cmd: list[str], env: dict, cwd: Path, port: int) -> subprocess.Popen:
     p = subprocess.Popen(cmd + ["--host", "127.0.0.1", "--port", str(port)], env=env, cwd=cwd,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -67,7 +83,7 @@ def rss_mb(p: subprocess.Popen) -> float:
 def latencies(urls: dict[str, str], bodies: list[dict], n: int) -> dict[str, np.ndarray]:
     """Sequential request latency of every server, interleaved request by request, so that the
     machine's drift (a shared VM) hits recops and the baseline alike."""
-    clients = {name: httpx.Client(base_url=url, timeout=30) for name, url in urls.items()}
+    clients = {name: client(url, timeout=30) for name, url in urls.items()}
     try:
         for c in clients.values():
             for b in bodies[:50]:
@@ -88,7 +104,7 @@ def latencies(urls: dict[str, str], bodies: list[dict], n: int) -> dict[str, np.
 def throughput(url: str, bodies: list[dict], clients: int, seconds: float) -> float:
     def worker(w: int) -> int:
         done = 0
-        with httpx.Client(base_url=url, timeout=30) as c:
+        with client(url, timeout=30) as c:
             end = time.perf_counter() + seconds
             while time.perf_counter() < end:
                 c.post("/recommend", json=bodies[(w * 7919 + done) % len(bodies)]).raise_for_status()
@@ -160,6 +176,7 @@ def main() -> None:
     store.dispose()
     rng = np.random.default_rng(0)
     bodies = [{"user_id": str(u), "k": 10} for u in rng.choice(users, 500)]
+    authorize(s)
     env = {**os.environ, **s.to_env(), "BENTOML_HOME": str(root / "bentoml")}
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     servers = {"recops": ([bentoml, "serve", "recops.services.service:Recops"], Path.cwd(), free_port()),
@@ -168,7 +185,7 @@ def main() -> None:
     urls = {name: f"http://127.0.0.1:{port}" for name, (_, _, port) in servers.items()}
     try:
         t_first = time.perf_counter()  # the first request after start-up (lazy imports, first reads)
-        fb = httpx.post(f"{urls['recops']}/recommend", json=bodies[0], timeout=120).json()
+        fb = httpx.post(f"{urls['recops']}/recommend", json=bodies[0], timeout=120, headers=AUTH).json()
         first_ms = (time.perf_counter() - t_first) * 1000
         assert not fb["fallback"], fb
         lat = latencies(urls, bodies, args.requests)

@@ -455,7 +455,15 @@ def demo(
         items = store.items().set_index("item_id")
         store.dispose()
         known = ev["user_id"].value_counts().index[0]
-        with httpx.Client(base_url=base, timeout=30) as c:
+        from recops.auth import READ, TRACK, TokenStore
+
+        tokens = TokenStore(EventStore(s.event_store_uri).engine)
+        name = f"demo-{int(time.time())}"  # --keep: an earlier demo's token keeps its name
+        key = tokens.create(name, frozenset({READ, TRACK}))
+        console.print(f"  API token {name!r} (scopes read, track), as `recops token create --scope read,track "
+                      f"--name {name}` makes one; every call below sends 'Authorization: Bearer {key[:7]}…'",
+                      soft_wrap=True)
+        with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {key}"}) as c:
             _show(c, "a known user", {"user_id": known, "k": 5}, items)
             _show(c, "a new user (fallback to trending)", {"user_id": "demo-new-user", "k": 5}, items)
             # a user whose recommendations change after tracked events
@@ -684,6 +692,64 @@ def experiment_evaluate(name: str | None = typer.Argument(None, help="default: t
     from recops.flows.pipeline import ab_evaluate_flow
 
     _print(_run("ab-evaluate", ab_evaluate_flow, name=name))
+
+
+token_app = typer.Typer(help="API tokens: who may call the HTTP API, with which scopes (read, track, admin, metrics).",
+                         no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+def _tokens():
+    """The token store of this invocation's event store."""
+    from recops.auth import TokenStore
+    from recops.store import EventStore
+
+    return TokenStore(EventStore(settings().event_store_uri).engine)
+
+
+def _token_call(fn, *args):
+    """Run a token operation; a refused request is a one-line error and exit code 2, nothing changed."""
+    from recops.auth import TokenError
+
+    try:
+        return fn(*args)
+    except TokenError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@token_app.command("create")
+def token_create(scope: str = typer.Option(..., "--scope", help="comma-separated: read, track, admin, metrics"),
+                 name: str = typer.Option(..., "--name", help="what the token is for (unique)"),
+                 rate: float | None = typer.Option(None, "--rate", help="its own limit, requests/s (0: none; "
+                                                   "default: the rate_limit_per_second setting)")) -> None:
+    """Create a token; it is printed once, alone on the last line (the database keeps only its digest)."""
+    from recops.auth import parse_scopes
+
+    scopes = _token_call(parse_scopes, scope)
+    token = _token_call(_tokens().create, name, scopes, rate)
+    console.print(f"token {name!r} with scopes {', '.join(sorted(scopes))}: send it as "
+                  "'Authorization: Bearer <token>'; it is not shown again", soft_wrap=True)
+    typer.echo(token)
+
+
+@token_app.command("revoke")
+def token_revoke(name: str = typer.Argument(..., help="the token's name")) -> None:
+    """Revoke a token: servers refuse it within auth_refresh_seconds."""
+    _token_call(_tokens().revoke, name)
+    console.print(f"revoked {name!r}")
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """Every token (name, scopes, created, revoked), newest first; never the tokens themselves."""
+    import time
+
+    fmt = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "-"
+    for t in _tokens().list():
+        rate = "default rate" if t["rate"] is None else f"{t['rate']:g}/s"
+        typer.echo(f"{t['name']}\t{','.join(t['scopes'])}\t{rate}\tcreated {fmt(t['created_at'])}\t"
+                   f"{'revoked ' + fmt(t['revoked_at']) if t['revoked_at'] else 'active'}")
 
 
 @app.command()

@@ -122,6 +122,17 @@ class Settings:
     retrain_min_new_events: int = 100_000  # the volume trigger: this many events after the champion's training cut
     retrain_cooldown_hours: float = 6.0  # an event-triggered retrain waits this long after the last one
     serve_host: str = "127.0.0.1"
+    # Who may call the HTTP API (recops.auth): tokens with scopes; off only by this setting (a warning at start)
+    auth: bool = True
+    metrics_auth: bool = False  # /metrics needs a token with the metrics (or admin) scope
+    auth_refresh_seconds: float = 2.0  # a new token works, a revoked one stops, within this time
+    # Per token (a token's own --rate overrides it): requests/s sustained, and at once; 0: no limit. Above what
+    # one server answers, so that only a runaway caller meets it. Anonymous callers (auth off): per client address.
+    rate_limit_per_second: float = 1000.0
+    rate_limit_burst: int = 2000
+    anonymous_rate_limit_per_second: float = 1000.0
+    anonymous_rate_limit_burst: int = 2000
+    max_body_bytes: int = 4 * 2**20  # a larger request body gets a 413 (a full /track/batch is ~2 MB)
     serve_port: int = 3000
 
     @property

@@ -16,6 +16,8 @@
 - ``GET /experiments``, ``GET /experiments/{name}``: online experiments and their figures (the same
   JSON as ``recops experiment status NAME --json``).
 - ``GET /health``, ``GET /model``. Invalid input gets a 4xx naming the bad field.
+- Every route but liveness, readiness and the docs needs a bearer token with its scope (``read``,
+  ``track``, ``admin``; ``recops.auth``, ``recops.services.guard``).
 - ``GET /metrics``: Prometheus text: BentoML's requests and latency per endpoint, then recops's own
   (answers by strategy, variant and fallback; events by outcome; the refresher's backlog and lag;
   the served model and its age): ``recops.services.metrics``.
@@ -44,6 +46,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import Field
 
 from recops.config import load_settings
+from recops.services.guard import Guard
 from recops.services.openapi import ApiInfo
 from recops.services.schemas import (
     DealsRequest,
@@ -247,6 +250,7 @@ class Recops:
 
 
 Recops.add_asgi_middleware(ApiInfo)  # /docs.json: recops's title, description and version, not BentoML's
+Recops.add_asgi_middleware(Guard)  # tokens and scopes (recops.auth): 401 without a token, 403 without the scope
 
 
 def _answer(fn, *args, api: bool = False):

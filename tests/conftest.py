@@ -77,6 +77,28 @@ def trained(prefect_harness, tmp_root):
     return settings, result
 
 
+_TOKENS: dict[tuple[str, str], str] = {}
+
+
+def token(settings, scopes: str = "admin") -> str:
+    """A token with these scopes in this home's token store (one per home and scopes, made once)."""
+    from recops.auth import TokenStore, parse_scopes
+    from recops.store import EventStore
+
+    key = (str(Path(settings.home).resolve()), scopes)
+    if key not in _TOKENS:
+        store = EventStore(settings.event_store_uri)
+        name = f"tests-{scopes.replace(',', '-')}"
+        _TOKENS[key] = TokenStore(store.engine).create(name, parse_scopes(scopes))
+        store.dispose()
+    return _TOKENS[key]
+
+
+def auth(settings, scopes: str = "admin") -> dict[str, str]:
+    """The Authorization header of ``token(settings, scopes)``."""
+    return {"Authorization": f"Bearer {token(settings, scopes)}"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -137,5 +159,5 @@ def server(trained):
 def client(server):
     import httpx
 
-    with httpx.Client(base_url=server.url, timeout=30) as c:
+    with httpx.Client(base_url=server.url, timeout=30, headers=auth(server.settings)) as c:
         yield c

@@ -3,7 +3,6 @@ batch lists equal what the BentoML service answers for the same users and state.
 
 import os
 
-import httpx
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -78,7 +77,7 @@ def test_batch_scoring_gives_the_served_top_k(client, trained, tmp_path, monkeyp
     res = recommend_flow(str(tmp_path / "users.csv"), str(tmp_path / "out.csv"), k=10, alias="champion")
     out = pd.read_csv(tmp_path / "out.csv", dtype={"user_id": str, "item_id": str}).sort_values(["user_id", "rank"])
     batch = out.groupby("user_id")["item_id"].agg(list).to_dict()
-    assert res["version"] == httpx.get(f"{client.base_url}/model").json()["version"]
+    assert res["version"] == client.get("/model").json()["version"]
     assert all(len(served[u]) == 10 for u in users)
     assert batch == served
 

@@ -15,7 +15,7 @@ import pytest
 from recops import registry
 from recops.experiments import lifecycle, stats
 from recops.experiments.assignment import CHALLENGER, CONTROL
-from tests.conftest import Server, free_port
+from tests.conftest import Server, auth, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -165,7 +165,7 @@ def test_a_restarted_server_gives_everyone_the_same_variant(ab, client, trained)
     try:
         import httpx
 
-        with httpx.Client(base_url=second.url, timeout=30) as c2:
+        with httpx.Client(base_url=second.url, timeout=30, headers=auth(settings)) as c2:
             _served(c2, "http-ab", 0.5)
             answers = {u: c2.post("/recommend", json={"user_id": u, "k": 2}).json() for u in users}
             assert {u: a["variant"] for u, a in answers.items()} == first

@@ -9,7 +9,7 @@ import pytest
 
 from recops import registry, steps
 from recops.config import load_settings
-from tests.conftest import END, Server, free_port
+from tests.conftest import END, Server, auth, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +22,7 @@ def test_no_champion_answers_from_the_event_store(tmp_root):
     try:
         import httpx
 
-        r = httpx.post(f"{srv.url}/recommend", json={"user_id": "u1", "k": 5}, timeout=30)
+        r = httpx.post(f"{srv.url}/recommend", json={"user_id": "u1", "k": 5}, timeout=30, headers=auth(settings))
         assert r.status_code == 200
         body = r.json()
         assert body["fallback"] is True and "no champion" in body["fallback_reason"]

@@ -18,7 +18,7 @@ from recops.config import Settings, load_settings
 from recops.generate import generate
 from recops.monitoring import Reference, build_reference, drift
 from recops.schema import normalize_events, normalize_items
-from tests.conftest import Server, free_port
+from tests.conftest import Server, auth, free_port
 
 END = pd.Timestamp("2026-11-01", tz="UTC")
 
@@ -148,7 +148,7 @@ def test_monitor_alarms_start_retrains_through_prefect_automations(tmp_path):
         srv = Server(load_settings(home=home), free_port()).wait()
         try:
             stamp = (cut + pd.Timedelta(days=9, minutes=30)).isoformat()
-            r = httpx.post(f"{srv.url}/track/batch", timeout=30, json=[
+            r = httpx.post(f"{srv.url}/track/batch", timeout=30, headers=auth(srv.settings), json=[
                 {"user_id": f"u{i}", "item_id": "i1", "event_type": "view", "timestamp": stamp} for i in range(n)])
             assert r.status_code == 200 and r.json()["stored"] == n
         finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, free_port
+from tests.conftest import Server, auth, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -85,7 +85,7 @@ def test_the_bento_serves_over_http_without_the_registry(bento, trained):
     tag, version = bento
     srv = Server(settings, free_port(), bento=tag, env={"RECOPS_MLFLOW_TRACKING_URI": NO_REGISTRY}).wait()
     try:
-        with httpx.Client(base_url=srv.url, timeout=60) as c:
+        with httpx.Client(base_url=srv.url, timeout=60, headers=auth(settings)) as c:
             info = c.get("/model").json()
             assert (info["source"], info["version"], info["load_error"]) == (f"bento:recops:v{version}", version, None)
             user = "u1"
