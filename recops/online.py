@@ -92,10 +92,27 @@ class Refresher:
         self._error = ctx.Array("c", 500)
         self._cond = ctx.Condition()
         self._proc = ctx.Process(target=_refresh_loop, name="recops-online-refresher", daemon=True,
-                                 args=(self.settings, self._q, self._done, self._count, self._error, self._cond))
+                                 args=(self.settings, self._q, self._done, self._count, self._error, self._cond,
+                                       os.getpid()))
         self._proc.start()
         if lost:
             self._q.put((self._seq, [i for kind, i in lost if kind == "u"], [i for kind, i in lost if kind == "s"]))
+
+    def resume(self, store: EventStore) -> int:
+        """Refresh what a crash left behind: the users and sessions whose pending mark is still in the
+        event store (``refresh_pending``: written with their events, cleared when their refresh lands).
+
+        Args:
+            store: the event store.
+
+        Returns:
+            How many users and sessions were queued.
+        """
+        users, sessions = store.pending_refreshes()
+        if users or sessions:
+            log.info("resuming the online refresh of %d users and %d sessions", len(users), len(sessions))
+            self.submit(users, sessions)
+        return len(users) + len(sessions)
 
     def submit(self, users, sessions) -> None:
         """Queue a refresh of these users and sessions (non-blocking; starts or restarts the child).
@@ -215,8 +232,18 @@ class Refresher:
                 self._proc.terminate()
 
 
-def _refresh_loop(settings, q, done, count, error, cond) -> None:
+def _orphan_watch(parent: int) -> None:
+    """End this process when its parent is gone (a kill -9 of the server leaves nobody to stop it)."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def _refresh_loop(settings, q, done, count, error, cond, parent: int | None = None) -> None:
     """The refresher process: drain the queue, refresh every id in it at once, report, repeat."""
+    if parent is not None:
+        threading.Thread(target=_orphan_watch, args=(parent,), name="orphan-watch", daemon=True).start()
     store, fs = EventStore(settings.event_store_uri), FeatureStoreClient(settings)
     items, items_at = store.items(), time.monotonic()
     fs.use_wal()
@@ -235,7 +262,9 @@ def _refresh_loop(settings, q, done, count, error, cond) -> None:
             users = sorted({u for _, us, _ in work for u in us})
             sessions = sorted({s for _, _, ss in work for s in ss})
             try:
+                marks = store.pending_marks(users, sessions)  # before the events: see EventStore.pending_marks
                 refresh(store, fs, users, sessions, items)
+                store.clear_pending(marks)
                 error.value = b""
             except Exception as exc:  # the events are stored; the next refresh of these ids catches up
                 log.exception("online refresh failed")

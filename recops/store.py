@@ -72,6 +72,17 @@ quarantine = sa.Table(
     sa.Column("quarantined_at", sa.Float, nullable=False),
 )
 
+# The users and sessions whose online state is behind their stored events: written in the events' own
+# transaction by /track, cleared by the refresher once their refresh has landed; a server that starts
+# refreshes whatever a crash left here (recops.online.Refresher.resume).
+refresh_pending = sa.Table(
+    "refresh_pending",
+    metadata,
+    sa.Column("kind", sa.String(1), primary_key=True, comment="u: a user, s: a session"),
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("queued_at", sa.Float, nullable=False, comment="UTC epoch seconds of the latest events"),
+)
+
 _CHUNK = 20_000
 
 
@@ -178,7 +189,7 @@ class EventStore:
                 new += conn.exec_driver_sql(sql, rows[start : start + _CHUNK]).rowcount
         return new
 
-    def insert_events(self, rows: list[dict]) -> list[str]:
+    def insert_events(self, rows: list[dict], pending: tuple[list[str], list[str]] | None = None) -> list[str]:
         """Insert rows in the table's own shape (epoch timestamps, JSON context); returns the ids
         that were new. A repeated event_id, in the table or in ``rows``, is stored once; the count
         comes from the insert itself (RETURNING), so concurrent writers cannot skew it.
@@ -186,6 +197,8 @@ class EventStore:
         Args:
             rows: one dict per event with the events table's columns: ``timestamp`` and ``ingested_at`` in
                 UTC epoch seconds, ``context`` a JSON string or None.
+            pending: ``(users, sessions)`` whose online refresh these events call for, recorded in the
+                same transaction (``refresh_pending``): a crash before the refresh cannot forget them.
 
         Returns:
             The event_ids that were stored by this call (those already in the table are left out).
@@ -195,7 +208,58 @@ class EventStore:
         with self.engine.begin() as conn:
             for start in range(0, len(rows), _CHUNK):
                 new += conn.execute(stmt, rows[start : start + _CHUNK]).scalars().all()
+            if pending and (pending[0] or pending[1]):
+                now = time.time()
+                marks = [{"kind": "u", "id": u, "queued_at": now} for u in pending[0]]
+                marks += [{"kind": "s", "id": s, "queued_at": now} for s in pending[1]]
+                ins = self._insert(refresh_pending)
+                conn.execute(ins.on_conflict_do_update(index_elements=["kind", "id"],
+                                                       set_={"queued_at": ins.excluded.queued_at}), marks)
         return new
+
+    def pending_refreshes(self) -> tuple[list[str], list[str]]:
+        """The users and sessions whose online refresh has not landed (``refresh_pending``).
+
+        Returns:
+            ``(users, sessions)``.
+        """
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(refresh_pending.c.kind, refresh_pending.c.id)).all()
+        return [i for k, i in rows if k == "u"], [i for k, i in rows if k == "s"]
+
+    def pending_marks(self, users: list[str], sessions: list[str]) -> list[dict]:
+        """The pending marks of these users and sessions, as they are now. Read them before the events a
+        refresh reads: a mark read here was written with events that refresh will see.
+
+        Args:
+            users: users about to be refreshed.
+            sessions: sessions about to be refreshed.
+
+        Returns:
+            ``{"kind", "id", "queued_at"}`` rows.
+        """
+        out: list[dict] = []
+        with self.engine.connect() as conn:
+            for kind, ids in (("u", users), ("s", sessions)):
+                for start in range(0, len(ids), 1000):
+                    rows = conn.execute(sa.select(refresh_pending).where(
+                        refresh_pending.c.kind == kind, refresh_pending.c.id.in_(ids[start : start + 1000]))).all()
+                    out += [{"kind": r.kind, "id": r.id, "queued_at": r.queued_at} for r in rows]
+        return out
+
+    def clear_pending(self, marks: list[dict]) -> None:
+        """Forget pending marks whose refresh has landed, unless newer events renewed them since they were read.
+
+        Args:
+            marks: rows from ``pending_marks``, read before the refresh read its events.
+        """
+        if not marks:
+            return
+        t = refresh_pending
+        stmt = t.delete().where(t.c.kind == sa.bindparam("k"), t.c.id == sa.bindparam("i"),
+                                t.c.queued_at == sa.bindparam("q"))
+        with self.engine.begin() as conn:
+            conn.execute(stmt, [{"k": m["kind"], "i": m["id"], "q": m["queued_at"]} for m in marks])
 
     def upsert_items(self, df: pd.DataFrame) -> None:
         """Insert new items and overwrite the stored columns of known ones (by item_id).

@@ -58,7 +58,7 @@ from recops.models.recommender import (
 )
 from recops.models.rules import BusinessRules
 from recops.nextitem import choose_next_item
-from recops.vocabulary import HISTORY_LEN
+from recops.vocabulary import GENERATORS, HISTORY_LEN
 
 
 # -- generators -----------------------------------------------------------------------------------
@@ -109,6 +109,7 @@ def make_generator(name: str, settings: Settings, **overrides) -> Recommender:
         "content": lambda: ContentSimilarity(),
         "demographic": lambda: DemographicPopularity(weights=w),
     }
+    assert set(makers) == set(GENERATORS), "recops.vocabulary.GENERATORS names every generator"
     if name not in makers:
         raise ValueError(f"unknown generator {name!r}; choose from {sorted(makers)}")
     gen = makers[name]()

@@ -78,6 +78,12 @@ RATING_HALF_LIFE_DAYS = 30.0  # implicit ratings (setting ``decay_half_life_days
 POPULARITY_HALF_LIFE_DAYS = 7.0  # the popularity generator and the popularity baseline: "trending"
 
 # -- online experiments ---------------------------------------------------------------------------
+# The candidate generators recops can train (``recops.training.make_generator``), and the signals a request's
+# ``weights`` may blend: those, and what follows the live session
+GENERATORS = ("popularity", "covisit", "itemknn", "ease", "session", "svd", "content", "demographic")
+NEXT_ITEM = "next_item"
+SIGNALS = (*GENERATORS, NEXT_ITEM)
+
 EXPERIMENT_METRICS = ("ctr", "conversion", "revenue")  # an experiment's primary metric is one of these
 EXPERIMENT_METHODS = ("ab", "interleave")
 

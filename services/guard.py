@@ -102,7 +102,11 @@ class Guard:
         if need is None:
             await self.app(scope, receive, send)
             return
-        length = next((v for k, v in scope.get("headers", []) if k == b"content-length"), None)
+        headers = dict(scope.get("headers", []))
+        if headers.get(b"content-type", b"").startswith(b"multipart/"):  # every route takes JSON
+            await reply(send, 415, "send the body as JSON (Content-Type: application/json), not multipart")
+            return
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             await self._refuse(send, 413, f"the request body has {int(length)} bytes; at most {self.max_body} "
                                "(setting max_body_bytes): send fewer events per /track/batch")

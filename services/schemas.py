@@ -10,20 +10,44 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from recops.config import load_settings
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
+# numbers are numbers: no "5" for 5, no true for 1 (the schema says integer or number, and so does the server)
+K = Annotated[int, Field(ge=1, le=100, strict=True, description="how many items")]
 
 
-def singular_examples(schema: dict, _model=None) -> None:
-    """Give every property with JSON Schema ``examples`` an OpenAPI 3.0 ``example``: Swagger UI shows
-    that one in its sample bodies (without it a field reads ``"string"``)."""
+def openapi30(schema: dict, _model=None) -> None:
+    """Make a model's JSON Schema say what OpenAPI 3.0 readers (Swagger UI, client generators, BentoML's
+    own document) understand:
+
+    - an optional field (``anyOf: [X, {"type": "null"}]``) becomes X with ``nullable: true``: BentoML
+      keeps only the first branch of an ``anyOf``, and the document then denied the nulls that are sent;
+    - a field with JSON Schema ``examples`` also gets OpenAPI 3.0's ``example``: Swagger UI shows that
+      one in its sample bodies (without it a field reads ``"string"``).
+    """
     for prop in schema.get("properties", {}).values():
+        nullable(prop)
         if prop.get("examples") and "example" not in prop:
             prop["example"] = prop["examples"][0]
 
 
-class Schema(BaseModel):
-    """The API's models: their field examples show in Swagger UI."""
+def nullable(prop: dict) -> None:
+    """``anyOf: [X, {"type": "null"}]`` -> X and ``nullable: true`` (a ``$ref`` X goes under ``allOf``), in place."""
+    branches = prop.get("anyOf")
+    if not branches or {"type": "null"} not in branches:
+        return
+    others = [b for b in prop.pop("anyOf") if b != {"type": "null"}]
+    if len(others) == 1 and "$ref" in others[0]:
+        prop["allOf"] = others
+    elif len(others) == 1:
+        prop.update({k: v for k, v in others[0].items() if k not in prop})
+    else:
+        prop["anyOf"] = others
+    prop["nullable"] = True
 
-    model_config = ConfigDict(json_schema_extra=singular_examples)
+
+class Schema(BaseModel):
+    """The API's models: OpenAPI 3.0 nullables, and their field examples show in Swagger UI."""
+
+    model_config = ConfigDict(json_schema_extra=openapi30)
 
 _ALLOWED: set[str] | None = None
 
@@ -45,9 +69,14 @@ class TrackEvent(Schema):
     user_id: Id | None = Field(None, examples=["u17"])
     session_id: Id | None = Field(None, examples=["s-7f3a"])
     item_id: Id = Field(examples=["i42"])
-    event_type: Annotated[str, Field(min_length=1, max_length=64)] = Field(examples=["add_to_cart"])
-    timestamp: datetime | None = Field(default=None, description="ISO 8601; default: now. Naive times are UTC.")
-    value: Annotated[float, Field(ge=0, le=1_000_000)] | None = Field(default=None,
+    event_type: str = Field(examples=["add_to_cart"], json_schema_extra=lambda s: s.update(
+        enum=sorted(allowed_event_types())), description="one of the server's event types (built-in and custom)")
+    timestamp: datetime | None = Field(
+        default=None, json_schema_extra={"pattern": f"^({'|'.join(str(d) for d in range(197, 210))})[0-9]-"},
+        description="ISO 8601, years 1970-2099; default: now. Naive times are UTC. A time more than 5 minutes ahead "
+        "of the server's is stored as the server's time, the sent one kept in context.sent_timestamp (a warning "
+        "says so)")
+    value: Annotated[float, Field(ge=0, le=1_000_000, strict=True)] | None = Field(default=None,
                                                                        description="price, quantity or rating")
     context: dict[str, Any] | None = None
     request_id: Annotated[str, Field(min_length=1, max_length=32)] | None = Field(
@@ -56,26 +85,55 @@ class TrackEvent(Schema):
     @field_validator("event_type")
     @classmethod
     def _known_type(cls, v: str) -> str:
-        v = v.strip().lower()
         if v not in allowed_event_types():
             raise ValueError(f"unknown event_type {v!r}; allowed: {sorted(allowed_event_types())}")
         return v
 
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _a_string(cls, v):
+        if v is not None and not isinstance(v, str | datetime):
+            raise ValueError("timestamp must be an ISO 8601 string, e.g. 2026-11-30T12:00:00Z")
+        return v
+
     @field_validator("timestamp")
     @classmethod
-    def _not_future(cls, v: datetime | None) -> datetime | None:
+    def _in_range(cls, v: datetime | None) -> datetime | None:
         if v is None:
             return v
-        v = v if v.tzinfo else v.replace(tzinfo=UTC)
-        if (v - datetime.now(UTC)).total_seconds() > 300:
-            raise ValueError("timestamp is in the future")
-        return v
+        if not 1970 <= v.year <= 2099:
+            raise ValueError(f"timestamp year {v.year} is outside 1970-2099")
+        return v if v.tzinfo else v.replace(tzinfo=UTC)
 
     @model_validator(mode="after")
     def _actor(self) -> TrackEvent:
         if self.user_id is None and self.session_id is None:
             raise ValueError("an event needs a user_id or a session_id")
         return self
+
+
+Weight = Annotated[float, Field(gt=0, le=1000, strict=True)]
+
+
+class Weights(Schema):
+    """Signals to blend instead of the learned ranker, by weight. A signal the served model does not blend
+    (``GET /model`` lists its generators) is ignored, and so is null; with none left the ranker answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    popularity: Weight | None = Field(None, description="what is trending", examples=[0.2])
+    covisit: Weight | None = Field(None, description="viewed together with the user's recent items", examples=[0.6])
+    itemknn: Weight | None = Field(None, description="items similar to the user's")
+    ease: Weight | None = Field(None, description="the EASE autoencoder's score")
+    session: Weight | None = Field(None, description="what sessions like the live one went on to")
+    svd: Weight | None = Field(None, description="the latent-factor score")
+    content: Weight | None = Field(None, description="similar titles and categories")
+    demographic: Weight | None = Field(None, description="what shoppers of the same age band, gender and region take")
+    next_item: Weight | None = Field(None, description="what follows the live session's items", examples=[0.4])
+
+    def given(self) -> dict[str, float]:
+        """The weights that were sent, by signal."""
+        return self.model_dump(exclude_none=True)
 
 
 class TrackResponse(Schema):
@@ -208,6 +266,8 @@ class SegmentsResponse(Schema):
     k: int = Field(description="how many segments (chosen by silhouette)", examples=[4])
     silhouette: dict[str, float] = Field(description="the silhouette of each k tried")
     segments: list[Segment]
+    note: str | None = Field(None, description="why there are none yet (no features flow has fitted them)",
+                             examples=[None])
 
 
 class ProfileResponse(Schema):
@@ -237,7 +297,7 @@ class DealsRequest(Schema):
     model_config = ConfigDict(extra="forbid")
 
     user_id: Id = Field(examples=["u17"])
-    k: int = Field(5, ge=1, le=50, description="how many deals at most")
+    k: int = Field(5, ge=1, le=50, strict=True, description="how many deals at most")
 
 
 class Deal(Schema):

@@ -37,17 +37,20 @@ Feast and MLflow there would cost ~200 MB for nothing. The worker loads them in 
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Annotated
 
 import bentoml
-from fastapi import FastAPI, HTTPException, Path, Query
-from fastapi.responses import RedirectResponse
+from fastapi import Body, FastAPI, HTTPException, Path, Query
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recops.config import load_settings
 from recops.services.guard import Guard
-from recops.services.openapi import ApiInfo
+from recops.services.openapi import ApiInfo, OneErrorShape
 from recops.services.schemas import (
     DealsRequest,
     DealsResponse,
@@ -56,6 +59,7 @@ from recops.services.schemas import (
     ExplainResponse,
     HealthResponse,
     ImplicitRatingResponse,
+    K,
     ModelInfoResponse,
     NextItemsResponse,
     PredictResponse,
@@ -65,6 +69,7 @@ from recops.services.schemas import (
     SessionRecommendResponse,
     TrackEvent,
     TrackResponse,
+    Weights,
 )
 
 # FastAPI's own /docs page loads its assets from a CDN (blank offline): BentoML's Swagger UI at / is the docs
@@ -74,6 +79,20 @@ app = FastAPI(title="recops", docs_url=None, redoc_url=None)
 @app.get("/docs", include_in_schema=False)
 def docs() -> RedirectResponse:
     return RedirectResponse("/")
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_request(_request, exc: RequestValidationError) -> JSONResponse:
+    """The FastAPI routes' invalid input: a 400 in BentoML's shape (``error``, ``detail``), as the other routes'."""
+    detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    what = "; ".join(f"{'.'.join(str(x) for x in d['loc'][1:]) or 'body'}: {d['msg']}" for d in detail[:5])
+    return JSONResponse({"error": f"{len(detail)} validation error(s): {what}", "detail": detail}, status_code=400)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def http_error(_request, exc: StarletteHTTPException) -> JSONResponse:
+    """The FastAPI routes' errors (404, 503) in BentoML's shape: ``{"error": message}``."""
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 MAX_BATCH = 10_000
 def example(value) -> dict:
@@ -95,33 +114,39 @@ class Recops:
 
         self.rt = Serving(load_settings(), packaged=from_arguments())  # a Bento's model, or the registry's
         self.metrics = ServiceMetrics(self.rt)
+        self.rt.refresher.resume(self.rt.store)  # what a crash left unrefreshed (events stored, state behind)
         self._stop = threading.Event()
         threading.Thread(target=self.rt.run_reloader, args=(self._stop,), name="champion-reloader", daemon=True).start()
+        threading.Thread(target=self._orphan_watch, args=(os.getppid(),), name="orphan-watch", daemon=True).start()
+
+    def _orphan_watch(self, supervisor: int) -> None:
+        """End this worker when BentoML's supervisor is gone (a kill -9 of it leaves the worker, and so the
+        refresher, running with nobody to stop them): write what is pending, then exit."""
+        while not self._stop.wait(0.5):
+            if os.getppid() != supervisor:
+                try:
+                    self.rt.close()
+                finally:
+                    os._exit(0)
 
     @bentoml.api(route="/recommend")
     async def recommend(
         self,
         user_id: Annotated[str, Field(min_length=1, max_length=128, description="the user to recommend for",
                                       **example("u17"))],
-        k: Annotated[int, Field(ge=1, le=100, description="how many items")] = 10,
+        k: K = 10,
         session_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None,
         exclude: Annotated[list[str], Field(max_length=1000)] | None = None,
-        weights: Annotated[dict[str, Annotated[float, Field(ge=0, le=1000)]], Field(
-            max_length=50, description="blend these signals instead of the learned ranker: generator names (see "
-            "GET /model) and next_item (what follows the live session), each weight >= 0",
-            **example({"covisit": 0.6, "next_item": 0.4}))] | None = None,
+        weights: Annotated[Weights, Field(description="blend these signals instead of the learned ranker, by "
+                                          "weight (> 0)", **example({"covisit": 0.6, "next_item": 0.4}))] | None = None,
     ) -> RecommendResponse:
         """Top-k items for a user, each with a reason. Never a 5xx for a valid request. With ``weights``,
         the named signals' normalised scores are blended by them instead of the learned ranker
-        (business rules, reasons and the fallback stay); unknown names get a 400 naming them."""
+        (business rules, reasons and the fallback stay): ``weights_used`` says how; signals the served
+        model does not blend are left out, and with none left the learned ranker answers."""
         # async on purpose: the work is ~3 ms of GIL-bound CPU, and running it on the event loop saves the
         # thread-pool hand-off, which cost more than the work itself (bench/serving.py)
-        from recops.serving import BadWeights
-
-        try:
-            resp = self.rt.experiments.recommend(user_id, k, session_id, exclude, weights)
-        except BadWeights as exc:
-            raise bentoml.exceptions.InvalidArgument(str(exc)) from None
+        resp = self.rt.experiments.recommend(user_id, k, session_id, exclude, weights.given() if weights else None)
         self.metrics.answered("/recommend", resp)
         return resp
 
@@ -130,7 +155,7 @@ class Recops:
         self,
         session_id: Annotated[str, Field(min_length=1, max_length=128, description="the session (anonymous or not)",
                                          **example("s-7f3a"))],
-        k: Annotated[int, Field(ge=1, le=100, description="how many items")] = 10,
+        k: K = 10,
         exclude: Annotated[list[str], Field(max_length=1000)] | None = None,
     ) -> SessionRecommendResponse:
         """Top-k for a session from its live state, steered by its intent (browsing, research,
@@ -145,7 +170,7 @@ class Recops:
         recent_item_ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]],
                                    Field(min_length=1, max_length=50, description="the session's items, newest first",
                                          **example(["i42", "i7"]))],
-        k: Annotated[int, Field(ge=1, le=100, description="how many items")] = 10,
+        k: K = 10,
         exclude: Annotated[list[str], Field(max_length=1000)] | None = None,
     ) -> NextItemsResponse:
         """What usually comes next after these items (directional sequential rules), with the
@@ -161,13 +186,11 @@ class Recops:
         self.metrics.tracked([event], resp)
         return resp
 
-    @bentoml.api(route="/track/batch")
-    def track_batch(self, events: list[TrackEvent], /) -> TrackResponse:
-        """Store a list of events (none if any is invalid), then refresh the users' online state."""
-        if not events:
-            raise bentoml.exceptions.InvalidArgument("empty batch: send at least one event")
-        if len(events) > MAX_BATCH:
-            raise bentoml.exceptions.InvalidArgument(f"batch too large: {len(events)} events (max {MAX_BATCH})")
+    @app.post("/track/batch", responses={400: {"description": "an invalid event (none of the batch is stored)"}})
+    def track_batch(self, events: Annotated[list[TrackEvent], Body(min_length=1, max_length=MAX_BATCH)]
+                    ) -> TrackResponse:
+        """Store a list of 1 to 10,000 events (none if any is invalid), then refresh the users' online state."""
+        # a FastAPI route: BentoML answers a malformed JSON list with a 500, and builds its JSON schema per request
         resp = self.rt.tracking.track(events)
         self.metrics.tracked(events, resp)
         return resp
@@ -186,13 +209,15 @@ class Recops:
         """The user's preference score for an item and the calibrated probability of an interaction."""
         return _answer(self.rt.behavior.predict, user_id, item_id, api=True)
 
-    @app.get("/explain")
+    @app.get("/explain", responses={404: {"description": "the item is not in the served model's catalog"},
+                                    503: {"description": "no model is served"}})
     def explain(self, user_id: UserQuery, item_id: ItemQuery) -> ExplainResponse:
         """Why this item for this user: the generators that proposed it and the ranker's top feature
         contributions (LightGBM ``pred_contrib``) as readable reasons."""
         return _answer(self.rt.behavior.explain, user_id, item_id)
 
-    @app.get("/users/{user_id}/profile")
+    @app.get("/users/{user_id}/profile", responses={404: {"description": "nobody knows the user: no events, "
+                                                            "no row in the users table"}})
     def profile(self, user_id: Annotated[str, Path(min_length=1, max_length=128)]) -> ProfileResponse:
         """Static attributes, preferences and 20+ behavioral features of a user, as of now."""
         return _answer(self.rt.behavior.profile, user_id)
@@ -203,11 +228,12 @@ class Recops:
         sensitivity, the item's demand, season and region, capped and floored by the server."""
         return self.rt.behavior.deals(request.user_id, request.k)
 
-    @app.get("/segments", responses={503: {"description": "no segments fitted yet"}})
+    @app.get("/segments")
     def segments(self) -> SegmentsResponse:
         """User segments (K-Means over activity, conversion, price sensitivity, category mix, age group
         and region; k by silhouette): size, dominant region and age group, mean price sensitivity,
-        top categories. The profile names each user's segment."""
+        top categories. The profile names each user's segment. Before the features flow has fitted
+        them: none, and a note saying so."""
         return _answer(self.rt.behavior.segments_summary)
 
     @app.get("/experiments")
@@ -251,6 +277,7 @@ class Recops:
 
 Recops.add_asgi_middleware(ApiInfo)  # /docs.json: recops's title, description and version, not BentoML's
 Recops.add_asgi_middleware(Guard)  # tokens and scopes (recops.auth): 401 without a token, 403 without the scope
+Recops.add_asgi_middleware(OneErrorShape)  # every error body one {"error": ...} object (BentoML sends a list)
 
 
 def _answer(fn, *args, api: bool = False):

@@ -189,7 +189,7 @@ def test_bad_requests_get_errors_and_change_nothing(ab, client, versions):
     _, _champion, v2 = versions
     before = client.get("/experiments").json()
     assert client.get("/experiments/no-such-test").status_code == 404
-    assert "no experiment named" in client.get("/experiments/no-such-test").json()["detail"]
+    assert "no experiment named" in client.get("/experiments/no-such-test").json()["error"]
     r = _cli(settings, "experiment", "start", "other", "--challenger", "999")
     assert r.returncode == 2 and "no version 999" in r.stderr, r.stderr
     r = _cli(settings, "experiment", "ramp", "http-ab", "1.5")

@@ -33,7 +33,8 @@ def test_recommend_rejects_broken_json(client):
     ({"user_id": "u1", "item_id": "i1", "event_type": "teleport"}, "unknown event_type"),
     ({"item_id": "i1", "event_type": "view"}, "user_id or a session_id"),
     ({"user_id": "u1", "event_type": "view"}, "item_id"),
-    ({"user_id": "u1", "item_id": "i1", "event_type": "view", "timestamp": "2999-01-01T00:00:00Z"}, "future"),
+    ({"user_id": "u1", "item_id": "i1", "event_type": "view", "timestamp": "2999-01-01T00:00:00Z"}, "1970-2099"),
+    ({"user_id": "u1", "item_id": "i1", "event_type": "View"}, "unknown event_type"),  # the documented enum, exactly
     ({"user_id": "u1", "item_id": "i1", "event_type": "purchase", "value": -3}, "value"),
     ({"user_id": "u1", "item_id": "i1", "event_type": "view", "colour": "red"}, "colour"),
 ])

@@ -1,5 +1,6 @@
 """Strategy weights per request over real HTTP: ``/recommend`` blends the named signals instead of
-the learned ranker, the order moves the way the weights point, and bad weights get a 400."""
+the learned ranker, the order moves the way the weights point, signals the model lacks are left out,
+and bad weights get a 400."""
 
 from __future__ import annotations
 
@@ -49,8 +50,27 @@ def test_the_next_item_weight_follows_the_live_session(client, users_and_counts,
     assert len(nxt) >= 5 and r["items"][0]["sources"][-1] == "next_item"  # what follows the session leads
 
 
-@pytest.mark.parametrize("weights, says", [({"nope": 1.0}, "nope"), ({"popularity": -1.0}, "greater than or equal"),
-                                           ({"popularity": 0.0}, "positive")])
+@pytest.mark.parametrize("weights, says", [({"nope": 1.0}, "nope"), ({"popularity": -1.0}, "greater than 0"),
+                                           ({"popularity": 0.0}, "greater than 0"), ({"svd": "1"}, "number")])
 def test_bad_weights_get_a_400_naming_them(client, users_and_counts, weights, says):
     r = client.post("/recommend", json={"user_id": users_and_counts[0][0], "k": 5, "weights": weights})
     assert r.status_code == 400 and says in r.text, r.text
+
+
+def test_a_signal_the_model_does_not_blend_is_left_out(client, users_and_counts, trained):
+    settings, _ = trained
+    assert "content" not in settings.generators  # the trained model has no content generator
+    u = users_and_counts[0][0]
+    mixed = client.post("/recommend", json={"user_id": u, "k": 5, "weights": {"content": 1, "popularity": 1}}).json()
+    assert mixed["weights_used"] == {"popularity": 1.0}
+    only = client.post("/recommend", json={"user_id": u, "k": 5, "weights": {"content": 1}}).json()
+    ranker = client.post("/recommend", json={"user_id": u, "k": 5}).json()
+    assert only["weights_used"] is None
+    assert [i["item_id"] for i in only["items"]] == [i["item_id"] for i in ranker["items"]]
+
+
+def test_the_weights_name_every_signal_recops_can_train():
+    from recops.services.schemas import Weights
+    from recops.vocabulary import SIGNALS
+
+    assert tuple(Weights.model_fields) == SIGNALS

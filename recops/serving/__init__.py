@@ -5,7 +5,7 @@ work here keeps the service module's imports light (BentoML's supervisor process
 lets the logic run in-process in tests, benchmarks and batch scoring.
 """
 
-from recops.serving.errors import BadWeights, NoModel, UnknownItem, UnknownUser
+from recops.serving.errors import NoModel, UnknownItem, UnknownUser
 from recops.serving.runtime import Serving
 
-__all__ = ["BadWeights", "NoModel", "Serving", "UnknownItem", "UnknownUser"]
+__all__ = ["NoModel", "Serving", "UnknownItem", "UnknownUser"]

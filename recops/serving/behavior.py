@@ -165,15 +165,12 @@ class Behavior:
 
         Returns:
             ``k``, ``silhouette`` (per k tried) and ``segments`` (size, share, dominant region and age
-            group, mean price sensitivity, top categories).
-
-        Raises:
-            NoModel: no segments are fitted yet.
+            group, mean price sensitivity, top categories); before any fit, none and a ``note`` saying so.
         """
         seg = self.segments.segments
         if seg is None:
-            raise NoModel(f"no user segments yet ({self.segments.path}): the features flow fits them "
-                          "(recops features)")
+            return {"k": 0, "silhouette": {}, "segments": [],
+                    "note": "no user segments yet: the features flow fits them (recops features)"}
         return {"k": seg.k, "silhouette": {str(k): v for k, v in seg.silhouettes.items()}, "segments": seg.summary}
 
     def deals(self, user_id: str, k: int) -> DealsResponse:

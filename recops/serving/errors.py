@@ -13,7 +13,3 @@ class UnknownItem(LookupError):
 
 class UnknownUser(LookupError):
     """Nothing is known about the user (404)."""
-
-
-class BadWeights(ValueError):
-    """A request's ``weights`` name a signal the served model does not have, or give none (400)."""

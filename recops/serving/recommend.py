@@ -16,7 +16,6 @@ from recops.models.intent import infer_intent
 from recops.models.recommender import Recommendation
 from recops.models.request import RecommendRequest
 from recops.services.schemas import RecommendedItem, RecommendResponse, SessionRecommendResponse
-from recops.serving.errors import BadWeights
 from recops.serving.requests import RequestBuilder
 from recops.serving.state import LiveCatalog, ModelSlot, Served
 from recops.store import EventStore
@@ -73,9 +72,6 @@ class Recommendations:
         Returns:
             The list, the model version, the strategy that answered, whether (and why) the fallback
             did, and the weights used (normalised to sum to 1; None for the ranker).
-
-        Raises:
-            BadWeights: ``weights`` name a signal the served model lacks, or are all zero.
         """
         slot = slot or self.slot
         served, excl = slot.get(), frozenset(exclude or ())
@@ -193,27 +189,19 @@ class Recommendations:
 
 
 def check_weights(weights: Mapping[str, float] | None, signals: list[str]) -> dict[str, float] | None:
-    """A request's weights, checked against the served model's signals and normalised.
+    """A request's weights, kept to the served model's signals and normalised.
 
     Args:
-        weights: signal -> weight (>= 0, checked by the schema), or None.
+        weights: signal -> weight (> 0, checked by the schema), or None.
         signals: what the served model can blend (``RecopsModel.signals``).
 
     Returns:
-        The positive weights scaled to sum to 1, or None when none were given.
-
-    Raises:
-        BadWeights: a name is not a signal of the model, or no weight is positive.
+        The positive weights of the model's signals, scaled to sum to 1; None when there are none
+        (the learned ranker answers, and ``weights_used`` says so).
     """
-    if weights is None:
-        return None
-    unknown = sorted(set(weights) - set(signals))
-    if unknown:
-        raise BadWeights(f"weights name unknown signals {unknown}; this model blends {signals}")
-    total = sum(weights.values())
-    if not total > 0:
-        raise BadWeights(f"weights need at least one positive weight; got {dict(weights)}")
-    return {name: w / total for name, w in weights.items() if w > 0}
+    kept = {name: w for name, w in (weights or {}).items() if name in signals and w > 0}
+    total = sum(kept.values())
+    return {name: w / total for name, w in kept.items()} if total > 0 else None
 
 
 def as_items(recs: list[Recommendation]) -> list[RecommendedItem]:

@@ -15,6 +15,8 @@ from recops.services.schemas import TrackEvent, TrackResponse
 from recops.serving.state import LiveCatalog
 from recops.store import EventStore
 
+FUTURE_SLACK_SECONDS = 300  # a sent time up to this far ahead of the server's is taken as is
+
 
 class Tracking:
     """Stores events and hands their ids to the refresher."""
@@ -34,17 +36,21 @@ class Tracking:
         """
         now = time.time()
         rows = [event_row(e, now) for e in evs]
-        stored = len(self.store.insert_events(rows))
-        known = self.catalog.known
-        unknown = sorted({r["item_id"] for r in rows} - known) if known else []
+        ahead = sum(r["timestamp"] == now and e.timestamp is not None for r, e in zip(rows, evs))
         users = sorted({r["user_id"] for r in rows if r["user_id"]})
         sessions = sorted({r["session_id"] for r in rows if r["session_id"]})
+        # the refresh they call for is recorded with them: a crash before it lands cannot forget it
+        stored = len(self.store.insert_events(rows, pending=(users, sessions)))
+        known = self.catalog.known
+        unknown = sorted({r["item_id"] for r in rows} - known) if known else []
         self.refresher.submit(users, sessions)
         err = self.refresher.last_error
+        warnings = [f"events stored; the last online refresh failed ({err}), the next one retries"] if err else []
+        if ahead:
+            warnings.append(f"{ahead} event(s) had a timestamp more than {FUTURE_SLACK_SECONDS} s ahead of the "
+                            "server's clock: stored at the server's time, the sent time kept in context.sent_timestamp")
         return TrackResponse(accepted=len(rows), stored=stored, duplicates=len(rows) - stored, unknown_items=unknown,
-                             online_updated=users, sessions_updated=sessions,
-                             warning=f"events stored; the last online refresh failed ({err}), the next one retries"
-                             if err else None)
+                             online_updated=users, sessions_updated=sessions, warning="; ".join(warnings) or None)
 
 
 def event_row(e: TrackEvent, now: float) -> dict:
@@ -57,12 +63,17 @@ def event_row(e: TrackEvent, now: float) -> dict:
     Returns:
         The row, with a deterministic ``event_id`` when the caller sent none.
     """
-    ts = e.timestamp.timestamp() if e.timestamp else now
+    sent = e.timestamp.timestamp() if e.timestamp else now
     # the list an event came from tells it apart too: one click on the same item in each of two lists is two clicks
     extra = e.session_id if e.request_id is None else f"{e.session_id}|{e.request_id}"
-    event_id = e.event_id or make_event_id(e.user_id, e.item_id, e.event_type, pd.Timestamp(ts, unit="s", tz="UTC"),
+    # the id from the time as sent: a retry of an event from a fast clock is the same event
+    event_id = e.event_id or make_event_id(e.user_id, e.item_id, e.event_type, pd.Timestamp(sent, unit="s", tz="UTC"),
                                            extra)
+    context = e.context
+    ts = sent
+    if sent > now + FUTURE_SLACK_SECONDS:  # a client's fast clock: nothing may happen in the future of the store
+        ts, context = now, {**(context or {}), "sent_timestamp": e.timestamp.isoformat()}
     return {"event_id": event_id, "user_id": e.user_id, "item_id": e.item_id, "event_type": e.event_type,
             "timestamp": ts, "session_id": e.session_id, "value": e.value,
-            "context": json.dumps(e.context, sort_keys=True) if e.context else None, "ingested_at": now,
+            "context": json.dumps(context, sort_keys=True) if context else None, "ingested_at": now,
             "request_id": e.request_id}
