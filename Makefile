@@ -39,6 +39,7 @@ bench: setup  ## benchmarks (print figures and a final JSON line each)
 	$(VENV)/bin/python bench/sessions.py
 	$(VENV)/bin/python bench/experiments.py
 	$(VENV)/bin/python bench/monitoring.py
+	$(VENV)/bin/python bench/chaos.py
 
 bench-quality: setup  ## recommendation quality vs popularity, implicit ALS / item-kNN and EASE
 	$(UV) sync --frozen --extra dev --extra bench --python 3.11

@@ -65,14 +65,27 @@ def client(url: str, **kwargs) -> httpx.Client:
 def start(cmd: list[str], env: dict, cwd: Path, port: int) -> subprocess.Popen:
     p = subprocess.Popen(cmd + ["--host", "127.0.0.1", "--port", str(port)], env=env, cwd=cwd,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    t0 = time.time()
-    while time.time() - t0 < 120:
+    wait_ready(p, port)
+    return p
+
+
+def wait_ready(p: subprocess.Popen, port: int, timeout: float = 120) -> float:
+    """Wait until the server on ``port`` answers /readyz; returns the seconds it took.
+
+    Raises:
+        RuntimeError: the process exited first. TimeoutError: ``timeout`` passed.
+    """
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if p.poll() is not None:
+            raise RuntimeError(f"the server exited with {p.returncode}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return p
+                return time.perf_counter() - t0
         except httpx.HTTPError:
-            time.sleep(0.3)
-    raise TimeoutError(cmd)
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"no server answered on port {port}")
 
 
 def rss_mb(p: subprocess.Popen) -> float:

@@ -21,7 +21,7 @@ import time
 
 import bentoml
 
-from recops.serving.recommend import fallback_kind
+from recops.serving.recommend import degraded_cause, fallback_kind
 
 ANSWERS = bentoml.metrics.Counter(
     name="recops_answers", documentation="lists served, by strategy, experiment variant and fallback reason",
@@ -30,6 +30,9 @@ EVENTS = bentoml.metrics.Counter(
     name="recops_events", documentation="events sent to /track and /track/batch, by outcome",
     labelnames=["outcome"])
 EVENT_OUTCOMES = ("accepted", "stored", "duplicate", "unknown_item")
+DEGRADED = bentoml.metrics.Counter(
+    name="recops_degraded_answers", documentation="lists served while a part of the service was down, by what",
+    labelnames=["endpoint", "cause"])
 
 
 class ServiceMetrics:
@@ -49,6 +52,8 @@ class ServiceMetrics:
         """
         ANSWERS.labels(endpoint=endpoint, strategy=resp.strategy, variant=resp.variant or "none",
                        fallback=fallback_kind(resp.fallback_reason if resp.fallback else None)).inc()
+        if resp.degraded:
+            DEGRADED.labels(endpoint=endpoint, cause=degraded_cause(resp.degraded_reason)).inc()
 
     def tracked(self, events: list, resp) -> None:
         """Count the events of one track request.

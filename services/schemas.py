@@ -178,6 +178,9 @@ class RankedList(Schema):
     experiment: str | None = Field(None, description="the running experiment this list is part of", examples=[None])
     variant: str | None = Field(None, description="control, challenger or interleaved; null outside an experiment",
                                 examples=[None])
+    degraded: bool = Field(False, description="true when a part of the service is down and the list was made "
+                           "without it (the reason says which); false normally")
+    degraded_reason: str | None = Field(None, examples=[None])
 
 
 class RecommendResponse(RankedList):
@@ -352,6 +355,8 @@ class HealthResponse(Schema):
     model_version: str | None = Field(examples=["3"])
     model_loaded: bool
     load_error: str | None = None
+    degraded: str | None = Field(None, description="why the served model may be behind the registry (it is "
+                                 "unreachable), null normally", examples=[None])
     events: int = Field(description="events in the event store")
     online_refresh: OnlineRefresh
     experiment: str | None = Field(None, description="the running experiment being served, if any")

@@ -108,6 +108,10 @@ ItemQuery = Annotated[str, Query(min_length=1, max_length=128, description="the 
 @bentoml.service(name="recops", workers=1, threads=4, traffic={"timeout": 30})
 class Recops:
     def __init__(self) -> None:
+        # a registry outage must not hold the server for minutes of MLflow's retries (the champion is re-checked
+        # every reload_interval_seconds, and a local copy serves meanwhile)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         from recops.services.metrics import ServiceMetrics
         from recops.services.packaging import from_arguments
         from recops.serving import Serving

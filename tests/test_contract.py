@@ -38,7 +38,8 @@ def test_the_server_keeps_every_promise_of_its_openapi_document(contract_server)
     # a fixed seed: the same cases every run (bench/chaos.py explores with fresh seeds)
     r = subprocess.run([str(st), "--config-file", str(CONFIG), "run", f"{srv.url}/docs.json", "--checks", "all",
                         "-H", f"Authorization: Bearer {token(srv.settings)}", "--seed", "1", "-w", "1",
-                        "--no-color"], capture_output=True, text=True, timeout=600, check=False)
+                        "--no-color"], capture_output=True, text=True, timeout=600, check=False,
+                       cwd=srv.settings.home)  # its cache folder goes there, not into the checkout
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]
     generated = re.search(r"(\d+) generated, (\d+) passed", out)

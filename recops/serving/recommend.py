@@ -49,6 +49,18 @@ def fallback_kind(reason: str | None) -> str:
     return "no_model" if reason.startswith(f"{ModelSlot.NO_MODEL} ") else "other"
 
 
+def degraded_cause(reason: str | None) -> str:
+    """A degraded answer's reason as a fixed name (a metric label).
+
+    Args:
+        reason: the ``degraded_reason`` of an answer.
+
+    Returns:
+        ``registry`` or ``other``.
+    """
+    return "registry" if (reason or "").startswith(ModelSlot.REGISTRY_UNREACHABLE) else "other"
+
+
 class Recommendations:
     """Lists for users and sessions from the served model, with the fallback."""
 

@@ -85,7 +85,8 @@ class Serving:
         """
         served = self.champion.get()
         return {"status": "ok", "model_version": served.version if served else None, "model_loaded": served is not None,
-                "load_error": self.champion.load_error, "events": self.store.count_events(),
+                "load_error": self.champion.load_error, "degraded": self.champion.degraded,
+                "events": self.store.count_events(),
                 "online_refresh": {"pending": self.refresher.pending(), "done": self.refresher.refreshes,
                                    "last_error": self.refresher.last_error},
                 "experiment": self.experiments.current.name if self.experiments.current else None,

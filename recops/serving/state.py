@@ -7,9 +7,11 @@ to the champion is a second slot.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
@@ -41,6 +43,7 @@ class ModelSlot:
     to load leaves the previous one serving."""
 
     NO_MODEL = "no"  # how the reason starts when nothing is served (``why_none``)
+    REGISTRY_UNREACHABLE = "the model registry is unreachable"  # how ``degraded`` starts when it is
 
     def __init__(self, settings: Settings, alias: str = registry.CHAMPION, pinned: str | None = None,
                  packaged: Packaged | None = None):
@@ -54,6 +57,9 @@ class ModelSlot:
         self.load_error: str | None = None
         self.loaded_at: float | None = None
         self.registered_at: float | None = None  # when the served version was registered (epoch s)
+        self.degraded: str | None = None  # why what is served may be behind the registry (None: it is not)
+        # the last version loaded from the registry, kept to serve when the registry is unreachable at start
+        self.copy_dir = Path(settings.home) / "serving" / alias
         self.reload()
 
     def reload(self) -> None:
@@ -70,11 +76,53 @@ class ModelSlot:
                     self._served, self.loaded_at, self.load_error = Served(model, version), time.time(), None
                     self.registered_at = registered
                 log.info("serving %s version %s", self.alias, version)
+                if not self.pinned:
+                    threading.Thread(target=self._keep_copy, args=(model, version, registered), daemon=True,
+                                     name="champion-copy").start()
             elif version is None and self._served is None:
                 self.load_error = f"no model has the @{self.alias} alias yet"
-        except Exception as exc:  # the previous model (or the fallback) keeps serving
+            self.degraded = None
+        except Exception as exc:  # the previous model, a local copy, or the fallback keeps serving
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("could not load @%s", self.alias)
+            if self._served is None and not self.pinned:
+                self._load_copy()
+            if self._served is not None:
+                self.degraded = (f"{self.REGISTRY_UNREACHABLE} ({type(exc).__name__}): serving version "
+                                 f"{self._served.version} without checking @{self.alias}")
+
+    def _keep_copy(self, model, version: str, registered: float) -> None:
+        """Keep the loaded version on local disk: its model file first, then the pointer to it (each
+        written aside and renamed), so a crash between leaves the previous copy whole."""
+        try:
+            self.copy_dir.mkdir(parents=True, exist_ok=True)
+            name = f"model-v{version}.pkl"
+            model.save(self.copy_dir / f".{name}")
+            (self.copy_dir / f".{name}").replace(self.copy_dir / name)
+            meta = self.copy_dir / ".version.json"
+            meta.write_text(json.dumps({"version": version, "file": name, "registered_at": registered,
+                                        "saved_at": time.time()}))
+            meta.replace(self.copy_dir / "version.json")
+            for old in self.copy_dir.glob("model-v*.pkl"):
+                if old.name != name:
+                    old.unlink(missing_ok=True)
+        except Exception:
+            log.exception("could not keep a local copy of version %s", version)
+
+    def _load_copy(self) -> None:
+        """Serve the local copy of the last version loaded from the registry, if there is one."""
+        try:
+            meta = json.loads((self.copy_dir / "version.json").read_text())
+            model = RecopsModel.load(self.copy_dir / meta["file"])
+        except FileNotFoundError:
+            return
+        except Exception:
+            log.exception("could not load the local copy in %s", self.copy_dir)
+            return
+        with self._lock:
+            self._served, self.loaded_at = Served(model, str(meta["version"])), time.time()
+            self.registered_at = float(meta["registered_at"])
+        log.warning("the registry is unreachable: serving the local copy of version %s", meta["version"])
 
     def _load_packaged(self) -> None:
         """Load the packaged model once (it never changes); a failure is kept as the load error."""
