@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -28,6 +29,8 @@ from typing import NamedTuple
 import sqlalchemy as sa
 
 from recops.store import metadata
+
+log = logging.getLogger("recops.auth")
 
 READ, TRACK, ADMIN, METRICS = "read", "track", "admin", "metrics"
 SCOPES = (READ, TRACK, ADMIN, METRICS)
@@ -257,7 +260,9 @@ class Verifier:
                 if now - self._read_at >= self.refresh_seconds:
                     try:
                         self._tokens, self._misses = self.store.active(), {}
-                    finally:  # a database hiccup keeps the last known tokens until the next try
+                    except Exception:  # the database away: the tokens known last keep working until it is back
+                        log.exception("could not re-read the API tokens; keeping the %d known", len(self._tokens))
+                    finally:
                         self._read_at = now
         return self._tokens
 
@@ -265,7 +270,11 @@ class Verifier:
         now = time.monotonic()
         if now - self._misses.get(d, float("-inf")) < self.miss_seconds:
             return None
-        found = self.store.active(d).get(d)
+        try:
+            found = self.store.active(d).get(d)
+        except Exception:  # the database away: an unknown token stays unknown
+            log.exception("could not look a token up")
+            return None
         if found is None:
             if len(self._misses) > 10_000:
                 self._misses.clear()

@@ -15,6 +15,7 @@ import logging
 import recops
 
 log = logging.getLogger("recops.services")
+RETRY_AFTER_SECONDS = 5  # what a 503 (the event store or the model away) tells a caller to wait
 
 TITLE = "recops"
 DESCRIPTION = """Real-time behavioral recommendations.
@@ -42,7 +43,9 @@ def info() -> dict:
 ERROR = {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}},
                                          "required": ["error"]}}}
 # what a route answers besides BentoML's own 400/404/500 (and FastAPI's 422), in BentoML's error shape
-EXTRA_ERRORS = {"/predict": {503: "no model is served"}, "/next-items": {503: "no model is served"}}
+EXTRA_ERRORS = {"/predict": {503: "no model is served"}, "/next-items": {503: "no model is served"},
+                "/track": {503: "the event store is unreachable: nothing was stored (Retry-After)"},
+                "/track/batch": {503: "the event store is unreachable: nothing was stored (Retry-After)"}}
 
 
 def document_doors(spec: dict, auth: bool, metrics_open: bool) -> None:
@@ -195,7 +198,8 @@ class BodyRewriter:
     def wants(self, status: int) -> bool:
         return True
 
-    def change(self, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    def change(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+               ) -> tuple[list[tuple[bytes, bytes]], bytes]:
         return headers, body
 
     async def __call__(self, scope, receive, send):
@@ -219,7 +223,7 @@ class BodyRewriter:
             if message.get("more_body"):
                 return
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            headers, body = self.change(headers, b"".join(chunks))
+            headers, body = self.change(start["status"], headers, b"".join(chunks))
             await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
 
@@ -234,7 +238,9 @@ class OneErrorShape(BodyRewriter):
     def wants(self, status: int) -> bool:
         return status >= 400
 
-    def change(self, headers, body):
+    def change(self, status, headers, body):
+        if status == 503 and not any(k.lower() == b"retry-after" for k, _ in headers):  # every 503 here is passing
+            headers = [*headers, (b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
         kind = next((v for k, v in headers if k.lower() == b"content-type"), b"")
         if not kind.startswith(b"application/json"):  # Starlette's own 404, 405: plain text
             body = json.dumps({"error": body.decode("utf-8", "replace") or "error"}).encode()
@@ -269,7 +275,7 @@ class ApiInfo(BodyRewriter):
     def wants(self, status: int) -> bool:
         return status == 200
 
-    def change(self, headers, body):
+    def change(self, status, headers, body):
         try:
             return headers, json.dumps(complete(json.loads(body), self.auth, self.metrics_open)).encode()
         except Exception:  # BentoML's own document, rather than none

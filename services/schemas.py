@@ -357,7 +357,7 @@ class HealthResponse(Schema):
     load_error: str | None = None
     degraded: str | None = Field(None, description="why the served model may be behind the registry (it is "
                                  "unreachable), null normally", examples=[None])
-    events: int = Field(description="events in the event store")
+    events: int | None = Field(description="events in the event store (null: it cannot be reached)")
     online_refresh: OnlineRefresh
     experiment: str | None = Field(None, description="the running experiment being served, if any")
     experiment_share: float | None = Field(None, description="its challenger share, as served")

@@ -50,7 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recops.config import load_settings
 from recops.services.guard import Guard
-from recops.services.openapi import ApiInfo, OneErrorShape
+from recops.services.openapi import RETRY_AFTER_SECONDS, ApiInfo, OneErrorShape
 from recops.services.schemas import (
     DealsRequest,
     DealsResponse,
@@ -181,13 +181,23 @@ class Recops:
         recent item that leads to each; popularity when the items say nothing yet."""
         return _answer(self.rt.behavior.next_items, recent_item_ids, k, exclude, api=True)
 
-    @bentoml.api(route="/track")
-    async def track(self, event: TrackEvent, /) -> TrackResponse:
+    @app.post("/track", responses={400: {"description": "an invalid event (nothing is stored)"}})
+    async def track(self, event: TrackEvent) -> TrackResponse:
         """Store one event (idempotent on event_id), then refresh the user's online state."""
         # async: one indexed insert (~1 ms) costs less on the event loop than the thread-pool hand-off;
-        # the batch endpoint, whose insert takes longer, stays in the pool
-        resp = self.rt.tracking.track([event])
-        self.metrics.tracked([event], resp)
+        # the batch endpoint, whose insert takes longer, stays in the pool. A FastAPI route, as the batch's:
+        # BentoML's exceptions cannot say why a 503 is one
+        return self._track([event])
+
+    def _track(self, events: list) -> TrackResponse:
+        """Store events; the event store away is a 503 with Retry-After (nothing stored)."""
+        from recops.serving.errors import StoreDown
+
+        try:
+            resp = self.rt.tracking.track(events)
+        except StoreDown as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+        self.metrics.tracked(events, resp)
         return resp
 
     @app.post("/track/batch", responses={400: {"description": "an invalid event (none of the batch is stored)"}})
@@ -195,9 +205,7 @@ class Recops:
                     ) -> TrackResponse:
         """Store a list of 1 to 10,000 events (none if any is invalid), then refresh the users' online state."""
         # a FastAPI route: BentoML answers a malformed JSON list with a 500, and builds its JSON schema per request
-        resp = self.rt.tracking.track(events)
-        self.metrics.tracked(events, resp)
-        return resp
+        return self._track(events)
 
     @app.get("/implicit-rating")
     def implicit_rating(self, user_id: UserQuery, item_id: ItemQuery) -> ImplicitRatingResponse:

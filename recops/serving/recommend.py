@@ -16,6 +16,7 @@ from recops.models.intent import infer_intent
 from recops.models.recommender import Recommendation
 from recops.models.request import RecommendRequest
 from recops.services.schemas import RecommendedItem, RecommendResponse, SessionRecommendResponse
+from recops.serving.errors import is_store_down
 from recops.serving.requests import RequestBuilder
 from recops.serving.state import LiveCatalog, ModelSlot, Served
 from recops.store import EventStore
@@ -28,6 +29,7 @@ MODEL_ERROR = "model error"  # how a fallback reason starts when the model faile
 UNKNOWN_USER = "unknown user: no events yet"
 NEW_SESSION = "new session: no events yet"
 NO_CANDIDATES = "the model found no candidates"
+STORE_DOWN = "the event store is unreachable"  # how the reason starts (fallback and degraded alike)
 
 
 def fallback_kind(reason: str | None) -> str:
@@ -37,12 +39,15 @@ def fallback_kind(reason: str | None) -> str:
         reason: the ``fallback_reason`` of an answer, None when the model answered.
 
     Returns:
-        ``none``, ``no_model``, ``model_error``, ``unknown_user``, ``new_session``, ``no_candidates`` or ``other``.
+        ``none``, ``no_model``, ``model_error``, ``store_down``, ``unknown_user``, ``new_session``,
+        ``no_candidates`` or ``other``.
     """
     if reason is None:
         return "none"
     if reason.startswith(MODEL_ERROR):
         return "model_error"
+    if reason.startswith(STORE_DOWN):
+        return "store_down"
     for text, kind in ((UNKNOWN_USER, "unknown_user"), (NEW_SESSION, "new_session"), (NO_CANDIDATES, "no_candidates")):
         if reason == text:
             return kind
@@ -56,9 +61,12 @@ def degraded_cause(reason: str | None) -> str:
         reason: the ``degraded_reason`` of an answer.
 
     Returns:
-        ``registry`` or ``other``.
+        ``registry``, ``event_store`` or ``other``.
     """
-    return "registry" if (reason or "").startswith(ModelSlot.REGISTRY_UNREACHABLE) else "other"
+    reason = reason or ""
+    if reason.startswith(STORE_DOWN):
+        return "event_store"
+    return "registry" if reason.startswith(ModelSlot.REGISTRY_UNREACHABLE) else "other"
 
 
 class Recommendations:
@@ -96,6 +104,8 @@ class Recommendations:
                 return self.cold_start(user_id, k, excl, served)
             return self._answer(user_id, request, served)
         except Exception as exc:
+            if is_store_down(exc):
+                return self.store_down(user_id, k, excl, served, exc)
             log.exception("model failed for user %s", user_id)
             return self.fallback(user_id, k, excl, served, f"{MODEL_ERROR}: {type(exc).__name__}")
 
@@ -169,6 +179,25 @@ class Recommendations:
             return self.fallback(user_id, k, exclude, served, UNKNOWN_USER)
         return RecommendResponse(user_id=user_id, items=as_items(recs), model_version=served.version, fallback=False,
                                  strategy="demographic" if key else "trending")
+
+    def store_down(self, who: str, k: int, exclude: frozenset[str], served: Served | None, exc: BaseException):
+        """The event store cannot be read: trending items from memory, flagged degraded.
+
+        Args:
+            who: the user or session asking.
+            k: how many items.
+            exclude: items never to show.
+            served: the served model, or None.
+            exc: the database's error.
+
+        Returns:
+            A fallback list with ``degraded`` and its reason.
+        """
+        why = f"{STORE_DOWN} ({type(exc).__name__}): trending items from memory"
+        log.warning("%s for %s", why, who)
+        resp = self.fallback(who, k, exclude, served, why)
+        resp.degraded, resp.degraded_reason = True, why
+        return resp
 
     def fallback(self, who: str, k: int, exclude: frozenset[str], served: Served | None, why: str) -> RecommendResponse:
         """Trending items: the model's popularity list, else the event store's recent counts.

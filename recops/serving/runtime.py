@@ -86,13 +86,21 @@ class Serving:
         served = self.champion.get()
         return {"status": "ok", "model_version": served.version if served else None, "model_loaded": served is not None,
                 "load_error": self.champion.load_error, "degraded": self.champion.degraded,
-                "events": self.store.count_events(),
+                "events": self._count_events(),
                 "online_refresh": {"pending": self.refresher.pending(), "done": self.refresher.refreshes,
                                    "last_error": self.refresher.last_error},
                 "experiment": self.experiments.current.name if self.experiments.current else None,
                 "experiment_share": self.experiments.current.share if self.experiments.current else None,
                 "impressions": {"pending": self.impressions.pending(), "written": self.impressions.written,
                                 "last_error": self.impressions.last_error}}
+
+    def _count_events(self) -> int | None:
+        """The stored events, or None when the event store cannot be reached (health must answer)."""
+        try:
+            return self.store.count_events()
+        except Exception:
+            log.exception("the event store is unreachable")
+            return None
 
     def model_info(self) -> dict:
         """The served model.

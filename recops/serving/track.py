@@ -12,6 +12,7 @@ import pandas as pd
 from recops.online import Refresher
 from recops.schema import make_event_id
 from recops.services.schemas import TrackEvent, TrackResponse
+from recops.serving.errors import StoreDown, is_store_down
 from recops.serving.state import LiveCatalog
 from recops.store import EventStore
 
@@ -40,7 +41,13 @@ class Tracking:
         users = sorted({r["user_id"] for r in rows if r["user_id"]})
         sessions = sorted({r["session_id"] for r in rows if r["session_id"]})
         # the refresh they call for is recorded with them: a crash before it lands cannot forget it
-        stored = len(self.store.insert_events(rows, pending=(users, sessions)))
+        try:
+            stored = len(self.store.insert_events(rows, pending=(users, sessions)))
+        except Exception as exc:
+            if is_store_down(exc):
+                raise StoreDown(f"the event store is unreachable ({type(exc).__name__}): nothing was stored; "
+                                "send the events again") from exc
+            raise
         known = self.catalog.known
         unknown = sorted({r["item_id"] for r in rows} - known) if known else []
         self.refresher.submit(users, sessions)
