@@ -166,6 +166,20 @@ def _openapi30(node) -> None:
             _openapi30(v)
 
 
+def group_routes(spec: dict) -> None:
+    """The routes recops serves through FastAPI (``/track``, ``/health``, ...) join BentoML's groups in
+    Swagger UI instead of a group called "default".
+
+    Args:
+        spec: the OpenAPI document, changed in place.
+    """
+    service, infra = "Service APIs", "Infrastructure"  # BentoML's two groups
+    for path, ops in spec.get("paths", {}).items():
+        for op in ops.values():
+            if isinstance(op, dict) and op.get("tags", ["default"]) == ["default"]:
+                op["tags"] = [infra if path in ("/health", "/model") else service]
+
+
 def complete(spec: dict, auth: bool, metrics_open: bool) -> dict:
     """BentoML's OpenAPI document as recops serves it: its ``info`` and every ``document_*`` fix.
 
@@ -178,6 +192,7 @@ def complete(spec: dict, auth: bool, metrics_open: bool) -> dict:
         The document.
     """
     spec["info"] = info()
+    group_routes(spec)
     document_doors(spec, auth, metrics_open)
     document_errors(spec)
     document_events(spec)
