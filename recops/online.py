@@ -232,18 +232,29 @@ class Refresher:
                 self._proc.terminate()
 
 
-def _orphan_watch(parent: int) -> None:
-    """End this process when its parent is gone (a kill -9 of the server leaves nobody to stop it)."""
-    while True:
-        time.sleep(0.5)
+def watch_parent(parent: int, before_exit=None, stop: threading.Event | None = None) -> None:
+    """End this process when its parent is gone (a kill -9 of it leaves nobody to stop this one); a
+    thread's loop.
+
+    Args:
+        parent: the parent's pid when the watch started.
+        before_exit: called first (e.g. writing what is pending); None: nothing.
+        stop: set it to end the watch; None: it runs as long as the process.
+    """
+    stop = stop or threading.Event()
+    while not stop.wait(0.5):
         if os.getppid() != parent:
-            os._exit(0)
+            try:
+                if before_exit is not None:
+                    before_exit()
+            finally:
+                os._exit(0)
 
 
 def _refresh_loop(settings, q, done, count, error, cond, parent: int | None = None) -> None:
     """The refresher process: drain the queue, refresh every id in it at once, report, repeat."""
     if parent is not None:
-        threading.Thread(target=_orphan_watch, args=(parent,), name="orphan-watch", daemon=True).start()
+        threading.Thread(target=watch_parent, args=(parent,), name="orphan-watch", daemon=True).start()
     store, fs = EventStore(settings.event_store_uri), FeatureStoreClient(settings)
     items, items_at = store.items(), time.monotonic()
     fs.use_wal()

@@ -36,20 +36,20 @@ async def reply(send, status: int, message: str, headers: dict[str, str] | None 
     await send({"type": "http.response.body", "body": body})
 
 
-def bearer(scope: dict) -> str | None:
+def bearer(headers: dict[bytes, bytes]) -> str | None:
     """The bearer token of a request.
 
     Args:
-        scope: the ASGI scope.
+        headers: the request's headers (lower-case names, as ASGI gives them).
 
     Returns:
         The token, or None when the request has no ``Authorization: Bearer`` header.
     """
-    for k, v in scope.get("headers", []):
-        if k == b"authorization":
-            kind, _, token = v.decode("latin-1").partition(" ")
-            return token.strip() or None if kind.lower() == "bearer" else None
-    return None
+    value = headers.get(b"authorization")
+    if value is None:
+        return None
+    kind, _, token = value.decode("latin-1").partition(" ")
+    return token.strip() or None if kind.lower() == "bearer" else None
 
 
 class Guard:
@@ -59,12 +59,13 @@ class Guard:
     def __init__(self, app):
         import bentoml
 
-        from recops.auth import Buckets
+        from recops.auth import METRICS, Buckets, required_scope
         from recops.config import load_settings
 
         self.app = app
+        self.required_scope = required_scope
         s = load_settings()
-        self.metrics_open = not s.metrics_auth
+        self.tokenless = frozenset() if s.metrics_auth else frozenset({METRICS})  # scopes that need no token
         self.max_body = s.max_body_bytes
         self.rate, self.burst = s.rate_limit_per_second, s.rate_limit_burst
         self.anon_rate, self.anon_burst = s.anonymous_rate_limit_per_second, s.anonymous_rate_limit_burst
@@ -96,9 +97,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from recops.auth import METRICS, required_scope
-
-        need = required_scope(scope["path"])
+        need = self.required_scope(scope["path"])
         if need is None:
             await self.app(scope, receive, send)
             return
@@ -117,7 +116,7 @@ class Guard:
                 await self._refuse(send, 413, f"the request body is larger than {self.max_body} bytes "
                                    "(setting max_body_bytes)")
                 return
-        if self.verifier is None or (need == METRICS and self.metrics_open):
+        if self.verifier is None or need in self.tokenless:
             client = (scope.get("client") or ("?", 0))[0]
             wait = self.buckets.take(f"addr:{client}", self.anon_rate, self.anon_burst)
             if wait:
@@ -126,7 +125,7 @@ class Guard:
                 return
             await self.app(scope, receive, send)
             return
-        token = bearer(scope)
+        token = bearer(headers)
         if token is None:
             await self._refuse(send, 401, f"{scope['path']} needs a token: send 'Authorization: Bearer <token>' "
                                f"(recops token create --scope {need} --name NAME)", {"WWW-Authenticate": "Bearer"})

@@ -118,7 +118,6 @@ def document_errors(spec: dict) -> None:
                                                             ERROR["application/json"]["schema"]}}
             if "requestBody" in op:
                 op["requestBody"]["required"] = True
-    _openapi30(spec)
 
 
 def document_events(spec: dict) -> None:
@@ -196,6 +195,7 @@ def complete(spec: dict, auth: bool, metrics_open: bool) -> dict:
     document_doors(spec, auth, metrics_open)
     document_errors(spec)
     document_events(spec)
+    _openapi30(spec)
     return spec
 
 

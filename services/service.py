@@ -121,17 +121,12 @@ class Recops:
         self.rt.refresher.resume(self.rt.store)  # what a crash left unrefreshed (events stored, state behind)
         self._stop = threading.Event()
         threading.Thread(target=self.rt.run_reloader, args=(self._stop,), name="champion-reloader", daemon=True).start()
-        threading.Thread(target=self._orphan_watch, args=(os.getppid(),), name="orphan-watch", daemon=True).start()
+        # a kill -9 of BentoML's supervisor leaves this worker (and so the refresher) with nobody to stop it:
+        # write what is pending and exit
+        from recops.online import watch_parent
 
-    def _orphan_watch(self, supervisor: int) -> None:
-        """End this worker when BentoML's supervisor is gone (a kill -9 of it leaves the worker, and so the
-        refresher, running with nobody to stop them): write what is pending, then exit."""
-        while not self._stop.wait(0.5):
-            if os.getppid() != supervisor:
-                try:
-                    self.rt.close()
-                finally:
-                    os._exit(0)
+        threading.Thread(target=watch_parent, args=(os.getppid(), self.rt.close, self._stop), name="orphan-watch",
+                         daemon=True).start()
 
     @bentoml.api(route="/recommend")
     async def recommend(

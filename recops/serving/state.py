@@ -72,9 +72,7 @@ class ModelSlot:
             if version is not None and (self._served is None or version != self._served.version):
                 model = registry.load_version(self.settings, version)
                 registered = registry.registered_at(self.settings, version)
-                with self._lock:
-                    self._served, self.loaded_at, self.load_error = Served(model, version), time.time(), None
-                    self.registered_at = registered
+                self._serve(model, version, registered)
                 log.info("serving %s version %s", self.alias, version)
                 if not self.pinned:
                     threading.Thread(target=self._keep_copy, args=(model, version, registered), daemon=True,
@@ -90,6 +88,12 @@ class ModelSlot:
             if self._served is not None:
                 self.degraded = (f"{self.REGISTRY_UNREACHABLE} ({type(exc).__name__}): serving version "
                                  f"{self._served.version} without checking @{self.alias}")
+
+    def _serve(self, model, version: str, registered: float) -> None:
+        """Swap in a model: what ``get`` hands out from now on, with when it was loaded and registered."""
+        with self._lock:
+            self._served, self.loaded_at, self.load_error = Served(model, version), time.time(), None
+            self.registered_at = registered
 
     def _keep_copy(self, model, version: str, registered: float) -> None:
         """Keep the loaded version on local disk: its model file first, then the pointer to it (each
@@ -119,9 +123,7 @@ class ModelSlot:
         except Exception:
             log.exception("could not load the local copy in %s", self.copy_dir)
             return
-        with self._lock:
-            self._served, self.loaded_at = Served(model, str(meta["version"])), time.time()
-            self.registered_at = float(meta["registered_at"])
+        self._serve(model, str(meta["version"]), float(meta["registered_at"]))
         log.warning("the registry is unreachable: serving the local copy of version %s", meta["version"])
 
     def _load_packaged(self) -> None:
@@ -129,10 +131,7 @@ class ModelSlot:
         if self._served is not None:
             return
         try:
-            model = self.packaged.load()
-            with self._lock:
-                self._served, self.loaded_at, self.load_error = Served(model, self.packaged.version), time.time(), None
-                self.registered_at = self.packaged.registered_at
+            self._serve(self.packaged.load(), self.packaged.version, self.packaged.registered_at)
             log.info("serving the packaged %s (registry version %s)", self.packaged.tag, self.packaged.version)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
