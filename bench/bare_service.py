@@ -1,6 +1,7 @@
 """The baseline for bench/serving.py and bench/realtime.py: bare BentoML endpoints with the same
 server settings as the recops service, doing no work (no validation, no storage)."""
 
+import os
 from typing import Any
 
 import bentoml
@@ -15,7 +16,8 @@ def _tracked(events: list) -> dict:
             "online_updated": ids("user_id"), "sessions_updated": ids("session_id"), "warning": None}
 
 
-@bentoml.service(name="bare", workers=1, threads=4, traffic={"timeout": 30})
+# the same workers as recops serve (bench/serving.py passes them)
+@bentoml.service(name="bare", workers=int(os.environ.get("BARE_WORKERS", "1")), threads=4, traffic={"timeout": 30})
 class Bare:
     @bentoml.api(route="/recommend")
     def recommend(self, user_id: str, k: int = 10) -> dict:

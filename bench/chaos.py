@@ -11,6 +11,12 @@ token create`, `recops serve`, the HTTP API), with default settings, while proce
    Answers, their non-2xx and degraded shares during the outage, the second server's start time and
    whether it served the champion (from its local copy), and the time from MLflow's return until the
    answers are no longer degraded.
+4. The online store goes away: a Redis server of this run (the home's online store) is killed with -9
+   under mixed /recommend and /track load, then started again, empty. Answers, non-2xx, degraded
+   share, events acknowledged and lost, and the time until answers are no longer degraded.
+5. The event store goes away: a PostgreSQL cluster of this run (the home's event store) is stopped
+   hard under the same load, then started again. /recommend answers (non-2xx, degraded share), /track's
+   503s (each with Retry-After), acknowledged events lost, and the time until /track stores again.
 
 Ends with one JSON line. Usage: python bench/chaos.py [--events 20000] [--seconds 5]
 """
@@ -45,7 +51,11 @@ from recops import steps
 from recops.config import load_settings
 from recops.store import EventStore
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.faults import PgCluster, RedisServer  # the same fault injection as the tests
+
 BIN = Path(sys.executable).parent
+PHASES = ("kill", "registry", "redis", "postgresql")
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 END = "2026-11-01"
 
@@ -170,17 +180,23 @@ def mlflow_server(home: Path, port: int) -> subprocess.Popen:
     raise TimeoutError("mlflow server did not start")
 
 
-def load(url: str, headers: dict, users: list[str], seconds: float) -> dict:
-    """/recommend from 2 clients for ``seconds``: answers, non-2xx, degraded share."""
+def load(url: str, headers: dict, users: list[str], seconds: float, track: list[str] | None = None) -> dict:
+    """/recommend from 2 clients for ``seconds``: answers, non-2xx, degraded share. With ``track`` (item
+    ids), each client also sends a /track (a view, a unique event id) after each /recommend: counted by
+    status, the acknowledged event ids kept under ``"acked"``."""
     counts = {"answers": 0, "non_2xx": 0, "degraded": 0, "fallback": 0}
-    lock = threading.Lock()
+    if track:
+        counts.update(tracked=0, track_2xx=0, track_503_retry_after=0, track_other=0, acked=[])
+    lock, tag = threading.Lock(), uuid.uuid4().hex[:8]
 
     def client(n: int) -> None:
         rng = random.Random(n)
         end = time.time() + seconds
         with httpx.Client(base_url=url, timeout=30, headers=headers) as c:
+            k = 0
             while time.time() < end:
-                r = c.post("/recommend", json={"user_id": rng.choice(users), "k": 10})
+                user = rng.choice(users)
+                r = c.post("/recommend", json={"user_id": user, "k": 10})
                 with lock:
                     counts["answers"] += 1
                     if r.status_code // 100 != 2:
@@ -189,6 +205,21 @@ def load(url: str, headers: dict, users: list[str], seconds: float) -> dict:
                         body = r.json()
                         counts["degraded"] += bool(body["degraded"])
                         counts["fallback"] += bool(body["fallback"])
+                if not track:
+                    continue
+                k += 1
+                eid = f"chaos-{tag}-{n}-{k}"
+                t = c.post("/track", json={"event_id": eid, "user_id": user, "item_id": rng.choice(track),
+                                           "event_type": "view"})
+                with lock:
+                    counts["tracked"] += 1
+                    if t.status_code // 100 == 2:
+                        counts["track_2xx"] += 1
+                        counts["acked"].append(eid)
+                    elif t.status_code == 503 and int(t.headers.get("retry-after", "0")) >= 1:
+                        counts["track_503_retry_after"] += 1
+                    else:
+                        counts["track_other"] += 1
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(2)]
     for t in threads:
@@ -199,6 +230,75 @@ def load(url: str, headers: dict, users: list[str], seconds: float) -> dict:
     return counts
 
 
+def trained_home(home: Path, n_events: int, seed: int, **settings):
+    """Settings of a home with a promoted champion trained on synthetic events, as a user makes one."""
+    s = load_settings(home=home, **settings)
+    b = steps.ingest(s, n_events=n_events, end=END, seed=seed, bad_share=0.0)
+    steps.validate(s, b["batch_id"])
+    steps.build_features(s)
+    version = steps.train(s)["version"]
+    steps.promote(s)
+    return s, version
+
+
+def lost(s, phases: list[dict]) -> int:
+    """How many events the phases' /track acknowledged are not in the event store (their id lists are
+    replaced by their counts)."""
+    acked = set()
+    for ph in phases:
+        acked |= set(ph.pop("acked", []))
+    store = EventStore(s.event_store_uri)
+    try:
+        with store.engine.connect() as conn:
+            stored = set(conn.execute(sa.text("SELECT event_id FROM events WHERE event_id LIKE 'chaos-%'")).scalars())
+    finally:
+        store.dispose()
+    return len(acked - stored)
+
+
+def store_outage(root: Path, n_events: int, seconds: float, which: str) -> dict:
+    """The online store (``redis``: a Redis server of this run) or the event store (``postgresql``: a
+    PostgreSQL cluster of this run) killed under mixed /recommend and /track load, then started again."""
+    service = RedisServer() if which == "redis" else PgCluster()
+    service.start()
+    proc = None
+    try:
+        conf = {"online_store": "redis", "redis_url": service.url} if which == "redis" else {
+            "event_store_url": service.url}
+        s, version = trained_home(root / f"outage-{which}", n_events, 6, **conf)
+        store = EventStore(s.event_store_uri)
+        users = store.events()["user_id"].dropna().value_counts().index[:200].tolist()
+        items = store.items()["item_id"].head(100).tolist()
+        store.dispose()
+        headers = {"Authorization": f"Bearer {token(s, 'read,track')}"}
+        port = free_port()
+        proc, _ = serve(s, port, root / f"serve-{which}.log")
+        url = f"http://127.0.0.1:{port}"
+        out: dict = {"champion": version, "before": load(url, headers, users, seconds, items)}
+        service.kill()
+        out["outage"] = load(url, headers, users, seconds, items)
+        service.start()
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            if which == "redis":
+                back = not httpx.post(f"{url}/recommend", json={"user_id": users[0], "k": 10}, headers=headers,
+                                      timeout=30).json()["degraded"]
+            else:
+                back = httpx.post(f"{url}/track", json={"user_id": users[0], "item_id": items[0], "event_type": "view"},
+                                  headers=headers, timeout=30).status_code == 200
+            if back:
+                break
+            time.sleep(0.2)
+        out["recovery_seconds"] = round(time.time() - t0, 1)
+        out["after"] = load(url, headers, users, seconds, items)
+        out["lost"] = lost(s, [out["before"], out["outage"], out["after"]])
+    finally:
+        if proc is not None:
+            stop(proc)
+        service.kill() if which == "redis" else service.remove()
+    return out
+
+
 def registry_outage(root: Path, n_events: int, seconds: float) -> dict:
     """The registry (an MLflow server of this run) killed under /recommend load and brought back; then
     schemathesis on the same home."""
@@ -206,13 +306,8 @@ def registry_outage(root: Path, n_events: int, seconds: float) -> dict:
     home.mkdir(parents=True)
     mport = free_port()
     ml = mlflow_server(home, mport)
-    s = load_settings(home=home, mlflow_tracking_uri=f"http://127.0.0.1:{mport}",
-                      mlflow_artifact_root="mlflow-artifacts:")
-    b = steps.ingest(s, n_events=n_events, end=END, seed=4, bad_share=0.0)
-    steps.validate(s, b["batch_id"])
-    steps.build_features(s)
-    version = steps.train(s)["version"]
-    steps.promote(s)
+    s, version = trained_home(home, n_events, 4, mlflow_tracking_uri=f"http://127.0.0.1:{mport}",
+                              mlflow_artifact_root="mlflow-artifacts:")
     store = EventStore(s.event_store_uri)
     users = store.events()["user_id"].dropna().value_counts().index[:200].tolist()
     store.dispose()
@@ -271,12 +366,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--only", nargs="*", choices=PHASES, default=list(PHASES), help="run these phases only")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="recops-bench-chaos-"))
     out: dict = {"bench": "chaos", "events": args.events, "kill_9": {}}
     t0 = time.time()
     try:
-        for backend in ("sqlite", "postgresql"):
+        for backend in ("sqlite", "postgresql") if "kill" in args.only else ():
             s, db = kill_home(root, backend, args.events)
             try:
                 out["kill_9"][backend] = kill_under_load(s, args.seconds)
@@ -287,18 +383,31 @@ def main() -> None:
             k = out["kill_9"][backend]
             print(f"kill -9 under load ({backend}): {k['acknowledged']:,} events acknowledged, {k['lost']} lost "
                   f"(target 0); {k['stored_unacknowledged']} stored without an answer", flush=True)
-        out["registry_outage"] = r = registry_outage(root, args.events, args.seconds)
-        print(f"registry outage: before {r['before']}\n  during {r['outage']}\n  a server started during it: "
-              f"{r['second_server_start_seconds']} s, {r['second_server']}\n  MLflow back: answers not degraded "
-              f"after {r['recovery_seconds']} s (reload interval {r['reload_interval_seconds']} s); after {r['after']}",
-              flush=True)
-        out["schemathesis"] = c = r.pop("schemathesis")
-        print(f"schemathesis (all checks, seed {c['seed']}): {c['cases']:,} cases, {c['findings']} findings "
-              f"(target 0), {c['server_5xx']} 5xx in the server's log (target 0)", flush=True)
+        if "registry" in args.only:
+            registry_phase(root, args, out)
+        for which, name in (("redis", "online_store_outage"), ("postgresql", "event_store_outage")):
+            if which not in args.only:
+                continue
+            out[name] = o = store_outage(root, args.events, args.seconds, which)
+            print(f"{name} ({which} killed under /recommend + /track load): before {o['before']}\n  during "
+                  f"{o['outage']}\n  back: recovered after {o['recovery_seconds']} s; after {o['after']}\n  "
+                  f"acknowledged events lost: {o['lost']} (target 0)", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     out["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out))
+
+
+def registry_phase(root: Path, args, out: dict) -> None:
+    """The registry outage and schemathesis after it, printed and added to ``out``."""
+    out["registry_outage"] = r = registry_outage(root, args.events, args.seconds)
+    print(f"registry outage: before {r['before']}\n  during {r['outage']}\n  a server started during it: "
+          f"{r['second_server_start_seconds']} s, {r['second_server']}\n  MLflow back: answers not degraded "
+          f"after {r['recovery_seconds']} s (reload interval {r['reload_interval_seconds']} s); after {r['after']}",
+          flush=True)
+    out["schemathesis"] = c = r.pop("schemathesis")
+    print(f"schemathesis (all checks, seed {c['seed']}): {c['cases']:,} cases, {c['findings']} findings "
+          f"(target 0), {c['server_5xx']} 5xx in the server's log (target 0)", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
-from recops.store import metadata
+from recops.store import create_tables, metadata
 
 log = logging.getLogger("recops.auth")
 
@@ -129,7 +129,7 @@ class TokenStore:
 
     def __init__(self, engine: sa.Engine):
         self.engine = engine
-        metadata.create_all(engine, tables=[api_tokens])
+        create_tables(engine, [api_tokens])
 
     def create(self, name: str, scopes: frozenset[str], rate: float | None = None) -> str:
         """A new token.

@@ -134,6 +134,13 @@ class Settings:
     anonymous_rate_limit_burst: int = 2000
     max_body_bytes: int = 4 * 2**20  # a larger request body gets a 413 (a full /track/batch is ~2 MB)
     serve_port: int = 3000
+    # HTTP worker processes of recops serve; 0: one per core, at most 4 (each holds the model: ~400 MB)
+    serve_workers: int = 0
+
+    @property
+    def workers(self) -> int:
+        """The HTTP worker processes to run (``serve_workers``, resolved)."""
+        return self.serve_workers if self.serve_workers > 0 else max(1, min(os.cpu_count() or 1, 4))
 
     @property
     def event_types(self) -> dict[str, float]:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from recops.store import events, metadata
+from recops.store import create_tables, events, metadata
 
 log = logging.getLogger("recops.impressions")
 
@@ -64,7 +64,7 @@ class ImpressionLog:
 
     def __init__(self, engine: sa.Engine, flush_seconds: float = 0.5):
         self.engine = engine
-        metadata.create_all(engine, tables=IMPRESSION_TABLES)
+        create_tables(engine, IMPRESSION_TABLES)
         self.flush_seconds = flush_seconds
         self._pending: list[tuple[dict, list[dict]]] = []
         self._lock = threading.Lock()  # guards _pending
@@ -149,7 +149,7 @@ def load_impressions(engine: sa.Engine, since: float, until: float | None = None
     Returns:
         (impressions, their items): the tables' columns, one row per list and per shown item.
     """
-    metadata.create_all(engine, tables=IMPRESSION_TABLES)
+    create_tables(engine, IMPRESSION_TABLES)
     cond = impressions.c.served_at >= since
     if until is not None:
         cond = sa.and_(cond, impressions.c.served_at < until)

@@ -7,13 +7,15 @@ so online and offline values agree by construction.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import multiprocessing as mp
 import os
 import queue
 import threading
 import time
-from collections import deque
+from pathlib import Path
 
 import pandas as pd
 
@@ -22,6 +24,11 @@ from recops.featurestore import FeatureStoreClient
 from recops.store import EventStore
 
 log = logging.getLogger("recops.online")
+
+RETRY_SECONDS = 2.0  # after a failed refresh (the online store down), what is pending is retried this often
+POLL_SECONDS = 0.05  # how often the refresher looks for pending marks another worker's /track left
+OWNER_CHECK_SECONDS = 1.0  # how often a worker tries to become the writer (the writer: checks its child)
+BATCH = 5000  # the most users and sessions one refresh cycle takes
 
 
 def refresh(store: EventStore, fs: FeatureStoreClient, user_ids, session_ids, items: pd.DataFrame,
@@ -61,79 +68,85 @@ def refresh(store: EventStore, fs: FeatureStoreClient, user_ids, session_ids, it
 
 
 class Refresher:
-    """The online half of /track, off the request path and out of the server's process: a child
-    process recomputes and writes the online state of the users and sessions that /track touched.
+    """The online half of /track, off the request path and out of the server's processes: one child
+    process per server recomputes and writes the online state of the users and sessions that /track
+    marked pending.
 
-    /track stores its events (durable) and hands the ids here, so its latency is the insert's; in
-    its own process the refresh's pandas work does not hold the server's GIL. Ids queued while a
-    refresh runs are merged into the next one, so under load one refresh covers many requests. A
-    read that needs a user's or session's online state (``wait``) blocks until every refresh queued
-    for it before the read has landed: the next request reflects the event. The child is the only
-    writer of the online store. It starts on the first submit (batch scoring never needs it).
+    The queue is the event store's ``refresh_pending`` table: /track writes a mark with its events (one
+    transaction), the refresher takes the marks, refreshes those ids from their events and clears the
+    marks that did not change meanwhile. So it does not matter which worker answered the /track, a
+    crash forgets nothing, and a read is fresh without waiting: while an id is marked, its features or
+    session are computed from the event store (``is_pending``), else read from the online store.
+
+    One writer: of a server's workers, the one holding an exclusive lock on ``{home}/serving/
+    online-refresher.lock`` runs the child; the others try to take the lock every second, so when that
+    worker dies another one takes over. ``submit`` from the writer's own worker wakes the child at once;
+    otherwise it finds the marks within ``POLL_SECONDS``. In its own process the refresh's pandas work
+    does not hold a worker's GIL. Batch scoring never starts it.
     """
 
-    def __init__(self, settings):
-        self.settings = settings
+    def __init__(self, settings, store: EventStore):
+        self.settings, self.store = settings, store
         self._ctx = mp.get_context("spawn")  # the server has threads: never fork it
         self._lock = threading.Lock()
-        self._queued: dict[tuple[str, str], int] = {}  # ("u"|"s", id) -> sequence number it was queued at
-        self._seq = 0
-        self._sent: deque[tuple[int, float]] = deque()  # (sequence number, monotonic time) of submits not landed
         self._proc = None
+        self._q = None
+        self._lockfile = None  # open while this worker is the writer
+        self._stop = threading.Event()
+        self.status_path = Path(settings.home) / "serving" / "online-refresher.json"
 
-    def _start(self) -> None:
-        """Start the child; after a crash, a new one picks up where the dead one stopped and is
-        handed again every id queued since its last finished refresh."""
-        ctx = self._ctx
-        done = self._done.value if self._proc is not None else 0
-        lost = [k for k, v in self._queued.items() if v > done]
-        self._q = ctx.Queue()
-        self._done, self._count = ctx.Value("q", done), ctx.Value("q", 0)
-        self._error = ctx.Array("c", 500)
-        self._cond = ctx.Condition()
-        self._proc = ctx.Process(target=_refresh_loop, name="recops-online-refresher", daemon=True,
-                                 args=(self.settings, self._q, self._done, self._count, self._error, self._cond,
-                                       os.getpid()))
+    def start(self) -> None:
+        """Take part in running the refresher: become the writer when nobody is (a thread that keeps
+        trying), and then keep its child running. Returns at once."""
+        self._stop.clear()
+        threading.Thread(target=self._own, name="online-refresher-owner", daemon=True).start()
+
+    def _own(self) -> None:
+        while True:
+            try:
+                with self._lock:
+                    if self._lockfile is None:
+                        self._take_lock()
+                    if self._lockfile is not None and not self._alive():
+                        self._start_child()
+            except Exception:  # a full disk, a read-only home: the next check tries again
+                log.exception("could not start the online refresher")
+            if self._stop.wait(OWNER_CHECK_SECONDS):
+                return
+
+    def _take_lock(self) -> None:
+        path = self.status_path.with_name("online-refresher.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a")  # noqa: SIM115 - held open as long as this worker is the writer
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return
+        self._lockfile = f
+        log.info("this worker (pid %d) runs the online refresher", os.getpid())
+
+    def _start_child(self) -> None:
+        """Start (or, after a crash, restart) the child; what the dead one left is still marked pending."""
+        self._q = self._ctx.Queue()
+        self._proc = self._ctx.Process(target=_refresh_loop, name="recops-online-refresher", daemon=True,
+                                       args=(self.settings, self._q, str(self.status_path), os.getpid()))
         self._proc.start()
-        if lost:
-            self._q.put((self._seq, [i for kind, i in lost if kind == "u"], [i for kind, i in lost if kind == "s"]))
-
-    def resume(self, store: EventStore) -> int:
-        """Refresh what a crash left behind: the users and sessions whose pending mark is still in the
-        event store (``refresh_pending``: written with their events, cleared when their refresh lands).
-
-        Args:
-            store: the event store.
-
-        Returns:
-            How many users and sessions were queued.
-        """
-        users, sessions = store.pending_refreshes()
-        if users or sessions:
-            log.info("resuming the online refresh of %d users and %d sessions", len(users), len(sessions))
-            self.submit(users, sessions)
-        return len(users) + len(sessions)
 
     def submit(self, users, sessions) -> None:
-        """Queue a refresh of these users and sessions (non-blocking; starts or restarts the child).
+        """Wake the refresher for these users and sessions, whose marks /track stored with their events
+        (non-blocking; without a wake-up the refresher finds them within ``POLL_SECONDS``).
 
         Args:
             users: user ids whose online features to recompute.
             sessions: session ids whose state to recompute.
         """
-        with self._lock:
-            if not self._alive():
-                self._start()
-            self._seq += 1
-            for kind, ids in (("u", users), ("s", sessions)):
-                for i in ids:
-                    self._queued[(kind, i)] = self._seq
-            self._q.put((self._seq, list(users), list(sessions)))
-            self._sent.append((self._seq, time.monotonic()))
-            self._forget_landed()
-            if len(self._queued) > 100_000:  # forget what has landed
-                done = self._done.value
-                self._queued = {k: v for k, v in self._queued.items() if v > done}
+        q = self._q
+        if q is not None and (users or sessions):
+            try:
+                q.put_nowait(True)
+            except (ValueError, OSError):  # the child was replaced meanwhile: it polls anyway
+                pass
 
     def _alive(self) -> bool:
         """Whether the child runs. ``is_alive`` alone is not enough: when something else in the
@@ -149,8 +162,20 @@ class Refresher:
         except OSError:  # no /proc (not Linux): trust is_alive
             return True
 
+    def is_pending(self, user: str | None = None, session: str | None = None) -> bool:
+        """Whether an event of ``user``/``session`` is stored whose refresh has not landed yet.
+
+        Args:
+            user: a user id; ``None``: no user.
+            session: a session id; ``None``: no session.
+
+        Returns:
+            True when either is marked pending in the event store.
+        """
+        return self.store.is_pending(user, session)
+
     def wait(self, user: str | None = None, session: str | None = None, timeout: float = 10.0) -> bool:
-        """Block until the refreshes queued for ``user``/``session`` have landed (False: timed out).
+        """Block until nothing is pending for ``user``/``session`` (False: timed out).
 
         Args:
             user: the user whose online state is about to be read; ``None``: no user.
@@ -158,78 +183,73 @@ class Refresher:
             timeout: the longest wait, in seconds.
 
         Returns:
-            True when nothing queued for them is outstanding (at once if nothing was ever queued),
-            False when ``timeout`` passed first.
+            True when nothing is pending for them, False when ``timeout`` passed first.
         """
-        with self._lock:
-            target = max(self._queued.get(("u", user), 0), self._queued.get(("s", session), 0))
-        if not target or self._done.value >= target:
-            return True
-        with self._cond:
-            return self._cond.wait_for(lambda: self._done.value >= target, timeout)
-
-    def is_pending(self, user: str | None = None, session: str | None = None) -> bool:
-        """Whether a refresh queued for ``user``/``session`` has not landed yet.
-
-        Args:
-            user: a user id; ``None``: no user.
-            session: a session id; ``None``: no session.
-
-        Returns:
-            True when a refresh queued for either has not finished yet.
-        """
-        with self._lock:
-            target = max(self._queued.get(("u", user), 0), self._queued.get(("s", session), 0))
-        return bool(target) and self._done.value < target
+        deadline = time.monotonic() + timeout
+        while self.is_pending(user, session):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     @property
     def pid(self) -> int | None:
-        """The refresher process's id (None before the first submit starts it)."""
+        """The refresher process's id when this worker runs it (None otherwise)."""
         return self._proc.pid if self._proc is not None else None
 
     def pending(self) -> int:
-        """How many submitted refreshes have not landed yet.
+        """How many users and sessions have events whose refresh has not landed.
 
         Returns:
-            Submits not yet covered by a finished refresh cycle (0 before the first submit).
+            The marks in the event store (0 when it cannot be read: the health check must answer).
         """
-        return 0 if self._proc is None else self._seq - self._done.value
+        return self._backlog()[0]
 
     def lag(self) -> float:
-        """How long the oldest submitted refresh that has not landed has waited.
+        """How long the oldest refresh that has not landed has waited.
 
         Returns:
-            Seconds (0.0 when nothing is outstanding).
+            Seconds since the oldest mark's events were stored (0.0 when nothing is outstanding).
         """
-        if self._proc is None:
-            return 0.0
-        with self._lock:
-            self._forget_landed()
-            return time.monotonic() - self._sent[0][1] if self._sent else 0.0
+        oldest = self._backlog()[1]
+        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
 
-    def _forget_landed(self) -> None:
-        """Drop the submit times of refreshes that have landed (under ``_lock``)."""
-        done = self._done.value
-        while self._sent and self._sent[0][0] <= done:
-            self._sent.popleft()
+    def _backlog(self) -> tuple[int, float | None]:
+        try:
+            return self.store.pending_count()
+        except Exception:  # the event store is away: /health and /metrics answer anyway
+            log.exception("could not count the pending refreshes")
+            return 0, None
+
+    def _status(self) -> dict:
+        try:
+            return json.loads(self.status_path.read_text())
+        except (OSError, ValueError):
+            return {}
 
     @property
     def refreshes(self) -> int:
-        """Refresh cycles the current child has run (each may cover many submits; 0 before the first)."""
-        return 0 if self._proc is None else self._count.value
+        """Refresh cycles the server's refresher has run (each may cover many ids; 0 before the first)."""
+        return int(self._status().get("cycles", 0))
 
     @property
     def last_error(self) -> str | None:
-        """The failure of the latest refresh cycle (``Type: message``), None when it succeeded or none ran."""
-        return (self._error.value.decode(errors="replace") or None) if self._proc is not None else None
+        """The failure of the refresher's latest cycle (``Type: message``), None when it succeeded or none ran."""
+        return self._status().get("error")
 
     def close(self) -> None:
-        """Stop the child after it drains its queue; terminate it when that takes over 10 seconds."""
-        if self._proc is not None and self._proc.is_alive():
-            self._q.put(None)
-            self._proc.join(timeout=10)
-            if self._proc.is_alive():
-                self._proc.terminate()
+        """Stop the child after its current cycle (terminate it when that takes over 10 seconds) and
+        give up the writer's lock."""
+        self._stop.set()
+        with self._lock:
+            if self._proc is not None and self._proc.is_alive():
+                self._q.put(None)
+                self._proc.join(timeout=10)
+                if self._proc.is_alive():
+                    self._proc.terminate()
+            if self._lockfile is not None:
+                self._lockfile.close()
+                self._lockfile = None
 
 
 def watch_parent(parent: int, before_exit=None, stop: threading.Event | None = None) -> None:
@@ -251,39 +271,48 @@ def watch_parent(parent: int, before_exit=None, stop: threading.Event | None = N
                 os._exit(0)
 
 
-def _refresh_loop(settings, q, done, count, error, cond, parent: int | None = None) -> None:
-    """The refresher process: drain the queue, refresh every id in it at once, report, repeat."""
+def _refresh_loop(settings, q, status_path: str, parent: int | None = None) -> None:
+    """The refresher process: take the pending marks, refresh those ids, clear the marks, repeat."""
     if parent is not None:
         threading.Thread(target=watch_parent, args=(parent,), name="orphan-watch", daemon=True).start()
     store, fs = EventStore(settings.event_store_uri), FeatureStoreClient(settings)
     items, items_at = store.items(), time.monotonic()
     fs.use_wal()
+    status = {"pid": os.getpid(), "cycles": 0, "error": None}
+    _write_status(status_path, status)
+    failed = False
     while True:
-        batch = [q.get()]
-        while True:
-            try:
-                batch.append(q.get_nowait())
-            except queue.Empty:
-                break
-        stop = any(b is None for b in batch)
-        work = [b for b in batch if b is not None]
-        if work:
-            if time.monotonic() - items_at > settings.reload_interval_seconds:
-                items, items_at = store.items(), time.monotonic()
-            users = sorted({u for _, us, _ in work for u in us})
-            sessions = sorted({s for _, _, ss in work for s in ss})
-            try:
-                marks = store.pending_marks(users, sessions)  # before the events: see EventStore.pending_marks
-                refresh(store, fs, users, sessions, items)
+        stop = False
+        try:  # woken by a submit, or after a while: another worker's /track only leaves its marks
+            stop = q.get(timeout=RETRY_SECONDS if failed else POLL_SECONDS) is None
+            while not stop:
+                stop = q.get_nowait() is None
+        except queue.Empty:
+            pass
+        try:
+            marks = store.pending_marks(limit=BATCH)  # before the events: see EventStore.pending_marks
+            if marks:
+                if time.monotonic() - items_at > settings.reload_interval_seconds:
+                    items, items_at = store.items(), time.monotonic()
+                refresh(store, fs, [m["id"] for m in marks if m["kind"] == "u"],
+                        [m["id"] for m in marks if m["kind"] == "s"], items)
                 store.clear_pending(marks)
-                error.value = b""
-            except Exception as exc:  # the events are stored; the next refresh of these ids catches up
-                log.exception("online refresh failed")
-                error.value = f"{type(exc).__name__}: {exc}".encode()[:499]
-            with cond:
-                done.value = max(seq for seq, _, _ in work)
-                count.value += 1
-                cond.notify_all()
+                status["cycles"] += 1
+                status["error"], failed = None, False
+                _write_status(status_path, status)
+        except Exception as exc:  # the events are stored and still marked: retried until it lands
+            if not failed:
+                log.exception("online refresh failed; retrying every %s s", RETRY_SECONDS)
+            status["error"], failed = f"{type(exc).__name__}: {exc}"[:499], True
+            _write_status(status_path, status)
         if stop:
             store.dispose()
             return
+
+
+def _write_status(path: str, status: dict) -> None:
+    """The refresher's state for every worker to read (written whole, then renamed into place)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(status, f)
+    os.replace(tmp, path)

@@ -73,8 +73,8 @@ quarantine = sa.Table(
 )
 
 # The users and sessions whose online state is behind their stored events: written in the events' own
-# transaction by /track, cleared by the refresher once their refresh has landed; a server that starts
-# refreshes whatever a crash left here (recops.online.Refresher.resume).
+# transaction by /track, the online refresher's queue (recops.online.Refresher), cleared once their
+# refresh has landed; whatever a crash left here is refreshed when a server starts.
 refresh_pending = sa.Table(
     "refresh_pending",
     metadata,
@@ -110,6 +110,29 @@ def _tuples(df: pd.DataFrame) -> list[tuple]:
     return list(zip(*(df[c].astype(object).where(df[c].notna(), None).tolist() for c in df.columns)))
 
 
+def create_tables(engine: sa.Engine, tables: list[sa.Table] | None = None) -> None:
+    """Create the tables that do not exist yet. Several processes may do this at once (a server's
+    workers starting together): a table another one created meanwhile is not an error.
+
+    Args:
+        engine: the database.
+        tables: which of recops's tables; None: all of them.
+    """
+    for attempt in range(3):
+        try:
+            metadata.create_all(engine, tables=tables)
+            return
+        except sa.exc.DatabaseError as exc:
+            if attempt == 2 or not _created_meanwhile(exc):
+                raise
+
+
+def _created_meanwhile(exc: sa.exc.DatabaseError) -> bool:
+    """Whether a DDL error says another process got there first (the table, its type or column exists)."""
+    text = str(exc.orig).lower()
+    return "already exists" in text or "duplicate" in text
+
+
 class EventStore:
     """Events, items, users and quarantined rows behind one SQLAlchemy engine."""
 
@@ -120,17 +143,21 @@ class EventStore:
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         if create:
-            metadata.create_all(self.engine)
+            create_tables(self.engine)
             self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
         """Columns added to the events table since a store was created (nullable, so old rows stay valid)."""
         have = {c["name"] for c in sa.inspect(self.engine).get_columns("events")}
-        with self.engine.begin() as conn:
-            for col in events.columns:
-                if col.name not in have and col.nullable:
-                    conn.exec_driver_sql(f"ALTER TABLE events ADD COLUMN {col.name} "
-                                         f"{col.type.compile(dialect=self.engine.dialect)}")
+        for col in events.columns:
+            if col.name not in have and col.nullable:
+                try:
+                    with self.engine.begin() as conn:
+                        conn.exec_driver_sql(f"ALTER TABLE events ADD COLUMN {col.name} "
+                                             f"{col.type.compile(dialect=self.engine.dialect)}")
+                except sa.exc.DatabaseError as exc:
+                    if not _created_meanwhile(exc):
+                        raise
 
     @property
     def dialect(self) -> str:
@@ -217,35 +244,51 @@ class EventStore:
                                                        set_={"queued_at": ins.excluded.queued_at}), marks)
         return new
 
-    def pending_refreshes(self) -> tuple[list[str], list[str]]:
-        """The users and sessions whose online refresh has not landed (``refresh_pending``).
-
-        Returns:
-            ``(users, sessions)``.
-        """
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(refresh_pending.c.kind, refresh_pending.c.id)).all()
-        return [i for k, i in rows if k == "u"], [i for k, i in rows if k == "s"]
-
-    def pending_marks(self, users: list[str], sessions: list[str]) -> list[dict]:
-        """The pending marks of these users and sessions, as they are now. Read them before the events a
-        refresh reads: a mark read here was written with events that refresh will see.
+    def pending_marks(self, limit: int | None = None) -> list[dict]:
+        """The users and sessions whose online refresh has not landed, oldest first. Read them before the
+        events a refresh reads: a mark read here was written with events that refresh will see.
 
         Args:
-            users: users about to be refreshed.
-            sessions: sessions about to be refreshed.
+            limit: the most marks returned; None: all.
 
         Returns:
-            ``{"kind", "id", "queued_at"}`` rows.
+            ``{"kind": "u"|"s", "id", "queued_at"}`` rows.
         """
-        out: list[dict] = []
+        t = refresh_pending
+        q = sa.select(t.c.kind, t.c.id, t.c.queued_at).order_by(t.c.queued_at).limit(limit)
         with self.engine.connect() as conn:
-            for kind, ids in (("u", users), ("s", sessions)):
-                for start in range(0, len(ids), 1000):
-                    rows = conn.execute(sa.select(refresh_pending).where(
-                        refresh_pending.c.kind == kind, refresh_pending.c.id.in_(ids[start : start + 1000]))).all()
-                    out += [{"kind": r.kind, "id": r.id, "queued_at": r.queued_at} for r in rows]
-        return out
+            return [{"kind": r.kind, "id": r.id, "queued_at": r.queued_at} for r in conn.execute(q)]
+
+    def is_pending(self, user_id: str | None = None, session_id: str | None = None) -> bool:
+        """Whether an event of this user or session is stored whose online refresh has not landed (on the
+        request path: plain SQL through the driver).
+
+        Args:
+            user_id: a user, or None.
+            session_id: a session, or None.
+
+        Returns:
+            True when either is marked pending.
+        """
+        keys = [(k, i) for k, i in (("u", user_id), ("s", session_id)) if i]
+        if not keys:
+            return False
+        ph = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        where = " OR ".join([f"(kind = {ph} AND id = {ph})"] * len(keys))
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql(f"SELECT 1 FROM refresh_pending WHERE {where} LIMIT 1",
+                                        tuple(x for k in keys for x in k)).first() is not None
+
+    def pending_count(self) -> tuple[int, float | None]:
+        """How many users and sessions wait for their online refresh, and since when.
+
+        Returns:
+            ``(marks, oldest queued_at)``; ``(0, None)`` when none.
+        """
+        t = refresh_pending
+        with self.engine.connect() as conn:
+            n, oldest = conn.execute(sa.select(sa.func.count(), sa.func.min(t.c.queued_at))).one()
+        return int(n), oldest
 
     def clear_pending(self, marks: list[dict]) -> None:
         """Forget pending marks whose refresh has landed, unless newer events renewed them since they were read.

@@ -352,11 +352,14 @@ class HealthResponse(Schema):
     model_config = ConfigDict(protected_namespaces=())
 
     status: str = Field(examples=["ok"])
+    worker: int = Field(description="the process id of the worker that answered (the server runs serve_workers)",
+                        examples=[4242])
     model_version: str | None = Field(examples=["3"])
     model_loaded: bool
     load_error: str | None = None
-    degraded: str | None = Field(None, description="why the served model may be behind the registry (it is "
-                                 "unreachable), null normally", examples=[None])
+    degraded: str | None = Field(None, description="what is down, and what answers instead: the registry (the "
+                                 "served model may be behind it) or the online store (features are computed from "
+                                 "the event store); null normally", examples=[None])
     events: int | None = Field(description="events in the event store (null: it cannot be reached)")
     online_refresh: OnlineRefresh
     experiment: str | None = Field(None, description="the running experiment being served, if any")

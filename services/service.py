@@ -37,6 +37,7 @@ Feast and MLflow there would cost ~200 MB for nothing. The worker loads them in 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Annotated
@@ -105,9 +106,19 @@ ItemQuery = Annotated[str, Query(min_length=1, max_length=128, description="the 
 
 
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(name="recops", workers=1, threads=4, traffic={"timeout": 30})
+@bentoml.service(name="recops", workers=load_settings().workers, threads=4, traffic={"timeout": 30})
 class Recops:
     def __init__(self) -> None:
+        parent = os.getppid()  # now: if BentoML's supervisor dies while this worker starts, the watch still sees it
+        try:
+            self._start(parent)
+        except BaseException:
+            # uvicorn would go on serving this worker with no service behind it (a 500 for every request):
+            # exit, and BentoML starts the worker again
+            logging.getLogger("recops.service").exception("this worker could not start; it exits to be restarted")
+            os._exit(3)
+
+    def _start(self, parent: int) -> None:
         # a registry outage must not hold the server for minutes of MLflow's retries (the champion is re-checked
         # every reload_interval_seconds, and a local copy serves meanwhile)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -118,14 +129,14 @@ class Recops:
 
         self.rt = Serving(load_settings(), packaged=from_arguments())  # a Bento's model, or the registry's
         self.metrics = ServiceMetrics(self.rt)
-        self.rt.refresher.resume(self.rt.store)  # what a crash left unrefreshed (events stored, state behind)
+        self.rt.refresher.start()  # one worker runs it; it first refreshes what a crash left marked
         self._stop = threading.Event()
         threading.Thread(target=self.rt.run_reloader, args=(self._stop,), name="champion-reloader", daemon=True).start()
         # a kill -9 of BentoML's supervisor leaves this worker (and so the refresher) with nobody to stop it:
         # write what is pending and exit
         from recops.online import watch_parent
 
-        threading.Thread(target=watch_parent, args=(os.getppid(), self.rt.close, self._stop), name="orphan-watch",
+        threading.Thread(target=watch_parent, args=(parent, self.rt.close, self._stop), name="orphan-watch",
                          daemon=True).start()
 
     @bentoml.api(route="/recommend")

@@ -65,7 +65,7 @@ def trained(prefect_harness, tmp_root):
     from recops.config import load_settings
 
     home = tmp_root / "trained"
-    settings = load_settings(home=home, reload_interval_seconds=1.0)
+    settings = load_settings(home=home, reload_interval_seconds=1.0, serve_workers=2)
     os.environ.update(settings.to_env())
     try:
         from recops.flows.pipeline import pipeline_flow
@@ -75,6 +75,18 @@ def trained(prefect_harness, tmp_root):
         for k in settings.to_env():
             os.environ.pop(k, None)
     return settings, result
+
+
+def train_champion(settings, n_events: int, seed: int) -> None:
+    """The pipeline's steps in process on clean synthetic events, the trained model promoted: a home with
+    a champion for a test module's own server (faster than the flow)."""
+    from recops import steps
+
+    b = steps.ingest(settings, n_events=n_events, end=END, seed=seed, bad_share=0.0)
+    steps.validate(settings, b["batch_id"])
+    steps.build_features(settings)
+    steps.train(settings)
+    steps.promote(settings)
 
 
 _TOKENS: dict[tuple[str, str], str] = {}
@@ -106,15 +118,20 @@ def free_port() -> int:
 
 
 class Server:
-    """``bentoml serve``: the service in the source tree (registry mode), or a Bento by its tag. Its own
+    """``bentoml serve``: the service in the source tree (registry mode), or a Bento by its tag. ``workers``:
+    one for a test that is about something else (each worker costs a start-up); the shared server and the
+    tests of workers, crashes and experiments run the default. Its own
     BENTOML_HOME (BentoML empties the Prometheus files there at start: another server's /metrics), except
     for a Bento, which is served from the home whose store holds it."""
 
-    def __init__(self, settings, port: int, bento: str | None = None, env: dict | None = None):
+    def __init__(self, settings, port: int, bento: str | None = None, env: dict | None = None,
+                 workers: int | None = None):
         self.settings, self.port = settings, port
         self.url = f"http://127.0.0.1:{port}"
         home = os.environ["BENTOML_HOME"] if bento else Path(settings.home) / f"bentoml-{port}"
         env = {**os.environ, **settings.to_env(), "BENTOML_HOME": str(home), **(env or {})}
+        if workers is not None:  # the default (serve_workers) otherwise: two on this machine
+            env["RECOPS_SERVE_WORKERS"] = str(workers)
         target = bento or "recops.services.service:Recops"
         bentoml = Path(sys.executable).with_name("bentoml")
         self.log_path = Path(settings.home) / f"server-{port}.log"
@@ -145,6 +162,32 @@ class Server:
             self.proc.wait(timeout=20)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def each_worker(url: str, headers: dict, workers: int = 2, tries: int = 200) -> list:
+    """One open HTTP client per worker of the server (a kept-alive connection stays with the worker that
+    accepted it; /health names it).
+
+    Raises:
+        AssertionError: ``tries`` new connections reached fewer than ``workers`` workers.
+    """
+    import httpx
+
+    found: dict[int, httpx.Client] = {}
+    for _ in range(tries):
+        c = httpx.Client(base_url=url, timeout=30, headers=headers)
+        r = c.get("/health")
+        pid = r.json()["worker"] if r.status_code == 200 else None  # a worker still starting answers 503
+        if pid is None or pid in found:
+            c.close()
+            time.sleep(0.05)
+        else:
+            found[pid] = c
+        if len(found) == workers:
+            return list(found.values())
+    for c in found.values():
+        c.close()
+    raise AssertionError(f"{tries} connections reached {len(found)} worker(s), not {workers}")
 
 
 @pytest.fixture(scope="session")

@@ -188,7 +188,7 @@ def test_rate_limits_and_body_size_get_429_and_413(server, trained):
 @pytest.mark.e2e
 def test_auth_off_is_explicit_and_warned(trained):
     settings, _ = trained
-    srv = Server(settings, free_port(), env={"RECOPS_AUTH": "false"}).wait()
+    srv = Server(settings, free_port(), env={"RECOPS_AUTH": "false"}, workers=1).wait()
     try:
         r = httpx.post(f"{srv.url}/recommend", json={"user_id": "u1", "k": 3}, timeout=30)
         assert r.status_code == 200

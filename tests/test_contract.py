@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from recops import steps
 from recops.config import load_settings
-from tests.conftest import END, Server, free_port, token
+from tests.conftest import Server, free_port, token, train_champion
 
 pytestmark = pytest.mark.e2e
 
@@ -22,12 +21,8 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 @pytest.fixture(scope="module")
 def contract_server(tmp_root):
     settings = load_settings(home=tmp_root / "contract")
-    b = steps.ingest(settings, n_events=4_000, end=END, seed=5, bad_share=0.0)
-    steps.validate(settings, b["batch_id"])
-    steps.build_features(settings)
-    steps.train(settings)
-    steps.promote(settings)
-    srv = Server(settings, free_port()).wait()
+    train_champion(settings, n_events=4_000, seed=5)
+    srv = Server(settings, free_port(), workers=1).wait()
     yield srv
     srv.stop()
 

@@ -28,7 +28,7 @@ def test_an_unreachable_registry_at_start_serves_the_local_copy(client, trained)
     healthy = client.post("/recommend", json={"user_id": user, "k": 5}).json()
     assert healthy["degraded"] is False and healthy["degraded_reason"] is None
 
-    srv = Server(settings, free_port(), env={"RECOPS_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}).wait()
+    srv = Server(settings, free_port(), env={"RECOPS_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, workers=1).wait()
     try:
         with httpx.Client(base_url=srv.url, timeout=60, headers=auth(settings)) as c:
             rec = c.post("/recommend", json={"user_id": user, "k": 5}).json()

@@ -129,7 +129,7 @@ def test_a_restart_resumes_the_refreshes_a_crash_left_pending(home):
     store.insert_events([{"event_id": f"{user}-1", "user_id": user, "item_id": "i1", "event_type": "view",
                           "timestamp": ts, "session_id": None, "value": None, "context": None,
                           "ingested_at": ts, "request_id": None}], pending=([user], []))
-    assert fs.online_user(user) is None and user in store.pending_refreshes()[0]
+    assert fs.online_user(user) is None and store.is_pending(user)
     srv = Server(settings, free_port()).wait()
     try:
         deadline = time.time() + 30
@@ -137,7 +137,7 @@ def test_a_restart_resumes_the_refreshes_a_crash_left_pending(home):
             assert time.time() < deadline, "the pending refresh was not resumed"
             time.sleep(0.3)
         deadline = time.time() + 10
-        while user in store.pending_refreshes()[0]:
+        while store.is_pending(user):
             assert time.time() < deadline, "the landed refresh left its mark"
             time.sleep(0.3)
     finally:

@@ -15,7 +15,7 @@ import pytest
 from recops import registry
 from recops.experiments import lifecycle, stats
 from recops.experiments.assignment import CHALLENGER, CONTROL
-from tests.conftest import Server, auth, free_port
+from tests.conftest import Server, auth, each_worker, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -39,14 +39,26 @@ def versions(trained, client):
 
 
 def _served(client, name: str | None, share: float | None = None, timeout: float = 60) -> None:
-    """Wait until the server serves this experiment (None: none) at this share."""
+    """Wait until every worker of the server serves this experiment (None: none) at this share."""
     t0 = time.time()
-    while time.time() - t0 < timeout:
-        h = client.get("/health").json()
-        if h["experiment"] == name and (share is None or h["experiment_share"] == share):
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"the server did not pick up experiment {name} (share {share}): {h}")
+    workers = _workers(client)
+    try:
+        for c in workers:
+            while True:
+                h = c.get("/health").json()
+                if h["experiment"] == name and (share is None or h["experiment_share"] == share):
+                    break
+                if time.time() - t0 > timeout:
+                    raise TimeoutError(f"worker {h['worker']} did not pick up experiment {name} (share {share}): {h}")
+                time.sleep(0.3)
+    finally:
+        for c in workers:
+            c.close()
+
+
+def _workers(client) -> list:
+    """A client of each worker of ``client``'s server, with its token."""
+    return each_worker(str(client.base_url).rstrip("/"), {"Authorization": client.headers["authorization"]})
 
 
 def _known_users(trained, n: int) -> list[str]:
@@ -81,6 +93,13 @@ def test_variant_is_sticky_and_is_the_hash(ab, client, trained):
     assert set(seen.values()) == {CONTROL, CHALLENGER}
     u = users[0]
     assert {client.post("/recommend", json={"user_id": u, "k": 3}).json()["variant"] for _ in range(100)} == {seen[u]}
+    workers = _workers(client)
+    try:
+        for c in workers:  # every worker assigns alike
+            assert {u: c.post("/recommend", json={"user_id": u, "k": 3}).json()["variant"] for u in users} == seen
+    finally:
+        for c in workers:
+            c.close()
 
 
 def _variants(client, name):

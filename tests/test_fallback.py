@@ -18,7 +18,7 @@ def test_no_champion_answers_from_the_event_store(tmp_root):
     settings = load_settings(home=tmp_root / "no-champion")
     b = steps.ingest(settings, n_events=3_000, end=END, seed=3)
     steps.validate(settings, b["batch_id"])
-    srv = Server(settings, free_port()).wait()
+    srv = Server(settings, free_port(), workers=1).wait()
     try:
         import httpx
 

@@ -43,7 +43,7 @@ def test_metrics_count_requests_answers_and_events_exactly(client, trained):
     store.dispose()
     tag = time.time_ns()
     # another server on the same home (a replica, a restart beside it) must not freeze this one's counts
-    Server(settings, free_port()).wait().stop()
+    Server(settings, free_port(), workers=1).wait().stop()
     before = scrape(client)
 
     answers = Counter()

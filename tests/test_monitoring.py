@@ -145,7 +145,7 @@ def test_monitor_alarms_start_retrains_through_prefect_automations(tmp_path):
         base = _cli(env, "monitor", "--at", at)["new_events"]
         env_v = {**env, "RECOPS_RETRAIN_MIN_NEW_EVENTS": str(base + n)}
         assert _cli(env_v, "monitor", "--at", at)["alarms"] == []
-        srv = Server(load_settings(home=home), free_port()).wait()
+        srv = Server(load_settings(home=home), free_port(), workers=1).wait()
         try:
             stamp = (cut + pd.Timedelta(days=9, minutes=30)).isoformat()
             r = httpx.post(f"{srv.url}/track/batch", timeout=30, headers=auth(srv.settings), json=[

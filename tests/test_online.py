@@ -1,67 +1,103 @@
-"""The online refresher (a child process): a refresh lands, and after the child is killed (fault
-injection) a new one redoes what the dead one never did."""
+"""The online refresher (a child process of the worker holding the writer's lock): a refresh lands; after
+the child is killed (fault injection) a new one redoes what the dead one never did; of two candidates
+for one home only one writes, and the other takes over when the first stops."""
 
 import os
 import signal
 import time
 import uuid
 
-import pandas as pd
 import pytest
 
+from recops import steps
+from recops.config import load_settings
 from recops.featurestore import FeatureStoreClient
 from recops.online import Refresher
 from recops.store import EventStore
+from tests.conftest import END
 
 pytestmark = pytest.mark.e2e
 
 
-def _event(user: str, item: str) -> pd.DataFrame:
-    return pd.DataFrame({"event_id": [f"rf-{uuid.uuid4().hex}"], "user_id": [user], "item_id": [item],
-                         "event_type": ["purchase"], "timestamp": [pd.Timestamp.now(tz="UTC")], "session_id": [None],
-                         "value": [3.0], "context": [None]})
+@pytest.fixture(scope="module")
+def home(tmp_root):
+    """A home of its own (a server on a shared home could hold the writer's lock), features built."""
+    settings = load_settings(home=tmp_root / "online-refresher")
+    b = steps.ingest(settings, n_events=2_000, end=END, seed=21, bad_share=0.0)
+    steps.validate(settings, b["batch_id"])
+    steps.build_features(settings)
+    return settings
 
 
-def test_refresh_lands_and_survives_a_killed_child(trained):
-    settings, _ = trained
+def _track(store: EventStore, user: str, item: str) -> None:
+    """What /track does: the event and its pending mark in one transaction."""
+    now = time.time()
+    store.insert_events([{"event_id": f"rf-{uuid.uuid4().hex}", "user_id": user, "item_id": item,
+                          "event_type": "purchase", "timestamp": now, "session_id": None, "value": 3.0,
+                          "context": None, "ingested_at": now, "request_id": None}], pending=([user], []))
+
+
+def _until(check, timeout: float = 30.0) -> bool:
+    deadline = time.time() + timeout
+    while not check():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_refresh_lands_and_survives_a_killed_child(home):
+    settings = home
     store, fs = EventStore(settings.event_store_uri), FeatureStoreClient(settings)
     a, b = store.events()["user_id"].value_counts().index[[11, 12]]
     item = store.items()["item_id"].iloc[0]
-    r = Refresher(settings)
+    r = Refresher(settings, store)
+    r.start()
     try:
-        store.add_events(_event(a, item))
+        assert _until(lambda: r.pid is not None), "the only candidate did not become the writer"
+        _track(store, a, item)
+        assert r.is_pending(user=a)
         r.submit([a], [])
         assert r.wait(user=a, timeout=60) and not r.is_pending(user=a)
-        assert fs.online_user(a)["u_purchase_1d"] >= 1 and r.last_error is None
+        assert fs.online_user(a)["u_purchase_1d"] >= 1 and r.last_error is None and r.refreshes >= 1
 
-        # fault injection: the child is frozen, b's refresh is queued to it, then it dies without doing it
+        # fault injection: the child is frozen, b's event is stored and marked, then the child dies without
+        # refreshing it
         os.kill(r.pid, signal.SIGSTOP)
         before = fs.online_user(b)["u_last_event_ts"]
-        store.add_events(_event(b, item))
+        _track(store, b, item)
         r.submit([b], [])
+        time.sleep(0.3)
         assert r.is_pending(user=b)
         dead = r.pid
         os.kill(dead, signal.SIGKILL)
-        _wait_dead(dead)
         t = time.time()
-        r.submit([], ["some-session"])  # the next /track restarts the child, which redoes b
-        assert r.pid != dead
         assert r.wait(user=b, timeout=60), "the restarted refresher never refreshed b"
-        assert fs.online_user(b)["u_last_event_ts"] > before and time.time() - t < 60
+        assert r.pid != dead and fs.online_user(b)["u_last_event_ts"] > before and time.time() - t < 60
     finally:
         r.close()
         store.dispose()
 
 
-def _wait_dead(pid: int, timeout: float = 10.0) -> None:
-    """Until the killed process is gone (reaped by its parent, or a zombie)."""
-    t = time.time()
-    while time.time() - t < timeout:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(") ")[1].startswith("Z"):
-                    return
-        except FileNotFoundError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"process {pid} did not die")
+def test_one_writer_and_a_takeover(home):
+    settings = home
+    store = EventStore(settings.event_store_uri)
+    first, second = Refresher(settings, store), Refresher(settings, store)
+    first.start()
+    try:
+        assert _until(lambda: first.pid is not None)
+        second.start()
+        time.sleep(2.5)  # two of its tries to take the lock
+        assert second.pid is None, "a second writer started"
+        user = store.events()["user_id"].value_counts().index[5]
+        _track(store, user, store.items()["item_id"].iloc[1])
+        second.submit([user], [])  # a worker that is not the writer: the writer finds the mark by itself
+        assert second.wait(user=user, timeout=30)
+        first.close()
+        assert _until(lambda: second.pid is not None, 10), "nobody took over"
+        _track(store, user, store.items()["item_id"].iloc[2])
+        assert second.wait(user=user, timeout=30)
+    finally:
+        first.close()
+        second.close()
+        store.dispose()

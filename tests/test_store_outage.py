@@ -5,75 +5,28 @@ degraded; /health answers; everything recovers by itself."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from recops import steps
 from recops.config import load_settings
 from recops.store import EventStore
-from tests.conftest import END, Server, auth, free_port
+from tests.conftest import Server, auth, free_port, train_champion
+from tests.faults import PgCluster, Unavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scaleout]
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-class Cluster:
-    """A PostgreSQL cluster of this test's own, run as the postgres user."""
-
-    def __init__(self):
-        if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
-            pytest.skip("PostgreSQL 15's server binaries or runuser are absent")
-        self.dir = Path(tempfile.mkdtemp(prefix="recops-pg-"))
-        os.chown(self.dir, *self._ids())
-        self.port = free_port()
-        self._as_postgres(PG_BIN / "initdb", "-D", self.dir / "data", "-A", "trust", "-U", "postgres")
-        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
-
-    @staticmethod
-    def _ids() -> tuple[int, int]:
-        import pwd
-
-        pw = pwd.getpwnam("postgres")
-        return pw.pw_uid, pw.pw_gid
-
-    def _as_postgres(self, *cmd) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], check=True, capture_output=True,
-                       timeout=120)
-
-    def start(self) -> None:
-        self._as_postgres(PG_BIN / "pg_ctl", "-D", self.dir / "data", "-l", self.dir / "log", "-w", "-o",
-                          f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start")
-
-    def kill(self) -> None:
-        self._as_postgres(PG_BIN / "pg_ctl", "-D", self.dir / "data", "-m", "immediate", "-w", "stop")
-
-    def remove(self) -> None:
-        try:
-            self.kill()
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def outage(tmp_root):
-    cluster = Cluster()
+    try:
+        cluster = PgCluster()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
     cluster.start()
     try:
         settings = load_settings(home=tmp_root / "store-outage", event_store_url=cluster.url)
-        b = steps.ingest(settings, n_events=3_000, end=END, seed=13, bad_share=0.0)
-        steps.validate(settings, b["batch_id"])
-        steps.build_features(settings)
-        steps.train(settings)
-        steps.promote(settings)
+        train_champion(settings, n_events=3_000, seed=13)
         yield settings, cluster
     finally:
         cluster.remove()
@@ -81,7 +34,7 @@ def outage(tmp_root):
 
 def test_the_event_store_away_and_back(outage):
     settings, cluster = outage
-    srv = Server(settings, free_port()).wait()
+    srv = Server(settings, free_port(), workers=1).wait()
     tag = f"outage-{time.time_ns()}"
     store = EventStore(settings.event_store_uri)
     user = store.events()["user_id"].value_counts().index[0]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from recops.experiments.assignment import CHALLENGER, variant
-from recops.store import metadata
+from recops.store import create_tables, metadata
 from recops.vocabulary import EXPERIMENT_METHODS, EXPERIMENT_METRICS
 
 RUNNING, STOPPED, PROMOTED, ROLLED_BACK = "running", "stopped", "promoted", "rolled_back"
@@ -120,7 +120,7 @@ class ExperimentStore:
 
     def __init__(self, engine: sa.Engine):
         self.engine = engine
-        metadata.create_all(engine, tables=[experiments, experiment_history])
+        create_tables(engine, [experiments, experiment_history])
 
     # -- reads ----------------------------------------------------------------------------------
     def get(self, name: str) -> Experiment:

@@ -10,7 +10,7 @@ import pandas as pd
 from recops.config import Settings
 from recops.deals import DealPolicy, make_deals
 from recops.features import derive_user_dict
-from recops.featurestore import FeatureStoreClient
+from recops.featurestore import FeatureStoreClient, OnlineStoreDown
 from recops.online import Refresher
 from recops.profile import user_profile
 from recops.ratings import implicit_ratings
@@ -149,9 +149,12 @@ class Behavior:
         if ev.empty and row is None:
             raise UnknownUser(f"user {user_id!r} has no events and no row in the users table")
         prof = user_profile(ev, self.catalog.profile_catalog, row, as_of=now, user_id=user_id)
-        online = self.features.online_user(user_id)
+        online = self.requests.user_features(user_id)  # from the events while the online store is down
         stored = derive_user_dict(online, now.timestamp()) if online else {}
-        recent = self.features.online_recent(user_id) or {}
+        try:
+            recent = self.features.online_recent(user_id) or {}
+        except OnlineStoreDown:
+            recent = {}
         affinity = json.loads(stored.pop("u_category_affinity", None) or "{}")
         return ProfileResponse(user_id=user_id, as_of=now.to_pydatetime(), events=len(ev), static=prof["static"],
                                preferences={**prof["preferences"], "category_affinity": affinity},

@@ -130,8 +130,10 @@ class ExperimentRouting:
         else:
             resp = ask(self.slot(exp.control if variant == CONTROL else exp.challenger))
         resp.request_id, resp.experiment, resp.variant = rid, exp.name if exp else None, variant
-        if self.champion.degraded:
-            resp.degraded, resp.degraded_reason = True, self.champion.degraded
+        online_down = self.recommendations.requests.online_down
+        why = [w for w in (resp.degraded_reason, self.champion.degraded, online_down) if w]
+        if why:
+            resp.degraded, resp.degraded_reason = True, "; ".join(dict.fromkeys(why))
         self._log(resp, endpoint, unit, user_id, session_id, (time.perf_counter() - t0) * 1000)
         return resp
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 
+from recops.featurestore import ONLINE_DOWN
 from recops.models.intent import infer_intent
 from recops.models.recommender import Recommendation
 from recops.models.request import RecommendRequest
@@ -61,11 +62,13 @@ def degraded_cause(reason: str | None) -> str:
         reason: the ``degraded_reason`` of an answer.
 
     Returns:
-        ``registry``, ``event_store`` or ``other``.
+        ``registry``, ``event_store``, ``online_store`` or ``other`` (the first cause when there are several).
     """
     reason = reason or ""
     if reason.startswith(STORE_DOWN):
         return "event_store"
+    if reason.startswith(ONLINE_DOWN):
+        return "online_store"
     return "registry" if reason.startswith(ModelSlot.REGISTRY_UNREACHABLE) else "other"
 
 

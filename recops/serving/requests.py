@@ -6,8 +6,10 @@ request knows about the person (history, live session, features, intent) and wha
   a user with fewer than ``new_user_items`` items is read as a visit, so their intent steers;
 - a session (``/session/recommend``): its live state, its user's features or its own.
 
-Reads your own writes: while a ``/track`` refresh is still queued for an id, its features or state
-are computed here from the event store by the offline functions instead of read from Feast.
+Reads your own writes, whichever worker stored them: while an id is marked pending in the event store
+(a ``/track`` whose online refresh has not landed), its features or state are computed here from the
+event store by the offline functions instead of read from Feast. The same happens while the online
+store (Redis) is down, and ``online_down`` says why.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pandas as pd
 
 from recops.config import Settings
 from recops.features import derive_user_dict, session_states, user_features
-from recops.featurestore import FeatureStoreClient
+from recops.featurestore import FeatureStoreClient, OnlineStoreDown
 from recops.models.intent import Intent, infer_intent
 from recops.models.request import RecommendRequest
 from recops.models.rules import BusinessRules
@@ -63,7 +65,7 @@ class RequestBuilder:
         if session_id:
             live = self.store.user_state(session_id=session_id, n=HISTORY_LEN).history
             history = list(dict.fromkeys(live + history))[:HISTORY_LEN]
-            visit = self.features.online_session(session_id)
+            visit = self.visit(session_id)
             if visit:
                 intent, shares = infer_intent(visit).name, category_shares(visit)
         feats = self.user_features(user_id)
@@ -128,8 +130,8 @@ class RequestBuilder:
         return self.catalog.out_of_stock if self.rules.in_stock_only else frozenset()
 
     def user_features(self, user_id: str) -> dict | None:
-        """The user's stored online features; while their refresh is still queued (right after
-        ``/track``), computed from the event store by the same function.
+        """The user's stored online features; while their refresh is pending (right after ``/track``) or
+        the online store is down, computed from the event store by the same function.
 
         Args:
             user_id: the user.
@@ -138,15 +140,18 @@ class RequestBuilder:
             Feature name -> value, or None when nothing is known about the user.
         """
         if not self.refresher.is_pending(user=user_id):
-            return self.features.online_user(user_id)
+            try:
+                return self.features.online_user(user_id)
+            except OnlineStoreDown:
+                pass  # computed from the events below
         ev = self.store.events_of([user_id])
         if ev.empty:
             return None
         return user_features(ev, _now_point(user_id), self.catalog.items).iloc[0].to_dict()
 
     def visit(self, session_id: str) -> dict | None:
-        """A session's live state, once the refresh queued for it has landed; computed from the event
-        store by the same function when that refresh does not land in time.
+        """A session's live state: the online store's, or computed from the event store by the same
+        function while a refresh is pending for it or the online store is down.
 
         Args:
             session_id: the session.
@@ -154,9 +159,17 @@ class RequestBuilder:
         Returns:
             ``SESSION_FEATURES`` name -> value, or None for a new (or expired) session.
         """
-        if self.refresher.wait(session=session_id):
-            return self.features.online_session(session_id)
+        if not self.refresher.is_pending(session=session_id):
+            try:
+                return self.features.online_session(session_id)
+            except OnlineStoreDown:
+                pass  # computed from the events below
         return self._visit_from_events(self.store.events_of([], [session_id]))
+
+    @property
+    def online_down(self) -> str | None:
+        """Why the online store could not be read at the last try (None: it answers)."""
+        return self.features.down
 
     def _visit_from_events(self, events: pd.DataFrame) -> dict | None:
         """The state of the one session in ``events`` (``recops.features.session_states``)."""
@@ -167,7 +180,7 @@ class RequestBuilder:
         """The ranker's user features for a session: its user's when it has one, else the same
         features computed from the session's own events (an anonymous visitor seen as a user)."""
         user = visit.get("s_user_id")
-        feats = self.features.online_user(user) if user else None
+        feats = self.user_features(user) if user else None
         if feats is None:
             ev = self.store.events_of([], [session_id]).assign(user_id=session_id)
             feats = user_features(ev, _now_point(session_id), self.catalog.items).iloc[0].to_dict()

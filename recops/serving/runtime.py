@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,7 @@ class Serving:
         self.features = FeatureStoreClient(settings)
         self.catalog = LiveCatalog(self.store)
         self.champion = ModelSlot(settings, registry.CHAMPION, pinned=version, packaged=packaged)
-        self.refresher = Refresher(settings)
+        self.refresher = Refresher(settings, self.store)
         self.segments = SegmentView(settings)
         self.requests = RequestBuilder(settings, self.store, self.features, self.catalog, self.refresher)
         self.recommendations = Recommendations(self.champion, self.requests, self.catalog, self.store)
@@ -84,8 +85,10 @@ class Serving:
             backlog, the running experiment and the impression log (``HealthResponse``'s fields).
         """
         served = self.champion.get()
-        return {"status": "ok", "model_version": served.version if served else None, "model_loaded": served is not None,
-                "load_error": self.champion.load_error, "degraded": self.champion.degraded,
+        degraded = "; ".join(w for w in (self.champion.degraded, self.features.down) if w) or None
+        return {"status": "ok", "worker": os.getpid(),
+                "model_version": served.version if served else None, "model_loaded": served is not None,
+                "load_error": self.champion.load_error, "degraded": degraded,
                 "events": self._count_events(),
                 "online_refresh": {"pending": self.refresher.pending(), "done": self.refresher.refreshes,
                                    "last_error": self.refresher.last_error},

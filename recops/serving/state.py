@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -100,10 +101,10 @@ class ModelSlot:
         written aside and renamed), so a crash between leaves the previous copy whole."""
         try:
             self.copy_dir.mkdir(parents=True, exist_ok=True)
-            name = f"model-v{version}.pkl"
-            model.save(self.copy_dir / f".{name}")
-            (self.copy_dir / f".{name}").replace(self.copy_dir / name)
-            meta = self.copy_dir / ".version.json"
+            name, me = f"model-v{version}.pkl", os.getpid()  # each worker writes aside under its own name
+            model.save(self.copy_dir / f".{name}.{me}")
+            (self.copy_dir / f".{name}.{me}").replace(self.copy_dir / name)
+            meta = self.copy_dir / f".version.json.{me}"
             meta.write_text(json.dumps({"version": version, "file": name, "registered_at": registered,
                                         "saved_at": time.time()}))
             meta.replace(self.copy_dir / "version.json")
