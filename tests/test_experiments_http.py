@@ -103,8 +103,16 @@ def test_variant_is_sticky_and_is_the_hash(ab, client, trained):
 
 
 def _variants(client, name):
-    r = client.get(f"/experiments/{name}")
-    assert r.status_code == 200, r.text
+    """The experiment's per-variant figures once every worker has written the lists it served (each
+    worker queues its own impressions; ``GET /experiments/{name}`` writes the answering worker's)."""
+    workers = _workers(client)
+    try:
+        for c in workers:
+            r = c.get(f"/experiments/{name}")
+            assert r.status_code == 200, r.text
+    finally:
+        for c in workers:
+            c.close()
     return r.json()["variants"]
 
 
