@@ -79,6 +79,7 @@ def test_the_online_store_away_and_back(outage):
             assert sess.json()["intent"] == "transactional", sess.json()  # the cart, read from the event store
             profile = c.get(f"/users/{user}/profile")
             assert profile.status_code == 200 and profile.json()["online_features"], profile.text
+            assert profile.json()["recent_items"][0] == item, profile.text  # the cart just tracked, from the events
             health = c.get("/health").json()
             assert "online store is unreachable" in health["degraded"], health
 

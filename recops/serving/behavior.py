@@ -10,8 +10,6 @@ import pandas as pd
 from recops.config import Settings
 from recops.deals import DealPolicy, make_deals
 from recops.features import derive_user_dict
-from recops.featurestore import FeatureStoreClient, OnlineStoreDown
-from recops.online import Refresher
 from recops.profile import user_profile
 from recops.ratings import implicit_ratings
 from recops.services.schemas import (
@@ -33,10 +31,9 @@ class Behavior:
     """What recops knows about one user, one item or one session, beyond a list."""
 
     def __init__(self, settings: Settings, slot: ModelSlot, requests: RequestBuilder, catalog: LiveCatalog,
-                 store: EventStore, features: FeatureStoreClient, refresher: Refresher,
-                 recommendations: Recommendations, segments: SegmentView):
+                 store: EventStore, recommendations: Recommendations, segments: SegmentView):
         self.settings, self.slot, self.requests, self.catalog = settings, slot, requests, catalog
-        self.store, self.features, self.refresher, self.recommendations = store, features, refresher, recommendations
+        self.store, self.recommendations = store, recommendations
         self.segments = segments
         self.deal_policy = DealPolicy.from_settings(settings)
 
@@ -143,7 +140,6 @@ class Behavior:
         Raises:
             UnknownUser: the user has no events and no row in the users table.
         """
-        self.refresher.wait(user=user_id)
         now = pd.Timestamp.now(tz="UTC")
         ev, row = self.store.user_events(user_id), self.store.user_row(user_id)
         if ev.empty and row is None:
@@ -151,10 +147,7 @@ class Behavior:
         prof = user_profile(ev, self.catalog.profile_catalog, row, as_of=now, user_id=user_id)
         online = self.requests.user_features(user_id)  # from the events while the online store is down
         stored = derive_user_dict(online, now.timestamp()) if online else {}
-        try:
-            recent = self.features.online_recent(user_id) or {}
-        except OnlineStoreDown:
-            recent = {}
+        recent = self.requests.recent(user_id)  # from the events while pending or the online store is down
         affinity = json.loads(stored.pop("u_category_affinity", None) or "{}")
         return ProfileResponse(user_id=user_id, as_of=now.to_pydatetime(), events=len(ev), static=prof["static"],
                                preferences={**prof["preferences"], "category_affinity": affinity},

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 import pandas as pd
 
 from recops.config import Settings
-from recops.features import derive_user_dict, session_states, user_features
+from recops.features import derive_user_dict, session_states, user_features, user_recent
 from recops.featurestore import FeatureStoreClient, OnlineStoreDown
 from recops.models.intent import Intent, infer_intent
 from recops.models.request import RecommendRequest
@@ -148,6 +148,27 @@ class RequestBuilder:
         if ev.empty:
             return None
         return user_features(ev, _now_point(user_id), self.catalog.items).iloc[0].to_dict()
+
+    def recent(self, user_id: str) -> dict:
+        """The user's recent items and their implicit ratings: the online store's, or computed from the
+        event store by the refresher's function while their refresh is pending or the online store is down.
+
+        Args:
+            user_id: the user.
+
+        Returns:
+            ``u_recent_items`` and ``u_recent_ratings`` (JSON strings); empty when nothing is known.
+        """
+        if not self.refresher.is_pending(user=user_id):
+            try:
+                return self.features.online_recent(user_id) or {}
+            except OnlineStoreDown:
+                pass  # computed from the events below
+        ev = self.store.events_of([user_id])
+        if ev.empty:
+            return {}
+        s = self.settings
+        return user_recent(ev, _now_point(user_id), (s.event_types, s.decay_half_life_days)).iloc[0].to_dict()
 
     def visit(self, session_id: str) -> dict | None:
         """A session's live state: the online store's, or computed from the event store by the same

@@ -59,8 +59,8 @@ class Serving:
         # one model (batch scoring, a Bento): no online experiment is routed
         self.experiments = ExperimentRouting(settings, self.experiment_records, self.champion, self.recommendations,
                                              self.impressions, follow=version is None and packaged is None)
-        self.behavior = Behavior(settings, self.champion, self.requests, self.catalog, self.store, self.features,
-                                 self.refresher, self.recommendations, self.segments)
+        self.behavior = Behavior(settings, self.champion, self.requests, self.catalog, self.store,
+                                 self.recommendations, self.segments)
 
     def run_reloader(self, stop: threading.Event) -> None:
         """Every ``reload_interval_seconds``, follow the alias and re-read the catalog (a thread's loop).
