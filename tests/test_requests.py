@@ -69,3 +69,14 @@ def test_a_sessions_request_reads_its_visit_and_hides_what_it_carted(serving):
     assert req.category_shares == {cat: 1.0} and req.features["u_tenure_days"] >= 0
     body = serving.recommendations.session_recommend(sid, 5)
     assert not body.fallback and b not in [it.item_id for it in body.items] and body.intent == "transactional"
+
+
+def test_the_warm_up_runs_the_request_path_and_leaves_no_trace(serving):
+    from recops.serving.runtime import WARM_ID
+
+    before = (serving.store.count_events(), serving.store.pending_count()[0], serving.impressions.pending(),
+              serving.impressions.written)
+    assert serving.warm() > 0
+    assert (serving.store.count_events(), serving.store.pending_count()[0], serving.impressions.pending(),
+            serving.impressions.written) == before
+    assert serving.store.user_state(user_id=WARM_ID).history == [] and serving.store.user_row(WARM_ID) is None
