@@ -129,8 +129,8 @@ class Recops:
 
         self.rt = Serving(load_settings(), packaged=from_arguments())  # a Bento's model, or the registry's
         self.metrics = ServiceMetrics(self.rt)
-        logging.getLogger("recops.service").info("worker warmed up in %.1f s", self.rt.warm())
         self.rt.refresher.start()  # one worker runs it; it first refreshes what a crash left marked
+        logging.getLogger("recops.service").info("worker warmed up in %.1f s", self.rt.warm())
         self._stop = threading.Event()
         threading.Thread(target=self.rt.run_reloader, args=(self._stop,), name="champion-reloader", daemon=True).start()
         # a kill -9 of BentoML's supervisor leaves this worker (and so the refresher) with nobody to stop it:

@@ -168,7 +168,8 @@ def test_monitor_alarms_start_retrains_through_prefect_automations(tmp_path):
                 k: v for k, v in look["drift"].items() if k == "drifted" or k.startswith("drift_")}})
             if look["alarms"]:
                 break
-        # (on a failure: which champion each look watched, the volume retrain's promotion, every score and limit)
+        # (on a failure: the champion each look watched, so whether the volume retrain was promoted, and every
+        # score and limit)
         assert look["alarms"] == ["drift"] and look["emitted"] == ["recops.drift.detected"], (looks, run["parameters"])
         assert "drift_category" in look["drift"]["drifted"]
         run = _wait_for_run(api, "drift")

@@ -139,15 +139,9 @@ class RequestBuilder:
         Returns:
             Feature name -> value, or None when nothing is known about the user.
         """
-        if not self.refresher.is_pending(user=user_id):
-            try:
-                return self.features.online_user(user_id)
-            except OnlineStoreDown:
-                pass  # computed from the events below
-        ev = self.store.events_of([user_id])
-        if ev.empty:
-            return None
-        return user_features(ev, _now_point(user_id), self.catalog.items).iloc[0].to_dict()
+        return self._online_or_events(
+            lambda: self.features.online_user(user_id),
+            lambda: self._user_row(user_id, lambda ev, at: user_features(ev, at, self.catalog.items)), user=user_id)
 
     def recent(self, user_id: str) -> dict:
         """The user's recent items and their implicit ratings: the online store's, or computed from the
@@ -159,16 +153,10 @@ class RequestBuilder:
         Returns:
             ``u_recent_items`` and ``u_recent_ratings`` (JSON strings); empty when nothing is known.
         """
-        if not self.refresher.is_pending(user=user_id):
-            try:
-                return self.features.online_recent(user_id) or {}
-            except OnlineStoreDown:
-                pass  # computed from the events below
-        ev = self.store.events_of([user_id])
-        if ev.empty:
-            return {}
-        s = self.settings
-        return user_recent(ev, _now_point(user_id), (s.event_types, s.decay_half_life_days)).iloc[0].to_dict()
+        ratings = (self.settings.event_types, self.settings.decay_half_life_days)
+        return self._online_or_events(
+            lambda: self.features.online_recent(user_id),
+            lambda: self._user_row(user_id, lambda ev, at: user_recent(ev, at, ratings)), user=user_id) or {}
 
     def visit(self, session_id: str) -> dict | None:
         """A session's live state: the online store's, or computed from the event store by the same
@@ -180,12 +168,24 @@ class RequestBuilder:
         Returns:
             ``SESSION_FEATURES`` name -> value, or None for a new (or expired) session.
         """
-        if not self.refresher.is_pending(session=session_id):
+        return self._online_or_events(lambda: self.features.online_session(session_id),
+                                      lambda: self._visit_from_events(self.store.events_of([], [session_id])),
+                                      session=session_id)
+
+    def _online_or_events(self, online, from_events, user: str | None = None, session: str | None = None):
+        """``online()`` (a read of the online store), unless a refresh is pending for ``user``/``session``
+        or the online store is down: then ``from_events()`` (the same state computed from the event store)."""
+        if not self.refresher.is_pending(user=user, session=session):
             try:
-                return self.features.online_session(session_id)
+                return online()
             except OnlineStoreDown:
-                pass  # computed from the events below
-        return self._visit_from_events(self.store.events_of([], [session_id]))
+                pass  # computed from the events
+        return from_events()
+
+    def _user_row(self, user_id: str, compute) -> dict | None:
+        """``compute(events, point)``'s row for the user, from their events as of now (None: no events)."""
+        ev = self.store.events_of([user_id])
+        return None if ev.empty else compute(ev, _now_point(user_id)).iloc[0].to_dict()
 
     @property
     def online_down(self) -> str | None:
